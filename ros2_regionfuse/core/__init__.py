@@ -1,0 +1,1 @@
+"""ROS-free core: configuration, checks, conversion, pairing and the pipeline."""

@@ -1,0 +1,309 @@
+"""Configuration dataclasses: the one place where every default lives.
+
+The shipped ``config/fuse.yaml``, the node's ROS parameters (declared by looping
+over these fields, named by their dotted path, e.g. ``sync.slop``) and the CLI
+options are all derived from these classes. Each field's ``metadata`` carries
+``help`` text, an optional numeric ``range`` (inclusive), ``choices`` and
+``read_only`` (True when a change needs a restart of the node).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from .checks import ConfigError
+
+
+def _f(default: Any, help: str, *, range: tuple[float, float] | None = None,
+       choices: tuple[str, ...] | None = None, read_only: bool = False,
+       length: int | None = None) -> Any:
+    """Declare a config field with its documentation and constraints."""
+    meta = {'help': help, 'range': range, 'choices': choices,
+            'read_only': read_only, 'length': length}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: list(d) if isinstance(d, list) else dict(d),
+                     metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ThermalConfig:
+    """Thermal automatic gain control (AGC) for 16-bit and float images."""
+
+    agc: str = _f('percentile', 'Gain control for 16-bit/float thermal: percentile or fixed.',
+                  choices=('percentile', 'fixed'))
+    percentiles: list = _f([1.0, 99.0], 'Low/high percentiles (%) mapped to 0 and 1 (agc=percentile).',
+                           range=(0.0, 100.0), length=2)
+    range: list = _f([0.0, 65535.0], 'Low/high raw value mapped to 0 and 1 (agc=fixed); raw counts, '
+                     'Kelvin or Celsius as the camera sends.', length=2)
+    invert: bool = _f(False, 'Invert the thermal image (black-hot cameras).')
+
+
+@dataclass
+class AlignConfig:
+    """Pre-alignment of the thermal image into the RGB frame before fusion."""
+
+    mode: str = _f('none', 'none: resize only; homography: warp by align.homography '
+                   '(or align.homography_file); plane: homography induced by a plane at '
+                   'align.plane_depth from both camera_infos and align.extrinsic.',
+                   choices=('none', 'homography', 'plane'))
+    homography: list = _f([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+                          'Thermal->RGB homography, 9 values row-major, in pixels of the '
+                          'original thermal and RGB images.', length=9)
+    homography_file: str = _f('', 'Text/YAML/npy file with the 3x3 thermal->RGB homography '
+                              '(overrides align.homography when set).')
+    extrinsic: list = _f([0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+                         'Pose of the thermal camera in the RGB camera frame: x y z (m) '
+                         'roll pitch yaw (rad), optical frames (plane mode).', length=6)
+    plane_depth: float = _f(10.0, 'Depth (m) of the fronto-parallel plane used in plane mode.',
+                            range=(0.1, 1000.0))
+
+
+@dataclass
+class FusionConfig:
+    """The region-adaptive fusion network."""
+
+    variant: str = _f('regionfuse_tiny', 'Fusion model variant.', read_only=True)
+    checkpoint: str = _f('', 'Fusion weights (.safetensors); empty = the shipped weights.',
+                         read_only=True)
+
+
+@dataclass
+class CorrectorConfig:
+    """The post-registration corrector (fuse, then register)."""
+
+    enabled: bool = _f(True, 'Run the post-registration corrector.')
+    variant: str = _f('corrector_fast', 'Corrector variant.', read_only=True)
+    checkpoint: str = _f('', 'Corrector weights (.safetensors); empty = the shipped weights.',
+                         read_only=True)
+
+
+@dataclass
+class PipelineConfig:
+    """Everything the ROS-free pipeline needs: device, models, preprocessing."""
+
+    device: str = _f('auto', 'auto (CUDA if available), cpu or cuda.',
+                     choices=('auto', 'cpu', 'cuda'), read_only=True)
+    backend: str = _f('torch', 'Inference runtime: torch or onnxruntime.',
+                      choices=('torch', 'onnxruntime'), read_only=True)
+    threads: int = _f(0, 'CPU threads for inference (0 = library default).',
+                      range=(0, 256), read_only=True)
+    thermal: ThermalConfig = field(default_factory=ThermalConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    corrector: CorrectorConfig = field(default_factory=CorrectorConfig)
+
+
+@dataclass
+class SyncConfig:
+    """Approximate-time pairing of thermal and RGB frames by header stamp."""
+
+    backend: str = _f('internal', 'Pairing implementation: internal or message_filters '
+                      '(only where a ROS install provides it).',
+                      choices=('internal', 'message_filters'), read_only=True)
+    slop: float = _f(0.05, 'Largest stamp difference (s) of a pair.', range=(0.0, 10.0))
+    queue_size: int = _f(10, 'Frames kept per camera while waiting for a partner.',
+                         range=(1, 1000))
+    thermal_offset: float = _f(0.0, 'Constant offset (s) added to thermal stamps before pairing.',
+                               range=(-10.0, 10.0))
+
+
+@dataclass
+class InputConfig:
+    """Input subscriptions."""
+
+    transport: str = _f('raw', 'raw: sensor_msgs/Image on .../image_raw; compressed: '
+                        'sensor_msgs/CompressedImage on .../image_raw/compressed.',
+                        choices=('raw', 'compressed'), read_only=True)
+
+
+@dataclass
+class OutputConfig:
+    """Output image format and size."""
+
+    encoding: str = _f('bgr8', 'Encoding of fused/image.', choices=('bgr8', 'rgb8'))
+    width: int = _f(0, 'Output width (px); 0 = RGB input width.', range=(0, 16384))
+    height: int = _f(0, 'Output height (px); 0 = RGB input height.', range=(0, 16384))
+
+
+@dataclass
+class PublishConfig:
+    """Switches for the optional outputs."""
+
+    camera_info: bool = _f(True, 'Publish fused/camera_info.')
+    misregistration: bool = _f(True, 'Publish fused/misregistration (32FC1).')
+    flow: bool = _f(True, 'Publish fused/flow (32FC2, pixels).')
+    overlay: bool = _f(True, 'Publish fused/misregistration/overlay (bgr8).')
+    status: bool = _f(True, 'Publish fused/status (FusionStatus).')
+
+
+@dataclass
+class DiagnosticsConfig:
+    """Diagnostics on /diagnostics."""
+
+    period: float = _f(1.0, 'Diagnostics publish period (s).', range=(0.05, 60.0))
+    stale_timeout: float = _f(2.0, 'A camera silent for longer (s) is reported as stale.',
+                              range=(0.1, 3600.0))
+
+
+@dataclass
+class NodeConfig:
+    """All parameters of ``fuse_node``."""
+
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+
+
+# ---------------------------------------------------------------------------
+# Generic helpers: flatten to dotted names, set from dotted names, validate.
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One leaf field of a config tree, named by its dotted path."""
+
+    name: str
+    default: Any
+    type: type
+    help: str
+    range: tuple[float, float] | None
+    choices: tuple[str, ...] | None
+    read_only: bool
+    length: int | None
+
+
+def iter_fields(cfg: Any, prefix: str = '') -> Iterator[tuple[FieldSpec, Any]]:
+    """Yield ``(spec, current_value)`` for every leaf field of a config instance.
+
+    Nested dataclasses are flattened with dots; the node's ``pipeline.*`` group
+    is flattened without its prefix (``pipeline.device`` -> ``device``), so the
+    ROS parameter names are ``device``, ``fusion.checkpoint``, ``sync.slop``...
+
+    Example:
+        >>> [s.name for s, _ in iter_fields(SyncConfig())][:2]
+        ['backend', 'slop']
+    """
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            sub = '' if (f.name == 'pipeline' and prefix == '') else f'{prefix}{f.name}.'
+            yield from iter_fields(value, sub)
+            continue
+        m = f.metadata
+        default = (f.default_factory() if f.default is dataclasses.MISSING  # type: ignore[misc]
+                   else f.default)
+        yield (FieldSpec(name=prefix + f.name, default=default, type=type(default),
+                         help=m.get('help', ''), range=m.get('range'), choices=m.get('choices'),
+                         read_only=m.get('read_only', False), length=m.get('length')), value)
+
+
+def _resolve(cfg: Any, name: str) -> tuple[Any, str]:
+    parts = name.split('.')
+    obj = cfg
+    if parts[0] not in {f.name for f in dataclasses.fields(obj)} and hasattr(obj, 'pipeline'):
+        obj = obj.pipeline
+    for p in parts[:-1]:
+        if not hasattr(obj, p) or not dataclasses.is_dataclass(getattr(obj, p)):
+            raise ConfigError(f'unknown parameter {name!r}')
+        obj = getattr(obj, p)
+    if not hasattr(obj, parts[-1]) or dataclasses.is_dataclass(getattr(obj, parts[-1])):
+        raise ConfigError(f'unknown parameter {name!r}')
+    return obj, parts[-1]
+
+
+def validate_value(spec: FieldSpec, value: Any) -> Any:
+    """Check one value against its field spec and return it with the field's type.
+
+    Raises:
+        ConfigError: wrong type, unknown choice, out of range or wrong length,
+            with a message that names the parameter and the allowed values.
+
+    Example:
+        >>> spec = {s.name: s for s, _ in iter_fields(SyncConfig())}['slop']
+        >>> validate_value(spec, 0.1)
+        0.1
+    """
+    t = spec.type
+    if t is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f'{spec.name}: expected true/false, got {value!r}')
+    elif t is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f'{spec.name}: expected an integer, got {value!r}')
+    elif t is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f'{spec.name}: expected a number, got {value!r}')
+        value = float(value)
+    elif t is str:
+        if not isinstance(value, str):
+            raise ConfigError(f'{spec.name}: expected a string, got {value!r}')
+    elif t is list:
+        if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f'{spec.name}: expected a list of numbers, got {value!r}')
+        value = [float(v) for v in value]
+        if spec.length is not None and len(value) != spec.length:
+            raise ConfigError(f'{spec.name}: expected {spec.length} values, got {len(value)}')
+    if spec.choices is not None and value not in spec.choices:
+        raise ConfigError(f'{spec.name}: {value!r} is not one of {list(spec.choices)}')
+    if spec.range is not None:
+        lo, hi = spec.range
+        vals = value if isinstance(value, list) else [value]
+        for v in vals:
+            if not lo <= v <= hi:
+                raise ConfigError(f'{spec.name}: {v} is outside [{lo}, {hi}]')
+    if spec.name.endswith('percentiles') and value[0] >= value[1]:
+        raise ConfigError(f'{spec.name}: low {value[0]} must be below high {value[1]}')
+    if spec.name == 'thermal.range' and value[0] >= value[1]:
+        raise ConfigError(f'{spec.name}: low {value[0]} must be below high {value[1]}')
+    return value
+
+
+def field_specs(cfg: Any) -> dict[str, FieldSpec]:
+    """Map dotted name -> :class:`FieldSpec` for every leaf of ``cfg``."""
+    return {s.name: s for s, _ in iter_fields(cfg)}
+
+
+def set_value(cfg: Any, name: str, value: Any) -> None:
+    """Validate ``value`` and assign it to the field named ``name`` (dotted path).
+
+    Raises:
+        ConfigError: unknown name or invalid value.
+    """
+    specs = field_specs(cfg)
+    if name not in specs:
+        raise ConfigError(f'unknown parameter {name!r}')
+    obj, attr = _resolve(cfg, name)
+    setattr(obj, attr, validate_value(specs[name], value))
+
+
+def update_from_dict(cfg: Any, values: dict[str, Any]) -> Any:
+    """Apply a flat ``{dotted name: value}`` or nested dict to ``cfg`` in place.
+
+    Returns:
+        ``cfg``, for chaining.
+    """
+    for name, value in flatten_dict(values).items():
+        set_value(cfg, name, value)
+    return cfg
+
+
+def flatten_dict(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+    """Flatten a nested dict to dotted keys; lists stay values."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten_dict(v, f'{prefix}{k}.'))
+        else:
+            out[f'{prefix}{k}'] = v
+    return out
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Return the flat ``{dotted name: value}`` dict of a config instance."""
+    return {s.name: v for s, v in iter_fields(cfg)}

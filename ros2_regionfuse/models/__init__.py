@@ -1,0 +1,1 @@
+"""Torch modules: RegionFuse fusion network and the post-registration corrector."""

@@ -1,0 +1,1 @@
+"""Training code for the fusion network and the corrector (no ROS imports)."""
