@@ -1,0 +1,137 @@
+"""Geometric pre-alignment of the thermal image into the RGB image frame.
+
+Homographies map **thermal pixel coordinates to RGB pixel coordinates**
+(``x_rgb ~ H @ x_thermal``), for the images as the cameras deliver them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from .checks import ConfigError
+
+
+def homography_from_values(values: Sequence[float]) -> np.ndarray:
+    """Build a 3x3 homography from 9 row-major values (normalised so H[2,2] = 1).
+
+    Raises:
+        ConfigError: not 9 finite values, or singular.
+
+    Example:
+        >>> homography_from_values([2, 0, 0, 0, 2, 0, 0, 0, 2]).tolist()
+        [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    """
+    h = np.asarray(values, dtype=np.float64).reshape(-1)
+    if h.size != 9 or not np.isfinite(h).all():
+        raise ConfigError(f'homography: expected 9 finite values, got {list(values)}')
+    h = h.reshape(3, 3)
+    if abs(np.linalg.det(h)) < 1e-12 or abs(h[2, 2]) < 1e-12:
+        raise ConfigError(f'homography is singular: {h.tolist()}')
+    return h / h[2, 2]
+
+
+def load_homography_file(path: str | Path) -> np.ndarray:
+    """Read a 3x3 homography from ``.npy``, YAML (key ``homography``) or whitespace text.
+
+    Raises:
+        ConfigError: unreadable file or not 9 values.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f'align.homography_file: {p} not found')
+    try:
+        if p.suffix == '.npy':
+            vals = np.load(p, allow_pickle=False)
+        elif p.suffix in ('.yaml', '.yml'):
+            import yaml
+            data = yaml.safe_load(p.read_text())
+            vals = data['homography'] if isinstance(data, dict) else data
+        else:
+            vals = np.loadtxt(p, dtype=np.float64)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f'align.homography_file: cannot read {p}: {e}') from e
+    return homography_from_values(np.asarray(vals, dtype=np.float64).reshape(-1).tolist())
+
+
+def scale_homography(h: np.ndarray, src_scale: tuple[float, float],
+                     dst_scale: tuple[float, float]) -> np.ndarray:
+    """Adapt a homography when source and/or destination images are resized.
+
+    Args:
+        h: 3x3 homography between the original images.
+        src_scale: ``(sx, sy)`` new/old size of the source (thermal) image.
+        dst_scale: ``(sx, sy)`` new/old size of the destination (RGB) image.
+    """
+    s_src = np.diag([src_scale[0], src_scale[1], 1.0])
+    s_dst = np.diag([dst_scale[0], dst_scale[1], 1.0])
+    return s_dst @ h @ np.linalg.inv(s_src)
+
+
+def rpy_to_matrix(roll: float, pitch: float, yaw: float) -> np.ndarray:
+    """Rotation matrix R = Rz(yaw) Ry(pitch) Rx(roll) (radians)."""
+    cr, sr, cp, sp, cy, sy = (np.cos(roll), np.sin(roll), np.cos(pitch), np.sin(pitch),
+                              np.cos(yaw), np.sin(yaw))
+    rx = np.array([[1, 0, 0], [0, cr, -sr], [0, sr, cr]])
+    ry = np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]])
+    rz = np.array([[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def plane_homography(k_thermal: np.ndarray, k_rgb: np.ndarray, extrinsic: Sequence[float],
+                     depth: float) -> np.ndarray:
+    """Homography thermal->RGB induced by a fronto-parallel plane at ``depth`` (m).
+
+    The thermal camera's pose in the RGB optical frame is ``extrinsic`` =
+    ``x y z roll pitch yaw`` (so a thermal-frame point P_t maps to
+    ``P_rgb = R P_t + t``). The plane is ``z = depth`` in the thermal frame
+    (normal n = (0, 0, 1)): ``H = K_rgb (R + t n^T / d) K_thermal^-1``.
+    Parallax makes objects off that plane shift by ``f * B * (1/Z - 1/d)``
+    pixels; the corrector handles that residual.
+
+    Example:
+        >>> k = np.array([[500., 0, 320], [0, 500., 240], [0, 0, 1]])
+        >>> h = plane_homography(k, k, [0.1, 0, 0, 0, 0, 0], 10.0)
+        >>> round(float(h[0, 2] - 320 * h[2, 2] + 320), 3)  # 500 * 0.1 / 10 = 5 px shift
+        325.0
+    """
+    if depth <= 0:
+        raise ConfigError(f'align.plane_depth must be > 0, got {depth}')
+    e = np.asarray(extrinsic, dtype=np.float64)
+    if e.size != 6:
+        raise ConfigError(f'align.extrinsic: expected 6 values, got {e.size}')
+    r = rpy_to_matrix(*e[3:6])
+    t = e[:3].reshape(3, 1)
+    n = np.array([[0.0, 0.0, 1.0]])
+    h = k_rgb @ (r + t @ n / depth) @ np.linalg.inv(k_thermal)
+    return h / h[2, 2]
+
+
+def warp_thermal(thermal: np.ndarray, h: np.ndarray | None, size_wh: tuple[int, int],
+                 border_value: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Warp (or resize) a thermal image into the RGB frame.
+
+    Args:
+        thermal: ``(Ht, Wt)`` float32.
+        h: 3x3 thermal->output homography, or None for a plain resize.
+        size_wh: output ``(width, height)``.
+        border_value: value of pixels the thermal camera does not see.
+
+    Returns:
+        ``(warped, valid)``: ``(H, W)`` float32 and a ``(H, W)`` bool mask of
+        pixels covered by the thermal image.
+    """
+    w, hgt = size_wh
+    if h is None:
+        shrink = w < thermal.shape[1] and hgt < thermal.shape[0]
+        out = cv2.resize(thermal, (w, hgt),
+                         interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        return out, np.ones((hgt, w), bool)
+    out = cv2.warpPerspective(thermal, h, (w, hgt), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=border_value)
+    valid = cv2.warpPerspective(np.ones(thermal.shape, np.uint8), h, (w, hgt),
+                                flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                                borderValue=0) > 0
+    return out, valid

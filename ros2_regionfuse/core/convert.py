@@ -1,0 +1,193 @@
+"""The only place for dtype, value-range, colour and numpy<->tensor conversion.
+
+Conventions used across the package:
+
+* thermal: ``(H, W)`` single channel; uint8, uint16 (raw counts) or float32
+  (Kelvin/Celsius or already normalised). :func:`thermal_to_unit` maps it to
+  float32 in [0, 1] with automatic gain control.
+* rgb: ``(H, W, 3)`` uint8 in **RGB** order, or ``(H, W)`` uint8 gray.
+* unit images: float32 in [0, 1].
+* tensors: ``(B, C, H, W)`` float32 in [0, 1].
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from .checks import EncodingError, ShapeError, ValueRangeError, check_image
+
+# ITU-R BT.601 full-range YCbCr (the JPEG convention used by fusion papers).
+_KR, _KB = 0.299, 0.114
+_KG = 1.0 - _KR - _KB
+
+
+def thermal_to_unit(thermal: np.ndarray, agc: str = 'percentile',
+                    percentiles: Sequence[float] = (1.0, 99.0),
+                    value_range: Sequence[float] = (0.0, 65535.0),
+                    invert: bool = False) -> np.ndarray:
+    """Map a thermal image to float32 in [0, 1] (automatic gain control).
+
+    uint8 input is scaled by 1/255 unchanged (already display-ready). uint16
+    and float input is stretched: ``percentile`` maps the given low/high
+    percentiles of the frame to 0/1, ``fixed`` maps ``value_range`` to 0/1.
+    Values outside are clipped.
+
+    Args:
+        thermal: ``(H, W)`` uint8, uint16 or float.
+        agc: ``'percentile'`` or ``'fixed'``.
+        percentiles: low, high percentile in [0, 100].
+        value_range: low, high raw value (same units as the input).
+        invert: flip black-hot to white-hot.
+
+    Returns:
+        ``(H, W)`` float32 in [0, 1].
+
+    Raises:
+        ShapeError, ValueRangeError, EncodingError: bad image or AGC settings.
+
+    Example:
+        >>> t = np.array([[1000, 2000], [3000, 4000]], np.uint16)
+        >>> thermal_to_unit(t, 'fixed', value_range=(1000, 4000)).round(3).tolist()
+        [[0.0, 0.333], [0.667, 1.0]]
+    """
+    thermal = check_image(thermal, 'thermal', channels=(1,))
+    if thermal.dtype == np.uint8:
+        out = thermal.astype(np.float32) * (1.0 / 255.0)
+    else:
+        x = thermal.astype(np.float32, copy=False)
+        if agc == 'percentile':
+            lo_p, hi_p = float(percentiles[0]), float(percentiles[1])
+            if not 0.0 <= lo_p < hi_p <= 100.0:
+                raise ValueRangeError(f'thermal percentiles must satisfy 0 <= low < high <= 100, '
+                                      f'got {lo_p}, {hi_p}')
+            # Subsample for speed: percentiles of a 4x-strided grid are indistinguishable.
+            sample = x[::4, ::4] if x.size > 65536 else x
+            lo, hi = np.percentile(sample, (lo_p, hi_p))
+        elif agc == 'fixed':
+            lo, hi = float(value_range[0]), float(value_range[1])
+        else:
+            raise EncodingError(f'thermal agc must be percentile or fixed, got {agc!r}')
+        if hi <= lo:
+            hi = lo + 1.0  # flat frame: avoid division by zero, output is constant
+        out = (x - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+        np.clip(out, 0.0, 1.0, out=out)
+    if invert:
+        out = 1.0 - out
+    return out
+
+
+def rgb_to_unit(rgb: np.ndarray) -> np.ndarray:
+    """Convert an RGB (or gray) uint8 image to float32 ``(H, W, 3)`` in [0, 1].
+
+    Gray input is replicated to three equal channels (so the fused output is
+    gray too). uint16 input is scaled by 1/65535; float input must be in [0, 1].
+
+    Raises:
+        ShapeError, EncodingError, ValueRangeError.
+
+    Example:
+        >>> rgb_to_unit(np.full((2, 2), 255, np.uint8)).shape
+        (2, 2, 3)
+    """
+    rgb = check_image(rgb, 'rgb', channels=(1, 3))
+    if rgb.dtype == np.uint8:
+        x = rgb.astype(np.float32) * (1.0 / 255.0)
+    elif rgb.dtype == np.uint16:
+        x = rgb.astype(np.float32) * (1.0 / 65535.0)
+    elif rgb.dtype.kind == 'f':
+        x = rgb.astype(np.float32, copy=False)
+        if x.min() < 0.0 or x.max() > 1.0:
+            raise ValueRangeError('rgb: float images must be in [0, 1]')
+    else:
+        raise EncodingError(f'rgb: unsupported dtype {rgb.dtype}')
+    if x.ndim == 2:
+        x = np.repeat(x[:, :, None], 3, axis=2)
+    return x
+
+
+def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
+    """RGB float ``(..., 3)`` in [0, 1] -> YCbCr float ``(..., 3)``; Cb, Cr centred on 0.5.
+
+    Example:
+        >>> rgb_to_ycbcr(np.array([1.0, 1.0, 1.0], np.float32)).round(4).tolist()
+        [1.0, 0.5, 0.5]
+    """
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = _KR * r + _KG * g + _KB * b
+    cb = (b - y) / (2.0 * (1.0 - _KB)) + 0.5
+    cr = (r - y) / (2.0 * (1.0 - _KR)) + 0.5
+    return np.stack([y, cb, cr], axis=-1).astype(np.float32)
+
+
+def ycbcr_to_rgb(ycbcr: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`rgb_to_ycbcr`, clipped to [0, 1].
+
+    Example:
+        >>> x = np.random.default_rng(0).random((4, 4, 3)).astype(np.float32)
+        >>> bool(np.abs(ycbcr_to_rgb(rgb_to_ycbcr(x)) - x).max() < 1e-5)
+        True
+    """
+    y, cb, cr = ycbcr[..., 0], ycbcr[..., 1] - 0.5, ycbcr[..., 2] - 0.5
+    r = y + 2.0 * (1.0 - _KR) * cr
+    b = y + 2.0 * (1.0 - _KB) * cb
+    g = (y - _KR * r - _KB * b) / _KG
+    return np.clip(np.stack([r, g, b], axis=-1), 0.0, 1.0).astype(np.float32)
+
+
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    """Y channel (BT.601) of a float RGB image ``(H, W, 3)`` -> ``(H, W)`` float32."""
+    return (_KR * rgb[..., 0] + _KG * rgb[..., 1] + _KB * rgb[..., 2]).astype(np.float32)
+
+
+def replace_luminance(rgb: np.ndarray, y_new: np.ndarray) -> np.ndarray:
+    """Keep the chroma (Cb, Cr) of ``rgb`` and put ``y_new`` as luminance.
+
+    Args:
+        rgb: ``(H, W, 3)`` float32 in [0, 1].
+        y_new: ``(H, W)`` float32 in [0, 1].
+
+    Returns:
+        ``(H, W, 3)`` float32 in [0, 1]; gray ``rgb`` gives gray output.
+
+    Example:
+        >>> g = np.full((2, 2, 3), 0.3, np.float32)
+        >>> out = replace_luminance(g, np.full((2, 2), 0.8, np.float32))
+        >>> bool(np.allclose(out, 0.8, atol=1e-5))
+        True
+    """
+    ycc = rgb_to_ycbcr(rgb)
+    ycc[..., 0] = y_new
+    return ycbcr_to_rgb(ycc)
+
+
+def resize_to(img: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+    """Resize ``img`` to ``(width, height)``: area when shrinking, linear when enlarging."""
+    w, h = size_wh
+    if img.shape[1] == w and img.shape[0] == h:
+        return img
+    shrink = w < img.shape[1] and h < img.shape[0]
+    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def unit_to_uint8(x: np.ndarray) -> np.ndarray:
+    """float in [0, 1] -> uint8 with rounding (values outside are clipped)."""
+    return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def to_tensor(x: np.ndarray, device: torch.device | str = 'cpu') -> torch.Tensor:
+    """``(H, W)`` or ``(H, W, C)`` float32 -> ``(1, C, H, W)`` tensor on ``device``."""
+    if x.ndim == 2:
+        x = x[:, :, None]
+    if x.ndim != 3:
+        raise ShapeError(f'to_tensor: expected (H, W) or (H, W, C), got {x.shape}')
+    t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
+    return t.to(device, non_blocking=True)
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """``(1, C, H, W)`` tensor -> ``(H, W)`` (C = 1) or ``(H, W, C)`` float32 array."""
+    a = t.detach().float().cpu().numpy()[0]
+    return a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)

@@ -1,0 +1,215 @@
+"""FusionPipeline: preprocess -> fuse -> correct (post-registration) -> postprocess.
+
+numpy in, numpy out, no ROS. The node, the CLI and the benchmarks all call
+:meth:`FusionPipeline.process`.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import convert
+from .align import homography_from_values, load_homography_file, scale_homography, warp_thermal
+from .checks import ConfigError, check_image
+from .config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FusionResult:
+    """Output of one pipeline run; every image has the output size ``(H, W)``.
+
+    Attributes:
+        fused: ``(H, W, 3)`` uint8 RGB, corrected when the corrector ran.
+        fused_raw: ``(H, W, 3)`` uint8 RGB, the fusion before correction.
+        thermal: ``(H, W)`` float32 in [0, 1], thermal after AGC and alignment.
+        misregistration: ``(H, W)`` float32 probability in [0, 1], or None
+            when the corrector is off.
+        flow: ``(H, W, 2)`` float32 pixels (x, y), or None: the corrected image
+            at pixel p takes the IR-derived content found at ``p + flow(p)`` of
+            the uncorrected fusion.
+        timings_ms: ``preprocess``, ``fusion``, ``corrector``, ``postprocess``, ``total``.
+    """
+
+    fused: np.ndarray
+    fused_raw: np.ndarray
+    thermal: np.ndarray
+    misregistration: np.ndarray | None = None
+    flow: np.ndarray | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def misaligned_fraction(self) -> float:
+        """Share of pixels with misregistration probability > 0.5 (NaN without corrector)."""
+        m = self.misregistration
+        return float('nan') if m is None else float((m > 0.5).mean())
+
+    @property
+    def shift_stats(self) -> tuple[float, float]:
+        """Mean and max flow magnitude in pixels (NaN without corrector)."""
+        if self.flow is None:
+            return float('nan'), float('nan')
+        mag = np.hypot(self.flow[..., 0], self.flow[..., 1])
+        return float(mag.mean()), float(mag.max())
+
+
+def select_device(requested: str) -> torch.device:
+    """Resolve ``auto|cpu|cuda`` to a torch device; cuda without CUDA falls back to CPU (warning)."""
+    if requested not in ('auto', 'cpu', 'cuda'):
+        raise ConfigError(f'device: {requested!r} is not one of auto, cpu, cuda')
+    if requested == 'cpu':
+        return torch.device('cpu')
+    if torch.cuda.is_available():
+        return torch.device('cuda')
+    if requested == 'cuda':
+        log.warning('device=cuda requested but CUDA is not available: using the CPU')
+    return torch.device('cpu')
+
+
+class FusionPipeline:
+    """Thermal + RGB fusion with optional post-registration, on numpy arrays.
+
+    Args:
+        cfg: pipeline configuration; fields read at every call may be changed
+            at run time (``thermal.*``, ``align.homography``, ``corrector.enabled``).
+        fusion: a fusion module to use instead of building ``cfg.fusion.variant``
+            with its weights (tests, training).
+        corrector: likewise for the corrector.
+
+    Example:
+        >>> pipe = FusionPipeline()                                   # doctest: +SKIP
+        >>> res = pipe.process(thermal_u16, rgb_u8)                   # doctest: +SKIP
+        >>> res.fused.shape == rgb_u8.shape                           # doctest: +SKIP
+        True
+    """
+
+    def __init__(self, cfg: PipelineConfig | None = None, *, fusion: torch.nn.Module | None = None,
+                 corrector: torch.nn.Module | None = None) -> None:
+        from ..models.runtime import build_runner
+        self.cfg = cfg or PipelineConfig()
+        self.device = select_device(self.cfg.device)
+        if self.cfg.threads > 0:
+            torch.set_num_threads(self.cfg.threads)
+        self.fusion, self.fusion_card = build_runner('fusion', self.cfg, self.device, fusion)
+        self._corrector = None
+        self._corrector_module = corrector
+        self.corrector_card: dict = {}
+        self._homography: np.ndarray | None = None
+        self._file_homography: tuple[str, np.ndarray] | None = None
+        if self.cfg.corrector.enabled:
+            self._ensure_corrector()
+
+    # -- configuration ----------------------------------------------------------
+    @property
+    def fusion_name(self) -> str:
+        """Variant and weights tag of the fusion model, e.g. ``regionfuse_tiny@ab12cd``."""
+        return str(self.fusion_card.get('name', self.cfg.fusion.variant))
+
+    @property
+    def corrector_name(self) -> str:
+        """Variant and weights tag of the corrector ('' when never loaded)."""
+        if self._corrector is None:
+            return ''
+        return str(self.corrector_card.get('name', self.cfg.corrector.variant))
+
+    def _ensure_corrector(self) -> None:
+        if self._corrector is None:
+            from ..models.runtime import build_runner
+            self._corrector, self.corrector_card = build_runner(
+                'corrector', self.cfg, self.device, self._corrector_module)
+
+    def set_homography(self, h: np.ndarray | None) -> None:
+        """Set a thermal->RGB homography computed outside (plane mode); None clears it."""
+        self._homography = None if h is None else homography_from_values(np.ravel(h).tolist())
+
+    def homography(self) -> np.ndarray | None:
+        """The active thermal->RGB homography in original pixel coordinates, or None."""
+        a = self.cfg.align
+        if a.mode == 'none':
+            return None
+        if a.mode == 'plane':
+            return self._homography
+        if a.homography_file:
+            if self._file_homography is None or self._file_homography[0] != a.homography_file:
+                self._file_homography = (a.homography_file, load_homography_file(a.homography_file))
+            return self._file_homography[1]
+        return homography_from_values(a.homography)
+
+    # -- stages -----------------------------------------------------------------
+    def preprocess(self, thermal: np.ndarray, rgb: np.ndarray,
+                   out_size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """AGC, colour conversion, alignment and resizing.
+
+        Args:
+            thermal: ``(Ht, Wt)`` uint8/uint16/float32 raw thermal.
+            rgb: ``(H, W, 3)`` uint8 RGB or ``(H, W)`` gray.
+            out_size: output ``(width, height)``; default the RGB size.
+
+        Returns:
+            ``(thermal_unit (H, W), rgb_unit (H, W, 3))`` float32 in [0, 1] at
+            the output size; thermal pixels outside the thermal field of view
+            take the visible luminance (so fusion there shows the RGB image).
+        """
+        t = self.cfg.thermal
+        thermal = check_image(thermal, 'thermal', channels=(1,))
+        th = convert.thermal_to_unit(thermal, t.agc, t.percentiles, t.range, t.invert)
+        rgb_u = convert.rgb_to_unit(rgb)
+        h0, w0 = rgb_u.shape[:2]
+        w, hgt = out_size or (w0, h0)
+        rgb_u = convert.resize_to(rgb_u, (w, hgt))
+        hom = self.homography()
+        if hom is not None:
+            hom = scale_homography(hom, (1.0, 1.0), (w / w0, hgt / h0))
+        th_al, valid = warp_thermal(th, hom, (w, hgt))
+        if not valid.all():
+            th_al = np.where(valid, th_al, convert.luminance(rgb_u)).astype(np.float32)
+        return th_al, rgb_u
+
+    def process(self, thermal: np.ndarray, rgb: np.ndarray, *, correct: bool | None = None,
+                out_size: tuple[int, int] | None = None) -> FusionResult:
+        """Run the whole pipeline on one pair.
+
+        Args:
+            thermal: ``(Ht, Wt)`` raw thermal (any size; uint8, uint16 or float).
+            rgb: ``(H, W, 3)`` uint8 RGB or ``(H, W)`` gray.
+            correct: run the corrector; default ``cfg.corrector.enabled``.
+            out_size: output ``(width, height)``; default the RGB size.
+
+        Raises:
+            RegionFuseError: invalid images or configuration.
+        """
+        t0 = time.perf_counter()
+        th, rgb_u = self.preprocess(thermal, rgb, out_size)
+        y = convert.luminance(rgb_u)
+        dev = self.device
+        t1 = time.perf_counter()
+        th_t = convert.to_tensor(th, dev)
+        y_t = convert.to_tensor(y, dev)
+        fused_y = self.fusion(th_t, y_t)
+        t2 = time.perf_counter()
+        do_correct = self.cfg.corrector.enabled if correct is None else correct
+        misreg = flow = None
+        corr_y = fused_y
+        if do_correct:
+            self._ensure_corrector()
+            corr_y, m_t, f_t = self._corrector(fused_y, y_t, th_t)
+            misreg = convert.to_numpy(m_t)
+            flow = convert.to_numpy(f_t)
+        t3 = time.perf_counter()
+        fy = convert.to_numpy(fused_y)
+        raw = convert.unit_to_uint8(convert.replace_luminance(rgb_u, fy))
+        if do_correct:
+            fused = convert.unit_to_uint8(convert.replace_luminance(rgb_u, convert.to_numpy(corr_y)))
+        else:
+            fused = raw
+        t4 = time.perf_counter()
+        ms = {'preprocess': (t1 - t0) * 1e3, 'fusion': (t2 - t1) * 1e3,
+              'corrector': (t3 - t2) * 1e3, 'postprocess': (t4 - t3) * 1e3,
+              'total': (t4 - t0) * 1e3}
+        return FusionResult(fused=fused, fused_raw=raw, thermal=th, misregistration=misreg,
+                            flow=flow, timings_ms=ms)

@@ -1,0 +1,67 @@
+"""Model variants by name: ``name -> builder``; shipped weights are named after the variant."""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from ..core.checks import ConfigError
+
+_FUSION: dict[str, Callable[[], nn.Module]] = {}
+_CORRECTOR: dict[str, Callable[[], nn.Module]] = {}
+
+
+def register_fusion(name: str) -> Callable:
+    """Decorator: register a fusion model builder under ``name``."""
+    def deco(fn: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+        _FUSION[name] = fn
+        return fn
+    return deco
+
+
+def register_corrector(name: str) -> Callable:
+    """Decorator: register a corrector model builder under ``name``."""
+    def deco(fn: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+        _CORRECTOR[name] = fn
+        return fn
+    return deco
+
+
+def _load_all() -> None:
+    from . import corrector, fusion_net  # noqa: F401  (registration side effect)
+
+
+def build_fusion(name: str) -> nn.Module:
+    """Build an untrained fusion model of variant ``name``.
+
+    Raises:
+        ConfigError: unknown variant.
+    """
+    _load_all()
+    if name not in _FUSION:
+        raise ConfigError(f'unknown fusion variant {name!r}; known: {sorted(_FUSION)}')
+    return _FUSION[name]()
+
+
+def build_corrector(name: str) -> nn.Module:
+    """Build an untrained corrector of variant ``name``.
+
+    Raises:
+        ConfigError: unknown variant.
+    """
+    _load_all()
+    if name not in _CORRECTOR:
+        raise ConfigError(f'unknown corrector variant {name!r}; known: {sorted(_CORRECTOR)}')
+    return _CORRECTOR[name]()
+
+
+def fusion_variants() -> list[str]:
+    """Names of the registered fusion variants."""
+    _load_all()
+    return sorted(_FUSION)
+
+
+def corrector_variants() -> list[str]:
+    """Names of the registered corrector variants."""
+    _load_all()
+    return sorted(_CORRECTOR)

@@ -1,0 +1,75 @@
+"""Runners: a loaded model wrapped as a plain callable for the pipeline.
+
+A fusion runner is ``f(thermal, visible_y) -> fused_y``; a corrector runner is
+``f(fused_y, visible_y, thermal) -> (corrected_y, misregistration, flow)``.
+All tensors are ``(1, C, H, W)`` float32 on the pipeline's device, images in
+[0, 1], flow in pixels (x, y).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..core.checks import ConfigError
+from ..core.config import PipelineConfig
+from ..core.weights import load_weights, shipped_weights
+from .registry import build_corrector, build_fusion
+
+
+def load_model(kind: str, variant: str, checkpoint: str, device: torch.device
+               ) -> tuple[nn.Module, dict[str, Any]]:
+    """Build ``variant`` and load ``checkpoint`` (empty: the shipped weights) strictly.
+
+    Returns:
+        ``(model in eval mode on device, model card)``; the card gains a
+        ``name`` entry ``variant@<weights file stem>``.
+
+    Raises:
+        ConfigError: unknown kind or variant.
+        WeightsError: missing, corrupt or mismatching weights.
+    """
+    if kind == 'fusion':
+        model = build_fusion(variant)
+    elif kind == 'corrector':
+        model = build_corrector(variant)
+    else:
+        raise ConfigError(f'unknown model kind {kind!r}')
+    path = Path(checkpoint) if checkpoint else shipped_weights(variant)
+    card = load_weights(model, path)
+    card = dict(card)
+    card.setdefault('name', f'{variant}@{path.stem}')
+    return model.eval().to(device), card
+
+
+def _torch_runner(kind: str, model: nn.Module) -> Callable:
+    if kind == 'fusion':
+        @torch.inference_mode()
+        def run_fusion(thermal: torch.Tensor, visible_y: torch.Tensor) -> torch.Tensor:
+            return model(thermal, visible_y)
+        return run_fusion
+
+    @torch.inference_mode()
+    def run_corrector(fused: torch.Tensor, visible_y: torch.Tensor, thermal: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = model(fused, visible_y, thermal)
+        return out.image, out.misregistration, out.flow
+    return run_corrector
+
+
+def build_runner(kind: str, cfg: PipelineConfig, device: torch.device,
+                 module: nn.Module | None = None) -> tuple[Callable, dict[str, Any]]:
+    """Return ``(runner, card)`` for ``kind`` ('fusion' or 'corrector') per ``cfg``.
+
+    With ``module`` given, that module is used as is (no weights loaded).
+    """
+    sub = cfg.fusion if kind == 'fusion' else cfg.corrector
+    if module is not None:
+        return _torch_runner(kind, module.eval().to(device)), {'name': f'{sub.variant}@custom'}
+    if cfg.backend == 'onnxruntime':
+        from .onnx_runtime import build_onnx_runner
+        return build_onnx_runner(kind, sub.variant, sub.checkpoint, device)
+    model, card = load_model(kind, sub.variant, sub.checkpoint, device)
+    return _torch_runner(kind, model), card
