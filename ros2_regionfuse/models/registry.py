@@ -27,8 +27,12 @@ def register_corrector(name: str) -> Callable:
     return deco
 
 
-def _load_all() -> None:
-    from . import corrector, fusion_net  # noqa: F401  (registration side effect)
+def _load_fusion() -> None:
+    from . import fusion_net  # noqa: F401  (registration side effect)
+
+
+def _load_corrector() -> None:
+    from . import corrector  # noqa: F401  (registration side effect)
 
 
 def build_fusion(name: str) -> nn.Module:
@@ -37,7 +41,7 @@ def build_fusion(name: str) -> nn.Module:
     Raises:
         ConfigError: unknown variant.
     """
-    _load_all()
+    _load_fusion()
     if name not in _FUSION:
         raise ConfigError(f'unknown fusion variant {name!r}; known: {sorted(_FUSION)}')
     return _FUSION[name]()
@@ -49,7 +53,7 @@ def build_corrector(name: str) -> nn.Module:
     Raises:
         ConfigError: unknown variant.
     """
-    _load_all()
+    _load_corrector()
     if name not in _CORRECTOR:
         raise ConfigError(f'unknown corrector variant {name!r}; known: {sorted(_CORRECTOR)}')
     return _CORRECTOR[name]()
@@ -57,11 +61,11 @@ def build_corrector(name: str) -> nn.Module:
 
 def fusion_variants() -> list[str]:
     """Names of the registered fusion variants."""
-    _load_all()
+    _load_fusion()
     return sorted(_FUSION)
 
 
 def corrector_variants() -> list[str]:
     """Names of the registered corrector variants."""
-    _load_all()
+    _load_corrector()
     return sorted(_CORRECTOR)
