@@ -5,8 +5,8 @@ Homographies map **thermal pixel coordinates to RGB pixel coordinates**
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np

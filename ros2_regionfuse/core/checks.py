@@ -5,7 +5,7 @@ node, the CLI) can catch one type, report it and carry on with the next frame.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

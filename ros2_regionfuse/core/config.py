@@ -9,8 +9,9 @@ options are all derived from these classes. Each field's ``metadata`` carries
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from .checks import ConfigError
 

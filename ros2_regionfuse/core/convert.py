@@ -11,7 +11,7 @@ Conventions used across the package:
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -173,7 +173,7 @@ def resize_to(img: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
 
 
 def unit_to_uint8(x: np.ndarray) -> np.ndarray:
-    """float in [0, 1] -> uint8 with rounding (values outside are clipped)."""
+    """Float in [0, 1] -> uint8 with rounding (values outside are clipped)."""
     return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 

@@ -1,7 +1,7 @@
 """Model variants by name: ``name -> builder``; shipped weights are named after the variant."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

@@ -7,8 +7,9 @@ All tensors are ``(1, C, H, W)`` float32 on the pipeline's device, images in
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn

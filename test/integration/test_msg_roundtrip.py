@@ -11,7 +11,6 @@ rclpy = pytest.importorskip('rclpy')
 def test_fusion_status_pub_sub() -> None:
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
-
     from ros2_regionfuse.msg import FusionStatus
 
     ctx = rclpy.Context()
