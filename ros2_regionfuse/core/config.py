@@ -108,6 +108,9 @@ class SyncConfig:
                          range=(1, 1000))
     thermal_offset: float = _f(0.0, 'Constant offset (s) added to thermal stamps before pairing.',
                                range=(-10.0, 10.0))
+    max_backward_jump: float = _f(1.0, 'A stamp this much (s) older than the newest of its camera '
+                                  'restarts the pairing (bag loop, clock reset); smaller backward '
+                                  'steps are dropped as out of order.', range=(0.0, 3600.0))
 
 
 @dataclass
@@ -144,8 +147,10 @@ class DiagnosticsConfig:
     """Diagnostics on /diagnostics."""
 
     period: float = _f(1.0, 'Diagnostics publish period (s).', range=(0.05, 60.0))
-    stale_timeout: float = _f(2.0, 'A camera silent for longer (s) is reported as stale.',
+    stale_timeout: float = _f(2.0, 'A camera silent for longer (s) is reported as stale (WARN).',
                               range=(0.1, 3600.0))
+    error_timeout: float = _f(5.0, 'A camera silent for longer (s) is reported as ERROR; '
+                              'must be >= diagnostics.stale_timeout.', range=(0.1, 3600.0))
 
 
 @dataclass
@@ -158,6 +163,8 @@ class NodeConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    autostart: bool = _f(True, 'Configure and activate the (lifecycle) node at start; false: stay '
+                         'unconfigured until a lifecycle transition is requested.', read_only=True)
 
 
 # ---------------------------------------------------------------------------
