@@ -34,6 +34,10 @@ class WeightsError(RegionFuseError, RuntimeError):
     """A checkpoint file is missing, corrupt or does not match the model."""
 
 
+class ImageIOError(RegionFuseError, OSError):
+    """An image file is missing, empty, not decodable or cannot be written; names the file."""
+
+
 def check_image(img: np.ndarray, name: str, channels: Sequence[int] = (1, 3)) -> np.ndarray:
     """Validate an image array and return it as ``(H, W)`` or ``(H, W, C)``.
 
