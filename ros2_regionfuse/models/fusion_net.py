@@ -1,0 +1,223 @@
+"""RegionFuse-style region-adaptive fusion network (``regionfuse_*`` variants).
+
+Design (cost-driven; facts of the paper in ../shared/README.md §2):
+
+1. Both sources (thermal T and visible luminance Y, ``(B, 1, H, W)`` in [0, 1])
+   are decomposed into Laplacian pyramids at full resolution (cheap).
+2. A network reasons about regions at low resolution (pyramid level ``l_net``,
+   1/8 of a 640x480 frame; one level deeper for every doubling of the size, so
+   the token count stays bounded): per-modality encoders (2 MetaFormer blocks
+   each: depthwise-conv token mixer + MLP), then ``stages`` x [Region Fusion
+   Block (pre-norm: Norm -> MoRA -> add, Norm -> MLP -> add) -> RFCM] on the
+   concatenated streams, each RFCM output added back to both streams, and a
+   decoder head.
+3. The head emits region-adaptive fusion parameters, upsampled to each pyramid
+   level and applied with a few elementwise ops at full resolution:
+   * base layer: IR weight ``w`` (sigmoid) and an additive residual ``r``;
+   * each detail band: a preference bias ``b`` for the pixel-wise soft
+     max-activity selection ``s = sigmoid(k * (a_T - a_Y) / (a_T + a_Y) + b)``
+     (``a`` = locally averaged |detail|) and a contrast gain ``g`` (softplus).
+   So fusion weights are generated from local pixel distributions (RegionFuse's
+   idea) while full-resolution edges stay pixel-exact.
+4. The fused luminance is returned; the caller restores colour from the RGB
+   chroma (:func:`ros2_regionfuse.core.convert.replace_luminance`).
+
+Any input size works: inputs are reflect-padded to a multiple of the pyramid
+and region sizes and the output is cropped back.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import ConvMlp, LayerNorm2d
+from .mora import MoRA, balance_loss
+from .pyramid import down2, laplacian_pyramid, reconstruct, up_to
+from .registry import register_fusion
+from .rfcm import RFCM
+
+BANDS = 4  # detail bands with their own head outputs (relative to the network level)
+
+
+@dataclass
+class FusionNetConfig:
+    """Hyper-parameters of :class:`RegionFuseNet`."""
+
+    width: int = 24          # channels per modality stream
+    stages: int = 3          # [Region Fusion Block -> RFCM] stages
+    experts: int = 4         # MoRA experts E
+    top_k: int = 2           # experts per region token
+    region: int = 4          # region size R at the network level (px of that level)
+    value_dim: int = 8       # MoRA value channels
+    qk_dim: int = 16         # MoRA query/key size per expert
+    base_size: int = 640     # image size whose network level is 1/8
+    sel_temperature: float = 8.0  # initial k of the detail selection
+
+
+class MetaFormerBlock(nn.Module):
+    """Pre-norm block: x + DWConv7x7(Norm(x)); x + MLP(Norm(x)) (the encoders' 'transformer')."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.n1, self.n2 = LayerNorm2d(c), LayerNorm2d(c)
+        self.mix = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.mlp = ConvMlp(c, 2 * c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.mix(self.n1(x))
+        return x + self.mlp(self.n2(x))
+
+
+class RegionFusionBlock(nn.Module):
+    """Norm -> MoRA -> add, Norm -> MLP -> add on the concatenated streams."""
+
+    def __init__(self, c: int, cfg: FusionNetConfig, stats_dim: int) -> None:
+        super().__init__()
+        self.n1, self.n2 = LayerNorm2d(c), LayerNorm2d(c)
+        self.mora = MoRA(c, cfg.experts, cfg.top_k, cfg.region, cfg.value_dim, cfg.qk_dim,
+                         stats_dim)
+        self.mlp = ConvMlp(c, 2 * c)
+
+    def forward(self, x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+        x = x + self.mora(self.n1(x), x, stats)
+        return x + self.mlp(self.n2(x))
+
+
+def network_level(h: int, w: int, base_size: int = 640) -> int:
+    """Pyramid level the region network runs at: 3 up to ~base_size, +1 per doubling.
+
+    Example:
+        >>> network_level(480, 640), network_level(1024, 1280), network_level(576, 768)
+        (3, 4, 3)
+    """
+    return 3 + max(0, round(math.log2(max(h, w) / base_size)))
+
+
+def region_stats(t: torch.Tensor, y: torch.Tensor, r: int) -> torch.Tensor:
+    """Per-region pixel-distribution statistics of both sources for the router.
+
+    Args:
+        t, y: ``(B, 1, h, w)`` sources at the network level (h, w multiples of r).
+        r: region size.
+
+    Returns:
+        ``(B, N, 8)``: mean, std, min, max of T and of Y in each region.
+    """
+    out = []
+    for x in (t, y):
+        mu = F.avg_pool2d(x, r)
+        sd = (F.avg_pool2d(x * x, r) - mu * mu).clamp_min(0).sqrt()
+        mx = F.max_pool2d(x, r)
+        mn = -F.max_pool2d(-x, r)
+        out += [mu, sd, mn, mx]
+    return torch.cat(out, 1).flatten(2).transpose(1, 2)
+
+
+class RegionFuseNet(nn.Module):
+    """Region-adaptive thermal/visible luminance fusion.
+
+    Shape:
+        thermal, visible: ``(B, 1, H, W)`` float in [0, 1] (any H, W >= 1).
+        Output: ``(B, 1, H, W)`` fused luminance in [0, 1]. After a forward
+        pass in training mode ``self.aux_loss`` holds the router balance loss.
+    """
+
+    def __init__(self, cfg: FusionNetConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg = cfg or FusionNetConfig()
+        c = cfg.width
+        in_ch = 1 + 4 + 3  # level image, unshuffled finer level, 3 detail energies
+        self.embed_t = nn.Conv2d(in_ch, c, 3, padding=1)
+        self.embed_y = nn.Conv2d(in_ch, c, 3, padding=1)
+        self.enc_t = nn.Sequential(MetaFormerBlock(c), MetaFormerBlock(c))
+        self.enc_y = nn.Sequential(MetaFormerBlock(c), MetaFormerBlock(c))
+        self.blocks = nn.ModuleList(RegionFusionBlock(2 * c, cfg, 8) for _ in range(cfg.stages))
+        self.rfcms = nn.ModuleList(RFCM(2 * c, c, cfg.region) for _ in range(cfg.stages))
+        n_out = 2 + 2 * BANDS  # base weight, base residual, (bias, gain) per band
+        self.head = nn.Sequential(nn.Conv2d(2 * c, c, 3, padding=1), nn.GELU(),
+                                  nn.Conv2d(c, n_out, 1))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+        with torch.no_grad():  # gain = softplus(b) = 1 at init
+            self.head[-1].bias[2 + BANDS:] = math.log(math.e - 1.0)
+        self.log_temp = nn.Parameter(torch.full((BANDS,), math.log(cfg.sel_temperature)))
+        self.aux_loss = torch.zeros(())
+
+    # ------------------------------------------------------------------------
+    def _features(self, x: torch.Tensor, g_net: torch.Tensor, g_fine: torch.Tensor,
+                  details: list[torch.Tensor], ln: int) -> torch.Tensor:
+        size = g_net.shape[-2:]
+        energies = []
+        for lvl in range(ln - 3, ln):
+            d = details[max(lvl, 0)].abs()
+            energies.append(F.adaptive_avg_pool2d(d, size) if d.shape[-2:] != size else d)
+        return torch.cat([g_net, F.pixel_unshuffle(g_fine, 2)] + energies, 1)
+
+    def forward(self, thermal: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        h, w = thermal.shape[-2:]
+        ln = network_level(h, w, cfg.base_size)
+        levels = ln + 1  # detail levels 0..ln, base at ln+1
+        mult = max(2 ** levels, cfg.region * 2 ** ln)
+        ph, pw = (-h) % mult, (-w) % mult
+        x = torch.cat([thermal, visible], 0)  # both sources through one pyramid pass
+        if ph or pw:
+            mode = 'reflect' if (ph < h and pw < w) else 'replicate'
+            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        details, base = laplacian_pyramid(x, levels)
+        g_net, g_fine = x, x
+        for lvl in range(ln):
+            g_fine = g_net
+            g_net = down2(g_net)
+        b = thermal.shape[0]
+        feats = self._features(x, g_net, g_fine, details, ln)
+        ft, fy = self.embed_t(feats[:b]), self.embed_y(feats[b:])
+        ft, fy = self.enc_t(ft), self.enc_y(fy)
+        stats = region_stats(g_net[:b], g_net[b:], cfg.region)
+        aux = []
+        for blk, rfcm in zip(self.blocks, self.rfcms):
+            z = blk(torch.cat([ft, fy], 1), stats)
+            if self.training:
+                aux.append(balance_loss(blk.mora.last_routing))
+            o = rfcm(z)
+            ft, fy = ft + o, fy + o
+        p = self.head(torch.cat([ft, fy], 1))
+        self.aux_loss = torch.stack(aux).mean() if aux else torch.zeros((), device=p.device)
+        # --- apply the region-adaptive parameters at each level -----------------
+        bt, by = base[:b], base[b:]
+        pb = up_to(p[:, :2], bt.shape[-2:])
+        wb = torch.sigmoid(pb[:, :1])
+        fused_base = wb * bt + (1 - wb) * by + 0.1 * torch.tanh(pb[:, 1:2])
+        temps = self.log_temp.exp()
+        fused_details = []
+        for lvl, d in enumerate(details):
+            band = min(ln - lvl, BANDS - 1)
+            dt, dy = d[:b], d[b:]
+            pl = up_to(p[:, (2 + band, 2 + BANDS + band)], dt.shape[-2:])
+            at = F.avg_pool2d(dt.abs(), 3, 1, 1)
+            ay = F.avg_pool2d(dy.abs(), 3, 1, 1)
+            s = torch.sigmoid(temps[band] * (at - ay) / (at + ay + 1e-3) + pl[:, :1])
+            gain = F.softplus(pl[:, 1:2])
+            fused_details.append(gain * (dy + s * (dt - dy)))
+        out = reconstruct(fused_details, fused_base)[..., :h, :w]
+        return out.clamp(0.0, 1.0)
+
+    def config_dict(self) -> dict:
+        """The hyper-parameters as a plain dict (for model cards)."""
+        return asdict(self.cfg)
+
+
+@register_fusion('regionfuse_tiny')
+def regionfuse_tiny() -> RegionFuseNet:
+    """Default variant: width 24, 3 stages, E=4, k=2, 4x4 regions at 1/8 resolution."""
+    return RegionFuseNet(FusionNetConfig())
+
+
+@register_fusion('regionfuse_small')
+def regionfuse_small() -> RegionFuseNet:
+    """Wider variant (width 32) for machines with more headroom."""
+    return RegionFuseNet(FusionNetConfig(width=32, value_dim=16, qk_dim=24))

@@ -1,0 +1,60 @@
+"""Small building blocks shared by the models (norms, region split/merge)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channel dimension of a ``(B, C, H, W)`` tensor."""
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mu = x.mean(1, keepdim=True)
+        var = (x - mu).pow(2).mean(1, keepdim=True)
+        x = (x - mu) * torch.rsqrt(var + self.eps)
+        return x * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+def to_regions(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Split ``(B, C, H, W)`` into ``r x r`` region tokens ``(B, N, C*r*r)``.
+
+    ``H`` and ``W`` must be multiples of ``r``; ``N = (H/r) * (W/r)`` in
+    row-major region order.
+
+    Example:
+        >>> to_regions(torch.zeros(2, 3, 8, 12), 4).shape
+        torch.Size([2, 6, 48])
+    """
+    b, c, h, w = x.shape
+    t = F.unfold(x, kernel_size=r, stride=r)  # (B, C*r*r, N)
+    return t.transpose(1, 2)
+
+
+def from_regions(t: torch.Tensor, c: int, h: int, w: int, r: int) -> torch.Tensor:
+    """Inverse of :func:`to_regions`: ``(B, N, C*r*r)`` -> ``(B, C, H, W)``.
+
+    Example:
+        >>> x = torch.randn(1, 2, 8, 8)
+        >>> bool(torch.equal(from_regions(to_regions(x, 4), 2, 8, 8, 4), x))
+        True
+    """
+    return F.fold(t.transpose(1, 2), output_size=(h, w), kernel_size=r, stride=r)
+
+
+class ConvMlp(nn.Module):
+    """Pointwise MLP ``C -> hidden -> C`` with GELU (the transformer block's FFN)."""
+
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, hidden, 1)
+        self.fc2 = nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))

@@ -1,0 +1,211 @@
+"""Flow warping, the M-gated bidirectional blend and local correlation.
+
+Flow convention (used by the whole package):
+
+* A flow ``phi`` is a ``(B, 2, H, W)`` float tensor in **pixels** of the
+  image it is applied to, channel 0 = x (columns, to the right), channel 1 =
+  y (rows, downwards).
+* :func:`warp_by_flow` samples **backwards**: ``out(p) = img(p + phi(p))``,
+  bilinear, with PyTorch's ``align_corners=False`` pixel model (pixel ``i``
+  covers ``[i, i + 1)`` and its centre is at ``i + 0.5``; the normalised
+  coordinate of pixel centre ``i`` is ``(2 i + 1) / W - 1``). Samples outside
+  the image take the nearest border value (``padding_mode='border'``).
+* The corrector's output at pixel ``p`` takes the IR-derived content found at
+  ``p + phi(p)`` of the uncorrected fused image.
+
+Example:
+    >>> img = torch.arange(16.0).view(1, 1, 4, 4)
+    >>> flow = torch.zeros(1, 2, 4, 4); flow[:, 0] = 1.0     # take the pixel to the right
+    >>> warp_by_flow(img, flow)[0, 0, 0].tolist()
+    [1.0, 2.0, 3.0, 3.0]
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+_GRID_CACHE: dict[tuple, torch.Tensor] = {}
+_GRID_CACHE_MAX = 16
+
+
+def base_grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Normalised coordinates of the pixel centres, ``(1, H, W, 2)`` (x, y) in (-1, 1).
+
+    Cached per size, device and dtype (created outside inference mode, so the
+    cached tensor can also be used in training).
+
+    Example:
+        >>> base_grid(1, 2, torch.device('cpu'), torch.float32)[0, 0].tolist()
+        [[-0.5, 0.0], [0.5, 0.0]]
+    """
+    key = (h, w, device, dtype)
+    g = _GRID_CACHE.get(key)
+    if g is None:
+        with torch.inference_mode(False), torch.no_grad():
+            xs = (2.0 * torch.arange(w, device=device, dtype=dtype) + 1.0) / w - 1.0
+            ys = (2.0 * torch.arange(h, device=device, dtype=dtype) + 1.0) / h - 1.0
+            g = torch.stack(torch.meshgrid(xs, ys, indexing='xy'), dim=-1)[None].contiguous()
+        if len(_GRID_CACHE) >= _GRID_CACHE_MAX:
+            _GRID_CACHE.clear()
+        _GRID_CACHE[key] = g
+    return g
+
+
+def flow_to_grid(flow: torch.Tensor) -> torch.Tensor:
+    """Convert a pixel flow to a ``grid_sample`` grid (``align_corners=False``).
+
+    Args:
+        flow: ``(B, 2, H, W)`` pixels (x, y).
+
+    Returns:
+        ``(B, H, W, 2)`` normalised sampling positions of ``p + flow(p)``.
+    """
+    _, _, h, w = flow.shape
+    scale = torch.tensor([2.0 / w, 2.0 / h], device=flow.device, dtype=flow.dtype)
+    return base_grid(h, w, flow.device, flow.dtype) + flow.permute(0, 2, 3, 1) * scale
+
+
+def warp_by_flow(img: torch.Tensor, flow: torch.Tensor, padding_mode: str = 'border') -> torch.Tensor:
+    """Backward-warp ``img`` by ``flow``: ``out(p) = img(p + flow(p))`` (bilinear).
+
+    Args:
+        img: ``(B, C, H, W)`` float.
+        flow: ``(B, 2, H, W)`` pixels (x, y) of ``img``'s grid.
+        padding_mode: ``grid_sample`` padding for samples outside the image.
+
+    Returns:
+        ``(B, C, H, W)``, same dtype as ``img``.
+
+    Example:
+        >>> x = torch.rand(1, 3, 5, 7)
+        >>> bool(torch.allclose(warp_by_flow(x, torch.zeros(1, 2, 5, 7)), x, atol=1e-6))
+        True
+    """
+    return F.grid_sample(img, flow_to_grid(flow), mode='bilinear', padding_mode=padding_mode,
+                         align_corners=False)
+
+
+class FlowWarp(nn.Module):
+    """Module form of :func:`warp_by_flow` (no parameters)."""
+
+    def __init__(self, padding_mode: str = 'border') -> None:
+        super().__init__()
+        self.padding_mode = padding_mode
+
+    def forward(self, img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+        return warp_by_flow(img, flow, self.padding_mode)
+
+
+def bidirectional_warp(img: torch.Tensor, flow: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """M-gated bidirectional warp: ``m * warp(img, +flow) + (1 - m) * warp(img, -flow)``.
+
+    Both warps run in one ``grid_sample`` call (batch of 2B).
+
+    Args:
+        img: ``(B, C, H, W)``.
+        flow: ``(B, 2, H, W)`` pixels (x, y).
+        m: ``(B, 1, H, W)`` gate in [0, 1] (misregistration probability).
+
+    Returns:
+        ``(B, C, H, W)``.
+
+    Example:
+        >>> x, f = torch.rand(1, 1, 4, 4), torch.zeros(1, 2, 4, 4)
+        >>> bool(torch.allclose(bidirectional_warp(x, f, torch.full((1, 1, 4, 4), 0.3)), x))
+        True
+    """
+    b = img.shape[0]
+    both = warp_by_flow(torch.cat([img, img]), torch.cat([flow, -flow]))
+    fwd, bwd = both[:b], both[b:]
+    return bwd + m * (fwd - bwd)
+
+
+class BidirectionalWarp(nn.Module):
+    """Module form of :func:`bidirectional_warp` (no parameters)."""
+
+    def forward(self, img: torch.Tensor, flow: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return bidirectional_warp(img, flow, m)
+
+
+def correlation_offsets(radius: int) -> list[tuple[int, int]]:
+    """Offsets ``(dx, dy)`` of :func:`local_correlation`'s channels, row-major (dy outer).
+
+    Example:
+        >>> correlation_offsets(1)[:4]
+        [(-1, -1), (0, -1), (1, -1), (-1, 0)]
+    """
+    r = range(-radius, radius + 1)
+    return [(dx, dy) for dy in r for dx in r]
+
+
+def local_correlation(ref: torch.Tensor, other: torch.Tensor, radius: int = 1) -> torch.Tensor:
+    """Local correlation: channel-mean of ``ref(p) * other(p + d)`` for every offset ``d``.
+
+    With ``radius=1`` (the paper's p=1) there are 9 offsets. ``other`` is
+    zero-padded at the border. A peak at offset ``d`` means ``other``'s
+    content at ``p + d`` matches ``ref`` at ``p``: warping ``other`` by the
+    flow ``d`` aligns it with ``ref``.
+
+    Args:
+        ref: ``(B, C, H, W)``.
+        other: ``(B, C, H, W)``.
+        radius: search radius in pixels of this grid; ``(2r+1)^2`` offsets.
+
+    Returns:
+        ``(B, (2r+1)^2, H, W)``, channel order of :func:`correlation_offsets`.
+
+    Example:
+        >>> a = torch.rand(1, 4, 6, 6)
+        >>> local_correlation(a, a, 1).shape
+        torch.Size([1, 9, 6, 6])
+    """
+    _, c, h, w = ref.shape
+    r = radius
+    pad = F.pad(other, (r, r, r, r))
+    scale = 1.0 / c
+    out = [(ref * pad[:, :, r + dy:r + dy + h, r + dx:r + dx + w]).sum(1, keepdim=True)
+           for dx, dy in correlation_offsets(r)]
+    return torch.cat(out, 1) * scale
+
+
+class LocalCorrelation(nn.Module):
+    """Module form of :func:`local_correlation` (no parameters)."""
+
+    def __init__(self, radius: int = 1) -> None:
+        super().__init__()
+        self.radius = radius
+
+    def forward(self, ref: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        return local_correlation(ref, other, self.radius)
+
+
+def upsample_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize a pixel flow to ``size = (H, W)`` and rescale its units to the new grid.
+
+    x is multiplied by ``W / w`` and y by ``H / h`` (bilinear, align_corners=False).
+
+    Example:
+        >>> f = torch.ones(1, 2, 2, 3)
+        >>> upsample_flow(f, (4, 6))[0, :, 0, 0].tolist()
+        [2.0, 2.0]
+    """
+    h, w = flow.shape[-2:]
+    out = F.interpolate(flow, size=size, mode='bilinear', align_corners=False)
+    if (h, w) == tuple(size):
+        return out
+    scale = torch.tensor([size[1] / w, size[0] / h], device=flow.device, dtype=flow.dtype)
+    return out * scale.view(1, 2, 1, 1)
+
+
+def compose_flow(coarse: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """Coarse-to-fine composition: ``residual + up(coarse)`` in the fine grid's pixels.
+
+    For a 2x finer grid this is the paper's ``phi_fine = head + 2 * up(phi_coarse)``.
+
+    Example:
+        >>> c = torch.ones(1, 2, 2, 2)
+        >>> compose_flow(c, torch.zeros(1, 2, 4, 4))[0, :, 1, 1].tolist()
+        [2.0, 2.0]
+    """
+    return residual + upsample_flow(coarse, tuple(residual.shape[-2:]))
