@@ -1,0 +1,151 @@
+"""Config, conversion, alignment and pipeline (ROS-free) with values asserted."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ros2_regionfuse.core import convert
+from ros2_regionfuse.core.align import (homography_from_values, plane_homography,
+                                        scale_homography, warp_thermal)
+from ros2_regionfuse.core.checks import ConfigError, RegionFuseError, ShapeError, ValueRangeError
+from ros2_regionfuse.core.config import (NodeConfig, PipelineConfig, field_specs, set_value,
+                                         to_dict, update_from_dict)
+from ros2_regionfuse.core.pipeline import FusionPipeline, select_device
+from ros2_regionfuse.models.registry import build_fusion
+
+
+# --- config -------------------------------------------------------------------------------
+def test_config_names_and_validation() -> None:
+    cfg = NodeConfig()
+    specs = field_specs(cfg)
+    assert {'device', 'fusion.checkpoint', 'sync.slop', 'thermal.percentiles',
+            'publish.flow', 'diagnostics.stale_timeout'} <= set(specs)
+    set_value(cfg, 'sync.slop', 0.2)
+    assert cfg.sync.slop == 0.2
+    set_value(cfg, 'thermal.agc', 'fixed')
+    assert cfg.pipeline.thermal.agc == 'fixed'
+    for name, bad in [('sync.slop', -1.0), ('device', 'tpu'), ('thermal.percentiles', [99, 1]),
+                      ('align.homography', [1, 0, 0]), ('publish.flow', 1), ('nope', 1)]:
+        with pytest.raises(ConfigError) as e:
+            set_value(cfg, name, bad)
+        assert name.split('.')[0] in str(e.value)
+
+
+def test_update_from_nested_dict_round_trip() -> None:
+    cfg = update_from_dict(NodeConfig(), {'sync': {'slop': 0.01}, 'device': 'cpu'})
+    flat = to_dict(cfg)
+    assert flat['sync.slop'] == 0.01 and flat['device'] == 'cpu'
+    assert flat['corrector.enabled'] is True
+
+
+# --- conversion ---------------------------------------------------------------------------
+def test_thermal_agc_percentile_and_fixed(rng: np.random.Generator) -> None:
+    raw = rng.integers(7000, 9000, (60, 80)).astype(np.uint16)
+    u = convert.thermal_to_unit(raw, 'percentile', (0.0, 100.0))
+    assert u.dtype == np.float32 and u.min() == 0.0 and u.max() == 1.0
+    f = convert.thermal_to_unit(raw, 'fixed', value_range=(7000, 9000))
+    assert np.allclose(f, (raw.astype(np.float32) - 7000) / 2000, atol=1e-6)
+    inv = convert.thermal_to_unit(raw, 'fixed', value_range=(7000, 9000), invert=True)
+    assert np.allclose(inv, 1 - f)
+    with pytest.raises(ValueRangeError):
+        convert.thermal_to_unit(np.full((4, 4), np.nan, np.float32))
+    with pytest.raises(ShapeError):
+        convert.thermal_to_unit(np.zeros((0, 4), np.uint16))
+
+
+def test_colour_round_trip_and_gray_stays_gray(rng: np.random.Generator) -> None:
+    rgb = rng.random((16, 16, 3)).astype(np.float32)
+    assert np.abs(convert.ycbcr_to_rgb(convert.rgb_to_ycbcr(rgb)) - rgb).max() < 1e-5
+    y = convert.luminance(rgb)
+    assert np.abs(convert.replace_luminance(rgb, y) - rgb).max() < 1e-5
+    gray = convert.rgb_to_unit(rng.integers(0, 256, (8, 8)).astype(np.uint8))
+    out = convert.replace_luminance(gray, rng.random((8, 8)).astype(np.float32))
+    assert np.abs(out[..., 0] - out[..., 1]).max() < 1e-5
+    assert np.abs(out[..., 1] - out[..., 2]).max() < 1e-5
+
+
+# --- alignment ----------------------------------------------------------------------------
+def test_homography_warp_shift_and_scaling() -> None:
+    img = np.zeros((40, 50), np.float32)
+    img[10:20, 10:20] = 1.0
+    h = homography_from_values([1, 0, 5, 0, 1, 3, 0, 0, 1])  # shift +5 x, +3 y
+    out, valid = warp_thermal(img, h, (50, 40))
+    assert out[13:23, 15:25].mean() == pytest.approx(1.0)
+    assert not valid[:3].any() and valid[3:, 5:].all()
+    h2 = scale_homography(h, (1.0, 1.0), (2.0, 2.0))
+    assert np.allclose(h2 @ [0, 0, 1], [10, 6, 1])
+    with pytest.raises(ConfigError):
+        homography_from_values([0] * 9)
+
+
+def test_plane_homography_parallax() -> None:
+    k = np.array([[400.0, 0, 320], [0, 400.0, 240], [0, 0, 1]])
+    h = plane_homography(k, k, [0.05, 0, 0, 0, 0, 0], 2.0)  # 400 * 0.05 / 2 = 10 px
+    p = h @ [100.0, 50.0, 1.0]
+    assert p[0] / p[2] == pytest.approx(110.0) and p[1] / p[2] == pytest.approx(50.0)
+
+
+# --- pipeline -----------------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def pipeline() -> FusionPipeline:
+    cfg = PipelineConfig(device='cpu')
+    cfg.corrector.enabled = False
+    return FusionPipeline(cfg, fusion=build_fusion('regionfuse_tiny'))
+
+
+def test_pipeline_shapes_sizes_and_dtypes(pipeline: FusionPipeline,
+                                          rng: np.random.Generator) -> None:
+    thermal = rng.integers(7000, 9000, (64, 80)).astype(np.uint16)  # other size than RGB
+    rgb = rng.integers(0, 256, (97, 131, 3)).astype(np.uint8)
+    res = pipeline.process(thermal, rgb)
+    assert res.fused.shape == (97, 131, 3) and res.fused.dtype == np.uint8
+    assert res.thermal.shape == (97, 131)
+    assert res.misregistration is None and np.isnan(res.misaligned_fraction)
+    assert set(res.timings_ms) == {'preprocess', 'fusion', 'corrector', 'postprocess', 'total'}
+    small = pipeline.process(thermal, rgb, out_size=(64, 48))
+    assert small.fused.shape == (48, 64, 3)
+
+
+def test_pipeline_gray_rgb_gives_gray_output(pipeline: FusionPipeline,
+                                             rng: np.random.Generator) -> None:
+    res = pipeline.process(rng.integers(0, 256, (40, 40)).astype(np.uint8),
+                           rng.integers(0, 256, (40, 40)).astype(np.uint8))
+    f = res.fused.astype(int)
+    assert np.abs(f[..., 0] - f[..., 1]).max() <= 1 and np.abs(f[..., 1] - f[..., 2]).max() <= 1
+
+
+def test_pipeline_keeps_colour_of_rgb(pipeline: FusionPipeline) -> None:
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    rgb[..., 0] = 200  # red scene
+    res = pipeline.process(np.full((32, 32), 128, np.uint8), rgb)
+    assert (res.fused[..., 0].astype(int) - res.fused[..., 2].astype(int)).mean() > 50
+
+
+def test_pipeline_bad_input_errors(pipeline: FusionPipeline) -> None:
+    ok = np.zeros((8, 8, 3), np.uint8)
+    for thermal in (np.zeros((0, 8), np.uint8), np.full((8, 8), np.inf, np.float32),
+                    np.zeros((8, 8, 3), np.uint8), 'not an array'):
+        with pytest.raises(RegionFuseError):
+            pipeline.process(thermal, ok)  # type: ignore[arg-type]
+    with pytest.raises(RegionFuseError):
+        pipeline.process(np.zeros((8, 8), np.uint8), np.zeros((8, 8, 4), np.uint8))
+
+
+def test_pipeline_homography_fills_outside_with_visible(rng: np.random.Generator) -> None:
+    cfg = PipelineConfig(device='cpu')
+    cfg.corrector.enabled = False
+    cfg.align.mode = 'homography'
+    cfg.align.homography = [1, 0, 20, 0, 1, 0, 0, 0, 1]
+    pipe = FusionPipeline(cfg, fusion=build_fusion('regionfuse_tiny'))
+    rgb = rng.integers(0, 256, (48, 64, 3)).astype(np.uint8)
+    res = pipe.process(np.full((48, 64), 255, np.uint8), rgb)
+    y = convert.luminance(convert.rgb_to_unit(rgb))
+    assert np.allclose(res.thermal[:, :20], y[:, :20], atol=1e-6)
+    assert np.allclose(res.thermal[:, 20:], 1.0)
+
+
+def test_select_device() -> None:
+    assert select_device('cpu').type == 'cpu'
+    assert select_device('auto').type in ('cpu', 'cuda')
+    with pytest.raises(ConfigError):
+        select_device('gpu')
