@@ -16,7 +16,7 @@ demo: setup
 	$(VENV)/bin/regionfuse demo --out out/demo
 
 test: setup
-	$(PY) -m pytest -p no:cacheprovider test
+	$(PY) -m pytest -p no:cacheprovider test --doctest-modules ros2_regionfuse/core ros2_regionfuse/models
 
 lint: setup
 	$(PY) -m pytest -p no:cacheprovider test/lint

@@ -94,7 +94,8 @@ def plane_homography(k_thermal: np.ndarray, k_rgb: np.ndarray, extrinsic: Sequen
     Example:
         >>> k = np.array([[500., 0, 320], [0, 500., 240], [0, 0, 1]])
         >>> h = plane_homography(k, k, [0.1, 0, 0, 0, 0, 0], 10.0)
-        >>> round(float(h[0, 2] - 320 * h[2, 2] + 320), 3)  # 500 * 0.1 / 10 = 5 px shift
+        >>> p = h @ [320.0, 240.0, 1.0]
+        >>> round(float(p[0] / p[2]), 3)  # 500 px * 0.1 m / 10 m = 5 px shift
         325.0
     """
     if depth <= 0:

@@ -50,8 +50,8 @@ def thermal_to_unit(thermal: np.ndarray, agc: str = 'percentile',
 
     Example:
         >>> t = np.array([[1000, 2000], [3000, 4000]], np.uint16)
-        >>> thermal_to_unit(t, 'fixed', value_range=(1000, 4000)).round(3).tolist()
-        [[0.0, 0.333], [0.667, 1.0]]
+        >>> (thermal_to_unit(t, 'fixed', value_range=(1000, 4000)) * 3).round(3).tolist()
+        [[0.0, 1.0], [2.0, 3.0]]
     """
     thermal = check_image(thermal, 'thermal', channels=(1,))
     if thermal.dtype == np.uint8:

@@ -110,7 +110,7 @@ def region_stats(t: torch.Tensor, y: torch.Tensor, r: int) -> torch.Tensor:
     out = []
     for x in (t, y):
         mu = F.avg_pool2d(x, r)
-        sd = (F.avg_pool2d(x * x, r) - mu * mu).clamp_min(0).sqrt()
+        sd = (F.avg_pool2d(x * x, r) - mu * mu).clamp_min(0).add(1e-6).sqrt()
         mx = F.max_pool2d(x, r)
         mn = -F.max_pool2d(-x, r)
         out += [mu, sd, mn, mx]

@@ -153,7 +153,7 @@ class MoRA(nn.Module):
     def route(self, raw: torch.Tensor, stats: torch.Tensor | None) -> Routing:
         """Route region tokens from per-region mean/std of ``raw`` (+ ``stats``)."""
         mu = F.avg_pool2d(raw, self.r)
-        sd = (F.avg_pool2d(raw * raw, self.r) - mu * mu).clamp_min(0).sqrt()
+        sd = (F.avg_pool2d(raw * raw, self.r) - mu * mu).clamp_min(0).add(1e-6).sqrt()
         feats = torch.cat([mu, sd], 1).flatten(2).transpose(1, 2)  # (B, N, 2C)
         if stats is not None:
             feats = torch.cat([feats, stats], -1)

@@ -89,6 +89,7 @@ def train(cfg: TrainFusionConfig) -> Path:
     t_start = time.monotonic()
     bar = tqdm(total=cfg.steps, initial=step, desc='train-fusion', dynamic_ncols=True)
     ema = None
+    skipped = 0
     while step < cfg.steps:
         for g in opt.param_groups:
             g['lr'] = lr_at(step, cfg)
@@ -97,7 +98,14 @@ def train(cfg: TrainFusionConfig) -> Path:
         loss, terms = fusion_loss(fused, ir, y, model.aux_loss, weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if not (torch.isfinite(loss) and torch.isfinite(gnorm)):
+            skipped += 1
+            log.warning('non-finite loss/gradient at step %d: step skipped (%d so far)',
+                        step, skipped)
+            if skipped > 50:
+                raise FloatingPointError('training diverged: more than 50 non-finite steps')
+            continue
         opt.step()
         step += 1
         ema = float(loss) if ema is None else 0.98 * ema + 0.02 * float(loss)
