@@ -201,9 +201,19 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, p)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise ImageIOError(f'{p}: cannot write ({e.strerror or e})') from e
+    except BaseException as e:  # also Ctrl-C: never leave the temporary file behind
+        _remove_quietly(tmp)
+        if isinstance(e, OSError):
+            raise ImageIOError(f'{p}: cannot write ({e.strerror or e})') from e
+        raise
+
+
+def _remove_quietly(path: Path) -> None:
+    """Delete ``path`` if it exists; errors (e.g. its parent is not a folder) are ignored."""
+    try:
+        path.unlink()
+    except OSError:
+        pass
 
 
 def encode_png(img: np.ndarray, name: str = 'image') -> bytes:
