@@ -150,11 +150,14 @@ class RegionFuseNet(nn.Module):
     # ------------------------------------------------------------------------
     def _features(self, x: torch.Tensor, g_net: torch.Tensor, g_fine: torch.Tensor,
                   details: list[torch.Tensor], ln: int) -> torch.Tensor:
-        size = g_net.shape[-2:]
         energies = []
         for lvl in range(ln - 3, ln):
-            d = details[max(lvl, 0)].abs()
-            energies.append(F.adaptive_avg_pool2d(d, size) if d.shape[-2:] != size else d)
+            lv = max(lvl, 0)
+            d = details[lv].abs()
+            # level lv is exactly 2**(ln - lv) times larger than the network level:
+            # a plain average pool equals adaptive pooling here and exports with dynamic H/W
+            f = 2 ** (ln - lv)
+            energies.append(F.avg_pool2d(d, f) if f > 1 else d)
         return torch.cat([g_net, F.pixel_unshuffle(g_fine, 2)] + energies, 1)
 
     def forward(self, thermal: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
@@ -165,7 +168,7 @@ class RegionFuseNet(nn.Module):
         mult = max(2 ** levels, cfg.region * 2 ** ln)
         ph, pw = (-h) % mult, (-w) % mult
         x = torch.cat([thermal, visible], 0)  # both sources through one pyramid pass
-        if ph or pw:
+        if ph or pw or torch.jit.is_tracing():  # traced (ONNX): pads are dynamic, keep the op
             mode = 'reflect' if (ph < h and pw < w) else 'replicate'
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
         details, base = laplacian_pyramid(x, levels)

@@ -33,8 +33,9 @@ def to_regions(x: torch.Tensor, r: int) -> torch.Tensor:
         torch.Size([2, 6, 48])
     """
     b, c, h, w = x.shape
-    t = F.unfold(x, kernel_size=r, stride=r)  # (B, C*r*r, N)
-    return t.transpose(1, 2)
+    # same order as F.unfold(x, r, stride=r).transpose(1, 2), by reshape (ONNX-exportable, dynamic H/W)
+    t = x.reshape(b, c, h // r, r, w // r, r).permute(0, 2, 4, 1, 3, 5)
+    return t.reshape(b, (h // r) * (w // r), c * r * r)
 
 
 def from_regions(t: torch.Tensor, c: int, h: int, w: int, r: int) -> torch.Tensor:
@@ -45,7 +46,9 @@ def from_regions(t: torch.Tensor, c: int, h: int, w: int, r: int) -> torch.Tenso
         >>> bool(torch.equal(from_regions(to_regions(x, 4), 2, 8, 8, 4), x))
         True
     """
-    return F.fold(t.transpose(1, 2), output_size=(h, w), kernel_size=r, stride=r)
+    b = t.shape[0]
+    x = t.reshape(b, h // r, w // r, c, r, r).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c, h, w)
 
 
 class ConvMlp(nn.Module):

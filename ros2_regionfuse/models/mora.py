@@ -66,7 +66,8 @@ def noisy_top_k(clean: torch.Tensor, noise_logits: torch.Tensor | None, k: int,
     top_v, top_i = probs.topk(k, dim=-1)
     top_v = top_v / top_v.sum(-1, keepdim=True).clamp_min(1e-9)
     gates = torch.zeros_like(probs).scatter(-1, top_i, top_v)
-    mask = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, top_i, True)
+    # float scatter then compare: same mask as a bool scatter, and exportable to ONNX
+    mask = torch.zeros_like(probs).scatter(-1, top_i, torch.ones_like(top_v)) > 0.5
     return Routing(probs=probs, gates=gates, mask=mask)
 
 
