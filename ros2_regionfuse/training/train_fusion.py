@@ -58,11 +58,16 @@ def git_revision() -> str:
         return 'unknown'
 
 
-def lr_at(step: int, cfg: TrainFusionConfig) -> float:
-    """Linear warm-up over 100 steps, then cosine decay to 5 % of the peak."""
+def lr_at(step: int, cfg: TrainFusionConfig, minutes: float = 0.0) -> float:
+    """Linear warm-up over 100 steps, then cosine decay to 5 % of the peak.
+
+    Progress is the larger of the step fraction and the time-budget fraction
+    (``minutes / max_minutes``), so a run cut by its time budget still ends
+    with an annealed learning rate.
+    """
     if step < 100:
         return cfg.lr * (step + 1) / 100
-    t = (step - 100) / max(1, cfg.steps - 100)
+    t = max((step - 100) / max(1, cfg.steps - 100), minutes / cfg.max_minutes)
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
@@ -80,9 +85,11 @@ def train(cfg: TrainFusionConfig) -> Path:
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = 0
+    minutes_before = 0.0
     state_path = out / 'last.safetensors'
     if cfg.resume and state_path.is_file():
-        step, _ = load_state(state_path, model, opt)
+        step, extra = load_state(state_path, model, opt)
+        minutes_before = float(extra.get('minutes', 0.0))
         log.info('resumed from %s at step %d', state_path, step)
     sampler = PatchSampler(pairs, cfg.patch, cfg.seed + step)  # new stream after resume
     weights = FusionLossWeights()
@@ -92,7 +99,7 @@ def train(cfg: TrainFusionConfig) -> Path:
     skipped = 0
     while step < cfg.steps:
         for g in opt.param_groups:
-            g['lr'] = lr_at(step, cfg)
+            g['lr'] = lr_at(step, cfg, minutes_before + (time.monotonic() - t_start) / 60)
         ir, y = sampler.batch(cfg.batch)
         fused = model(ir, y)
         loss, terms = fusion_loss(fused, ir, y, model.aux_loss, weights)
@@ -112,8 +119,9 @@ def train(cfg: TrainFusionConfig) -> Path:
         bar.update(1)
         bar.set_postfix(loss=f'{ema:.4f}', **{k: f'{v:.3f}' for k, v in terms.items()})
         if step % cfg.save_every == 0 or step == cfg.steps:
-            save_state(state_path, model, opt, step, {'loss_ema': ema})
-        if (time.monotonic() - t_start) / 60 > cfg.max_minutes:
+            save_state(state_path, model, opt, step, {'loss_ema': ema, 'minutes': minutes_before
+                                                      + (time.monotonic() - t_start) / 60})
+        if minutes_before + (time.monotonic() - t_start) / 60 > cfg.max_minutes:
             log.warning('time budget of %.0f min reached at step %d', cfg.max_minutes, step)
             save_state(state_path, model, opt, step, {'loss_ema': ema})
             break
