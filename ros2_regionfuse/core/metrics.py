@@ -399,3 +399,31 @@ def compute_metrics(fused_gray: np.ndarray, ir_gray: np.ndarray, vi_gray: np.nda
         'Qabf': qabf(f, a, b),
         'SSIM': ssim(f, a) + ssim(f, b),
     }
+
+
+def mean_ranks(means: dict[str, dict[str, float]], names: tuple[str, ...] = METRIC_NAMES) -> dict[str, float]:
+    """Mean rank of each method over the metrics (1 = best; higher value is better for every metric).
+
+    Ties share the average of the ranks they span; a NaN value ranks last.
+
+    Args:
+        means: ``{method: {metric: value}}``.
+        names: metrics to rank on.
+
+    Returns:
+        ``{method: mean rank}`` in the order of ``means``.
+
+    Example:
+        >>> mean_ranks({'a': {'EN': 7.0, 'SD': 30.0}, 'b': {'EN': 6.0, 'SD': 30.0}}, ('EN', 'SD'))
+        {'a': 1.25, 'b': 1.75}
+    """
+    methods = list(means)
+    total = dict.fromkeys(methods, 0.0)
+    for metric in names:
+        vals = {m: means[m][metric] for m in methods}
+        key = {m: (-math.inf if math.isnan(v) else v) for m, v in vals.items()}
+        for m in methods:
+            better = sum(1 for o in methods if key[o] > key[m])
+            equal = sum(1 for o in methods if key[o] == key[m])  # includes m itself
+            total[m] += better + (equal + 1) / 2.0
+    return {m: total[m] / len(names) for m in methods}
