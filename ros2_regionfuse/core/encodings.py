@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checks import EncodingError, ShapeError
+from .checks import EncodingError, ShapeError, ValueRangeError
 
 # name -> (numpy dtype string without byte order, channels)
 NAMED_ENCODINGS: dict[str, tuple[str, int]] = {
@@ -244,3 +244,70 @@ def check_thermal_encoding(encoding: str) -> None:
     if encoding not in THERMAL_ENCODINGS:
         raise EncodingError(f'thermal encoding {encoding!r} not supported; '
                             f'supported: {list(THERMAL_ENCODINGS)}')
+
+
+def fill_invalid_thermal(img: np.ndarray) -> np.ndarray:
+    """Replace NaN/Inf pixels of a float thermal image by its lowest finite value.
+
+    ROS float images mark invalid pixels with NaN; AGC then shows them as the
+    coldest value instead of rejecting the frame.
+
+    Args:
+        img: ``(H, W)`` thermal image; non-float input is returned unchanged.
+
+    Returns:
+        The same array when all pixels are finite, else a filled copy.
+
+    Raises:
+        ValueRangeError: a float image without any finite pixel.
+
+    Example:
+        >>> fill_invalid_thermal(np.array([[300.0, np.nan]], np.float32)).tolist()
+        [[300.0, 300.0]]
+    """
+    if img.dtype.kind != 'f':
+        return img
+    finite = np.isfinite(img)
+    if finite.all():
+        return img
+    if not finite.any():
+        raise ValueRangeError(f'thermal: no finite pixel in a {img.shape[1]}x{img.shape[0]} float image')
+    return np.where(finite, img, img[finite].min()).astype(img.dtype)
+
+
+def thermal_input(img: np.ndarray, encoding: str) -> np.ndarray:
+    """Role check + clean-up of a decoded thermal image (node and bag tools alike).
+
+    Args:
+        img: array from :func:`decode_image`.
+        encoding: its encoding, one of :data:`THERMAL_ENCODINGS`.
+
+    Returns:
+        ``(H, W)`` uint8, uint16 (raw counts) or float32 (NaN filled, see
+        :func:`fill_invalid_thermal`).
+
+    Raises:
+        EncodingError: not a thermal encoding.
+        ValueRangeError: float image without any finite pixel.
+
+    Example:
+        >>> thermal_input(np.zeros((2, 2), np.uint16), 'mono16').dtype.name
+        'uint16'
+    """
+    check_thermal_encoding(encoding)
+    return fill_invalid_thermal(img)
+
+
+def rgb_input(img: np.ndarray, encoding: str) -> np.ndarray:
+    """Role check + colour order of a decoded RGB-camera image: RGB uint8 or gray.
+
+    Raises:
+        EncodingError: not one of :data:`RGB_ENCODINGS`.
+
+    Example:
+        >>> rgb_input(np.array([[[1, 2, 3]]], np.uint8), 'bgr8').tolist()
+        [[[3, 2, 1]]]
+    """
+    if encoding not in RGB_ENCODINGS:
+        raise EncodingError(f'rgb encoding {encoding!r} not supported; supported: {list(RGB_ENCODINGS)}')
+    return to_rgb8(img, encoding)
