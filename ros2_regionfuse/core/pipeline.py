@@ -123,6 +123,14 @@ class FusionPipeline:
             self._corrector, self.corrector_card = build_runner(
                 'corrector', self.cfg, self.device, self._corrector_module)
 
+    def ensure_corrector(self) -> None:
+        """Load the corrector now (before enabling it at run time); no-op when already loaded.
+
+        Raises:
+            ConfigError, WeightsError: the corrector cannot be built or its weights loaded.
+        """
+        self._ensure_corrector()
+
     def set_homography(self, h: np.ndarray | None) -> None:
         """Set a thermal->RGB homography computed outside (plane mode); None clears it."""
         self._homography = None if h is None else homography_from_values(np.ravel(h).tolist())
