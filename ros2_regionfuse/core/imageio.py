@@ -9,6 +9,7 @@ place, so an interrupted run never leaves a half-written file under the final na
 """
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -246,12 +247,16 @@ def write_png(path: str | Path, img: np.ndarray) -> None:
     atomic_write_bytes(path, encode_png(img, str(path)))
 
 
-def write_npy(path: str | Path, arr: np.ndarray) -> None:
-    """Save ``arr`` as ``.npy`` (no pickle), atomically."""
-    import io
+def encode_npy(arr: np.ndarray) -> bytes:
+    """Serialise ``arr`` in ``.npy`` format (no pickle)."""
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_npy(path: str | Path, arr: np.ndarray) -> None:
+    """Save ``arr`` as ``.npy`` (no pickle), atomically."""
+    atomic_write_bytes(path, encode_npy(arr))
 
 
 # ---------------------------------------------------------------------------
