@@ -23,7 +23,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
 from ..core import encodings
-from ..core.checks import EncodingError, ShapeError, ValueRangeError
+from ..core.checks import EncodingError, ShapeError
 
 NS_PER_S = 1_000_000_000
 #: Bytes of the configuration header compressed_depth_image_transport puts before the PNG.
@@ -99,47 +99,19 @@ def rgb_to_image(rgb: np.ndarray, encoding: str, header: Header | None = None) -
     return array_to_image(encodings.from_rgb8(rgb, encoding), encoding, header)
 
 
-def fill_invalid_thermal(img: np.ndarray) -> np.ndarray:
-    """Replace NaN/Inf pixels of a float thermal image by its lowest finite value.
-
-    ROS float images mark invalid pixels with NaN; AGC then shows them as the
-    coldest value instead of rejecting the frame.
-
-    Args:
-        img: ``(H, W)`` float thermal image.
-
-    Returns:
-        The same array when all pixels are finite, else a filled copy.
-
-    Raises:
-        ValueRangeError: no finite pixel at all.
-
-    Example:
-        >>> fill_invalid_thermal(np.array([[300.0, np.nan]], np.float32)).tolist()
-        [[300.0, 300.0]]
-    """
-    finite = np.isfinite(img)
-    if finite.all():
-        return img
-    if not finite.any():
-        raise ValueRangeError(f'thermal: no finite pixel in a {img.shape[1]}x{img.shape[0]} float image')
-    return np.where(finite, img, img[finite].min()).astype(img.dtype)
-
-
 def thermal_from_image(msg: Image) -> np.ndarray:
     """Thermal input: Image (mono8/8UC1/mono16/16UC1/32FC1) -> ``(H, W)`` array.
 
     Returns:
         uint8, uint16 (raw counts) or float32 (Kelvin/Celsius; NaN pixels
-        filled, see :func:`fill_invalid_thermal`).
+        filled, see :func:`~ros2_regionfuse.core.encodings.fill_invalid_thermal`).
 
     Raises:
         EncodingError: not a thermal encoding, or an inconsistent message.
         ValueRangeError: float image without any finite pixel.
     """
     encodings.check_thermal_encoding(msg.encoding)
-    img = image_to_array(msg)
-    return fill_invalid_thermal(img) if img.dtype.kind == 'f' else img
+    return encodings.thermal_input(image_to_array(msg), msg.encoding)
 
 
 def rgb_from_image(msg: Image) -> np.ndarray:
@@ -151,7 +123,7 @@ def rgb_from_image(msg: Image) -> np.ndarray:
     if msg.encoding not in encodings.RGB_ENCODINGS:
         raise EncodingError(f'rgb encoding {msg.encoding!r} not supported; '
                             f'supported: {list(encodings.RGB_ENCODINGS)}')
-    return encodings.to_rgb8(image_to_array(msg), msg.encoding)
+    return encodings.rgb_input(image_to_array(msg), msg.encoding)
 
 
 # -- compressed images ---------------------------------------------------------------------------
@@ -202,7 +174,7 @@ def thermal_from_compressed(msg: CompressedImage) -> np.ndarray:
     if enc not in ('mono8', 'mono16'):
         raise EncodingError(f'thermal compressed image must be single-channel, got {enc} '
                             f'({msg.format!r})')
-    return img
+    return encodings.thermal_input(img, enc)
 
 
 def rgb_from_compressed(msg: CompressedImage) -> np.ndarray:
@@ -214,7 +186,7 @@ def rgb_from_compressed(msg: CompressedImage) -> np.ndarray:
     img, enc = compressed_to_array(msg)
     if enc == 'mono16':
         raise EncodingError(f'rgb compressed image must be 8-bit, got 16-bit ({msg.format!r})')
-    return encodings.to_rgb8(img, enc)
+    return encodings.rgb_input(img, enc)
 
 
 def array_to_compressed(img: np.ndarray, encoding: str, fmt: str = 'png',
