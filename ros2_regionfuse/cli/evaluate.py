@@ -103,7 +103,12 @@ def select_pairs(thermal: Path, rgb: Path, stem_list: Path | None, skip_unmatche
     return pairs
 
 
-def _method_names(folders: list[Path], names: list[str] | None) -> list[str]:
+def method_names(folders: list[Path], names: list[str] | None) -> list[str]:
+    """Names of the methods: ``names`` if given (one per folder), else the folder names.
+
+    Raises:
+        ConfigError: wrong number of names, or names that are not unique.
+    """
     if names is not None:
         if len(names) != len(folders):
             raise ConfigError(f'--names: {len(names)} name(s) for {len(folders)} --fused folder(s)')
@@ -117,16 +122,14 @@ def _method_names(folders: list[Path], names: list[str] | None) -> list[str]:
     return out
 
 
-def prepare_methods(folders: list[Path], names: list[str] | None, pairs: list[ImagePair]
-                    ) -> list[MethodResult]:
+def prepare_methods(folders: list[Path], names: list[str], pairs: list[ImagePair]) -> list[MethodResult]:
     """Check that every fused folder holds an image for every pair.
 
     Raises:
         ImageIOError: a folder is missing, or lacks some pairs (named).
-        ConfigError: names do not fit the folders.
     """
     methods = []
-    for name, folder in zip(_method_names(folders, names), folders, strict=True):
+    for name, folder in zip(names, folders, strict=True):
         files = image_files(folder)
         missing = [p.stem for p in pairs if p.stem not in files]
         if missing:
@@ -178,8 +181,9 @@ def _csv_text(means: dict[str, dict[str, float]], ranks: dict[str, float], n_pai
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate; print the table; write CSV/JSON. Returns 0 (errors raise RegionFuseError)."""
+    names = method_names(list(args.fused), args.names)
     pairs = select_pairs(args.thermal, args.rgb, args.stem_list, args.skip_unmatched)
-    methods = prepare_methods(list(args.fused), args.names, pairs)
+    methods = prepare_methods(list(args.fused), names, pairs)
     evaluate(pairs, methods)
     means = {m.name: m.means() for m in methods}
     ranks = mean_ranks(means)
