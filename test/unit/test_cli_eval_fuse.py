@@ -348,3 +348,20 @@ def test_fuse_write_failure_removes_the_pairs_files(test_data, tmp_path, fusion_
     assert rc == 2
     assert (out / 'maps' / 'FLIR_05005_raw.png').is_file()
     assert not (out / 'maps' / 'tno17_raw.png').exists() and not (out / 'tno17.png').exists()
+
+
+def test_fuse_16bit_thermal_of_other_size(test_data, tmp_path, fusion_ckpt):
+    import cv2
+    ir8 = read_gray(test_data / 'ir' / '00537D.png')
+    raw = (cv2.resize(ir8, (80, 60), interpolation=cv2.INTER_AREA).astype(np.uint16) * 40 + 20000)
+    th = tmp_path / 'th16.png'
+    write_png(th, raw)
+    out = tmp_path / 'out'
+    rc = main(['fuse', '--thermal', str(th), '--rgb', str(test_data / 'vi' / '00537D.png'), '--out', str(out),
+               '--device', 'cpu', '--no-correct', '--fusion-checkpoint', str(fusion_ckpt)])
+    assert rc == 0
+    got = read_rgb(out / '00537D.png')
+    rgb = read_rgb(test_data / 'vi' / '00537D.png')
+    assert got.shape == rgb.shape  # thermal resized to the RGB frame
+    expect = _pipeline(fusion_ckpt).process(raw, rgb, correct=False).fused
+    assert np.array_equal(got, expect)
