@@ -146,6 +146,20 @@ def select_pairs(thermal: Path, rgb: Path, skip_unmatched: bool) -> list[ImagePa
     return pairs
 
 
+def check_no_overwrite(pairs: list[ImagePair], out: Path) -> None:
+    """Refuse to run when an output file would replace one of the input images.
+
+    Raises:
+        ConfigError: naming the input that would be overwritten.
+    """
+    inputs = {p.resolve() for pair in pairs for p in (pair.thermal, pair.rgb)}
+    for pair in pairs:
+        for target in (out / f'{pair.stem}.png', out / MAPS_DIR / f'{pair.stem}_raw.png'):
+            if target.resolve() in inputs:
+                raise ConfigError(f'--out {out}: the output {target} would overwrite an input image; '
+                                  f'choose another folder')
+
+
 def pair_outputs(pair: ImagePair, res: Any, out: Path, save_maps: bool) -> list[tuple[Path, bytes]]:
     """Encode every output file of one pair (nothing is written here).
 
@@ -206,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
     pairs = select_pairs(args.thermal, args.rgb, args.skip_unmatched)
     if args.out.exists() and not args.out.is_dir():
         raise ImageIOError(f'--out: {args.out} exists and is not a folder')
+    check_no_overwrite(pairs, args.out)
     correct = cfg.corrector.enabled
     if args.save_maps and not correct:
         log.info('--save-maps with --no-correct: only the raw fusion is saved (no misregistration maps)')

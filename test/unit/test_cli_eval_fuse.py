@@ -365,3 +365,13 @@ def test_fuse_16bit_thermal_of_other_size(test_data, tmp_path, fusion_ckpt):
     assert got.shape == rgb.shape  # thermal resized to the RGB frame
     expect = _pipeline(fusion_ckpt).process(raw, rgb, correct=False).fused
     assert np.array_equal(got, expect)
+
+
+def test_fuse_refuses_to_overwrite_inputs(pairs_copy, fusion_ckpt, capsys):
+    ir, vi = pairs_copy
+    before = {p.name: p.read_bytes() for p in vi.iterdir()}
+    rc = main(['fuse', '--thermal', str(ir), '--rgb', str(vi), '--out', str(vi), '--device', 'cpu',
+               '--no-correct', '--fusion-checkpoint', str(fusion_ckpt)])
+    assert rc == 2
+    assert 'would overwrite an input image' in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in vi.iterdir()} == before
