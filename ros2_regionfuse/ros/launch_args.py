@@ -1,0 +1,200 @@
+"""Launch arguments of ``launch/fuse.launch.py`` and how they map to fuse_node's arguments.
+
+Both the launch file and the tests use this module, so the mapping exists
+once: :func:`node_arguments` gives the namespace, parameters files,
+parameter overrides, remappings and ROS arguments of the node;
+:func:`command_line` renders the same as the ``fuse_node --ros-args ...``
+command line launch_ros would run. No parameter default is repeated here: the
+params file holds them, and empty arguments (``device``) mean "keep the file's
+value".
+
+ROS-free (no rclpy import); ``ament_index_python`` is used when present.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PACKAGE = 'ros2_regionfuse'
+EXECUTABLE = 'fuse_node'
+NODE_NAME = 'regionfuse'
+#: Node-relative input names (see ros2_regionfuse.ros.node).
+THERMAL_IMAGE = 'thermal/image_raw'
+RGB_IMAGE = 'rgb/image_raw'
+COMPRESSED_SUFFIX = '/compressed'
+CAMERA_INFO = 'camera_info'
+TRUE_WORDS = ('true', '1', 'yes', 'on')
+LOG_LEVELS = ('debug', 'info', 'warn', 'error', 'fatal')
+
+
+@dataclass(frozen=True)
+class LaunchArgument:
+    """One ``DeclareLaunchArgument``: name, default (a string) and description."""
+
+    name: str
+    default: str
+    description: str
+
+
+def _repo_or_share(*parts: str) -> str:
+    """A file of the package share (installed) or of the source tree (development)."""
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+        try:
+            return str(Path(get_package_share_directory(PACKAGE)).joinpath(*parts))
+        except (PackageNotFoundError, OSError):  # not installed, or no AMENT_PREFIX_PATH
+            pass
+    except ImportError:
+        pass
+    return str(Path(__file__).resolve().parents[2].joinpath(*parts))
+
+
+def default_params_file() -> str:
+    """``<share>/ros2_regionfuse/config/fuse.yaml`` (or the source tree's ``config/fuse.yaml``)."""
+    return _repo_or_share('config', 'fuse.yaml')
+
+
+def rviz_config_file() -> str:
+    """``<share>/ros2_regionfuse/config/fuse.rviz`` (or the source tree's copy)."""
+    return _repo_or_share('config', 'fuse.rviz')
+
+
+def launch_arguments() -> tuple[LaunchArgument, ...]:
+    """The launch file's arguments with their defaults and descriptions."""
+    return (
+        LaunchArgument('namespace', '', 'Namespace of the node (its relative topics follow it).'),
+        LaunchArgument('params_file', default_params_file(),
+                       'Parameters file (all parameters with their defaults: config/fuse.yaml).'),
+        LaunchArgument('thermal_topic', THERMAL_IMAGE,
+                       'Thermal image topic (sensor_msgs/Image); its camera_info is the sibling '
+                       '"camera_info" topic and its compressed stream "<topic>/compressed".'),
+        LaunchArgument('rgb_topic', RGB_IMAGE, 'RGB image topic; camera_info and compressed likewise.'),
+        LaunchArgument('device', '', 'Inference device auto|cpu|cuda; empty: keep the params file value.'),
+        LaunchArgument('use_sim_time', 'false', 'Use /clock (bag playback).'),
+        LaunchArgument('log_level', 'info', 'Node log level: ' + '|'.join(LOG_LEVELS) + '.'),
+        LaunchArgument('rviz', 'false', 'Also start RViz with config/fuse.rviz.'),
+    )
+
+
+@dataclass
+class NodeArguments:
+    """Everything launch_ros' ``Node`` action needs (and the equivalent command line).
+
+    Attributes:
+        namespace: node namespace ('' for none).
+        params_file: parameters file path.
+        parameters: single-parameter overrides (applied after ``params_file``).
+        remappings: ``(from, to)`` topic remappings.
+        ros_arguments: further ``--ros-args`` items (log level).
+        rviz: start RViz too.
+    """
+
+    namespace: str
+    params_file: str
+    parameters: dict[str, object] = field(default_factory=dict)
+    remappings: list[tuple[str, str]] = field(default_factory=list)
+    ros_arguments: list[str] = field(default_factory=list)
+    rviz: bool = False
+
+
+def _flag(text: str, name: str) -> bool:
+    t = str(text).strip().lower()
+    if t in TRUE_WORDS:
+        return True
+    if t in ('false', '0', 'no', 'off'):
+        return False
+    raise ValueError(f'launch argument {name}: expected true or false, got {text!r}')
+
+
+def _sibling(topic: str, name: str) -> str:
+    """``/cam/image_raw`` -> ``/cam/<name>``; ``image_raw`` -> ``<name>``."""
+    head, _, _ = topic.rstrip('/').rpartition('/')
+    return f'{head}/{name}' if head or topic.startswith('/') else name
+
+
+def camera_remappings(node_image: str, node_info_dir: str, topic: str) -> list[tuple[str, str]]:
+    """Remaps of one camera: image, its compressed stream and its camera_info.
+
+    Args:
+        node_image: the node's relative image topic (``thermal/image_raw``).
+        node_info_dir: its camera prefix (``thermal``).
+        topic: the camera's image topic to connect to.
+
+    Example:
+        >>> camera_remappings('thermal/image_raw', 'thermal', '/boson/image_raw')[2]
+        ('thermal/camera_info', '/boson/camera_info')
+    """
+    return [(node_image, topic),
+            (node_image + COMPRESSED_SUFFIX, topic.rstrip('/') + COMPRESSED_SUFFIX),
+            (f'{node_info_dir}/{CAMERA_INFO}', _sibling(topic, CAMERA_INFO))]
+
+
+def resolve_values(values: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Launch argument values with the defaults filled in.
+
+    Raises:
+        ValueError: an unknown argument name.
+    """
+    out = {a.name: a.default for a in launch_arguments()}
+    for k, v in (values or {}).items():
+        if k not in out:
+            raise ValueError(f'unknown launch argument {k!r}; known: {sorted(out)}')
+        out[k] = str(v)
+    return out
+
+
+def node_arguments(values: Mapping[str, str] | None = None) -> NodeArguments:
+    """Map launch argument values to the node's namespace, parameters, remaps and ROS arguments.
+
+    Raises:
+        ValueError: unknown argument, bad boolean or log level.
+
+    Example:
+        >>> a = node_arguments({'thermal_topic': '/boson/image_raw', 'device': 'cpu'})
+        >>> a.parameters['device'], a.remappings[0]
+        ('cpu', ('thermal/image_raw', '/boson/image_raw'))
+    """
+    v = resolve_values(values)
+    level = v['log_level'].strip().lower()
+    if level not in LOG_LEVELS:
+        raise ValueError(f'launch argument log_level: {level!r} is not one of {list(LOG_LEVELS)}')
+    params: dict[str, object] = {'use_sim_time': _flag(v['use_sim_time'], 'use_sim_time')}
+    if v['device'].strip():
+        params['device'] = v['device'].strip()
+    remaps = (camera_remappings(THERMAL_IMAGE, 'thermal', v['thermal_topic'])
+              + camera_remappings(RGB_IMAGE, 'rgb', v['rgb_topic']))
+    remaps = [(a, b) for a, b in remaps if a != b]
+    return NodeArguments(namespace=v['namespace'].strip(), params_file=v['params_file'],
+                         parameters=params, remappings=remaps,
+                         ros_arguments=['--log-level', level], rviz=_flag(v['rviz'], 'rviz'))
+
+
+def _param_text(value: object) -> str:
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    return str(value)
+
+
+def command_line(executable: str, values: Mapping[str, str] | None = None) -> list[str]:
+    """The ``fuse_node --ros-args ...`` command equivalent to launching with ``values``.
+
+    Args:
+        executable: path of the ``fuse_node`` executable.
+        values: launch argument values (defaults for missing ones).
+
+    Example:
+        >>> command_line('fuse_node', {'namespace': 'cam', 'params_file': 'f.yaml'})[:8]
+        ['fuse_node', '--ros-args', '-r', '__node:=regionfuse', '-r', '__ns:=/cam', '--params-file', 'f.yaml']
+    """
+    a = node_arguments(values)
+    cmd = [executable, '--ros-args', '-r', f'__node:={NODE_NAME}']
+    if a.namespace:
+        ns = a.namespace if a.namespace.startswith('/') else '/' + a.namespace
+        cmd += ['-r', f'__ns:={ns}']
+    cmd += ['--params-file', a.params_file]
+    for name, value in a.parameters.items():
+        cmd += ['-p', f'{name}:={_param_text(value)}']
+    for src, dst in a.remappings:
+        cmd += ['-r', f'{src}:={dst}']
+    return cmd + a.ros_arguments
