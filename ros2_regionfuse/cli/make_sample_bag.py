@@ -321,7 +321,7 @@ def build_sample_bag(cfg: SampleBagConfig, source: Path, out: Path, *, compress:
     (out / CALIBRATION_FILE).write_text(
         '# Node parameters describing the demo rig (pass as a second --params-file).\n'
         '/**:\n  ros__parameters:\n    align:\n      mode: homography\n'
-        f'      homography: [{", ".join(f"{v:.6g}" for v in cal.reshape(-1))}]\n')
+        f'      homography: [{", ".join(repr(round(float(v), 9)) for v in cal.reshape(-1))}]\n')
     return truth
 
 

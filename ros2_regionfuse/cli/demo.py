@@ -1,0 +1,669 @@
+"""``regionfuse demo``: play the bundled recording through ``fuse_node`` and summarise.
+
+The README's main job (``make demo``). Steps:
+
+1. start ``fuse_node`` (the executable next to ``sys.executable``) in a
+   subprocess with ``config/fuse.yaml``, the recording's ``calibration.yaml``
+   and the remaps of ``launch/fuse.launch.py``, on loopback-only DDS
+   (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``, the shared-memory + loopback
+   Fast DDS profile) and a ROS domain of its own;
+2. once the node has subscribed, publish the recording's serialised messages
+   with rclpy at the recorded rate. Header stamps are shifted by one constant
+   to the wall clock (all differences between stamps are kept), so the
+   end-to-end latency ``output receipt - input stamp`` is meaningful;
+3. record the node's outputs (``fused/image``, ``fused/misregistration/overlay``,
+   ``fused/camera_info``, ``fused/status``, ``/diagnostics``) and the played
+   inputs into ``OUT/bag`` (mcap);
+4. wait for the last outputs (bounded), stop the node with SIGINT, write one
+   mosaic PNG per fused frame (thermal | RGB | fused | misregistration
+   overlay), an animated GIF and ``summary.json``, and print the summary.
+
+Exit status 0 when the node processed frames and every input frame is
+accounted for (processed, or dropped with a counted reason); 1 when the node
+died, produced nothing, or frames went missing without being counted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core import bagio, convert, encodings
+from ..core.checks import ConfigError, RegionFuseError
+from ..core.mosaic import compose_mosaic
+
+log = logging.getLogger(__name__)
+
+PACKAGE = 'ros2_regionfuse'
+REPO = Path(__file__).resolve().parents[2]
+BUNDLED_BAG = Path(__file__).resolve().parents[1] / 'data' / 'sample_demo'
+INPUT_TOPICS = {'thermal': '/thermal/image_raw', 'thermal_info': '/thermal/camera_info',
+                'rgb': '/rgb/image_raw', 'rgb_info': '/rgb/camera_info'}
+#: Output topic -> message type, as the node publishes them (no namespace).
+OUTPUT_TOPICS = {'/fused/image': bagio.IMAGE, '/fused/misregistration/overlay': bagio.IMAGE,
+                 '/fused/camera_info': bagio.CAMERA_INFO, '/fused/status': bagio.FUSION_STATUS,
+                 '/diagnostics': bagio.DIAGNOSTIC_ARRAY}
+#: Domains picked for demos when --domain-id is not given: 200 + pid % span (Fast DDS allows <= 232).
+DOMAIN_BASE, DOMAIN_SPAN = 200, 30
+MS = 1e-6  # ns -> ms
+SETTLE_S = 0.5  # after discovery, before the first frame (shared-memory path set-up)
+POLL_S = 0.05
+
+
+@dataclass
+class DemoOptions:
+    """Timeouts and output settings of one demo run (all seconds unless noted)."""
+
+    startup_timeout: float = 120.0
+    drain_timeout: float = 60.0
+    idle_timeout: float = 5.0
+    stop_timeout: float = 15.0
+    tile_width: int = 320
+    gif: bool = True
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``regionfuse demo``."""
+    d = DemoOptions()
+    p.add_argument('--out', type=Path, default=Path('out/demo'), help='output directory')
+    p.add_argument('--bag', type=Path, default=BUNDLED_BAG, help='recording to play (default: bundled)')
+    p.add_argument('--rate', type=float, default=1.0, help='playback rate (1.0 = recorded rate)')
+    p.add_argument('--max-frames', type=int, default=0, help='play only the first N frames per camera')
+    p.add_argument('--params-file', action='append', type=Path, default=[],
+                   help='extra node parameter files (after config/fuse.yaml and the '
+                        'recording\'s calibration.yaml)')
+    p.add_argument('--fusion-checkpoint', default=None, help='node parameter fusion.checkpoint')
+    p.add_argument('--corrector-checkpoint', default=None, help='node parameter corrector.checkpoint')
+    p.add_argument('--device', default=None, choices=('auto', 'cpu', 'cuda'), help='node parameter device')
+    p.add_argument('--param', '-p', action='append', default=[], metavar='NAME:=VALUE',
+                   help='extra node parameter, ROS syntax (repeatable)')
+    p.add_argument('--domain-id', type=int, default=None,
+                   help=f'ROS_DOMAIN_ID (default: {DOMAIN_BASE} + pid % {DOMAIN_SPAN})')
+    p.add_argument('--startup-timeout', type=float, default=d.startup_timeout,
+                   help='seconds to wait for the node to subscribe')
+    p.add_argument('--drain-timeout', type=float, default=d.drain_timeout,
+                   help='seconds to wait for outputs after the last input')
+    p.add_argument('--idle-timeout', type=float, default=d.idle_timeout,
+                   help='stop waiting when no output arrived for this long after the last input')
+    p.add_argument('--tile-width', type=int, default=d.tile_width, help='mosaic tile width (px)')
+    p.add_argument('--no-gif', action='store_true', help='skip the animated GIF')
+
+
+# ---------------------------------------------------------------------------
+# Paths and the node process
+# ---------------------------------------------------------------------------
+
+def share_file(rel: str) -> Path:
+    """A file of the package share (``config/...``): source tree first, then the colcon install.
+
+    Raises:
+        ConfigError: not found.
+    """
+    candidates = [REPO / rel]
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        candidates.append(Path(get_package_share_directory(PACKAGE)) / rel)
+    except Exception:  # noqa: BLE001 - ament_index absent or package not installed
+        pass
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise ConfigError(f'{rel} not found (looked in {[str(c) for c in candidates]})')
+
+
+def ros_environment(domain_id: int) -> dict[str, str]:
+    """Environment for every rclpy process of the demo: loopback-only DDS, own domain."""
+    env = dict(os.environ)
+    env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    env['FASTDDS_DEFAULT_PROFILES_FILE'] = str(share_file('config/fastdds_loopback.xml'))
+    env['ROS_DOMAIN_ID'] = str(domain_id)
+    env.pop('ROS_STATIC_PEERS', None)
+    env['PYTHONUNBUFFERED'] = '1'
+    return env
+
+
+def node_command(params_files: Sequence[Path], params: Sequence[str]) -> list[str]:
+    """Command line of ``fuse_node`` as ``launch/fuse.launch.py`` would run it.
+
+    Raises:
+        ConfigError: the ``fuse_node`` executable is missing.
+    """
+    exe = Path(sys.executable).with_name('fuse_node')
+    if not exe.is_file():
+        raise ConfigError(f'{exe} not found: run `make setup` (installs the fuse_node console script)')
+    cmd = [str(exe), '--ros-args']
+    for f in params_files:
+        cmd += ['--params-file', str(f)]
+    for name in ('thermal', 'rgb'):
+        cmd += ['-r', f'{name}/image_raw:={INPUT_TOPICS[name]}',
+                '-r', f'{name}/camera_info:={INPUT_TOPICS[name + "_info"]}']
+    for p in params:
+        cmd += ['-p', p]
+    return cmd
+
+
+class NodeProcess:
+    """``fuse_node`` in a subprocess, its output in a log file."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.cmd = cmd
+        self.log_path = log_path
+        self._log = log_path.open('wb')
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.stopped_by_us = False
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.proc.poll() is None
+
+    def tail(self, lines: int = 25) -> str:
+        """Last lines of the node's output."""
+        if not self._log.closed:
+            self._log.flush()
+        text = self.log_path.read_text(errors='replace').splitlines()
+        return '\n'.join(text[-lines:])
+
+    def stop(self, timeout: float) -> int:
+        """SIGINT, wait; SIGTERM, wait; SIGKILL. Returns the exit status."""
+        if self.alive():
+            self.stopped_by_us = True
+            for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, timeout / 3), (signal.SIGKILL, 5.0)):
+                self.proc.send_signal(sig)
+                try:
+                    self.proc.wait(wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    log.warning('fuse_node did not exit %.0f s after %s', wait, sig.name)
+        self._log.close()
+        return int(self.proc.returncode)
+
+
+# ---------------------------------------------------------------------------
+# Recording in memory
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Played:
+    """One input message as published."""
+
+    topic: str
+    msgtype: str
+    stamp_ns: int  # shifted stamp, as published
+    orig_stamp_ns: int
+    publish_ns: int
+    raw: bytes
+
+
+@dataclass
+class Received:
+    """One output message as received."""
+
+    topic: str
+    receipt_ns: int
+    raw: bytes
+
+
+def load_inputs(bag: Path, max_frames: int) -> list[bagio.BagMessage]:
+    """The recording's input messages in log order; ``max_frames`` > 0 keeps the first N per topic.
+
+    Raises:
+        BagError: missing bag or topics.
+    """
+    msgs = list(bagio.read_messages(bag, INPUT_TOPICS.values()))
+    if max_frames > 0:
+        seen: dict[str, int] = {}
+        kept = []
+        for m in msgs:
+            seen[m.topic] = seen.get(m.topic, 0) + 1
+            if seen[m.topic] <= max_frames:
+                kept.append(m)
+        msgs = kept
+    return msgs
+
+
+def restamp(m: bagio.BagMessage, shift_ns: int) -> tuple[bytes, int, int]:
+    """Serialised copy of ``m`` with ``header.stamp`` moved by ``shift_ns``: ``(raw, new, old)`` stamps."""
+    ts = bagio.make_typestore()
+    msg = m.decode()
+    old = bagio.time_to_ns(msg.header.stamp)
+    msg.header.stamp = bagio.ns_to_time(old + shift_ns)
+    return bytes(ts.serialize_cdr(msg, m.msgtype)), old + shift_ns, old
+
+
+# ---------------------------------------------------------------------------
+# rclpy player + recorder (the only rclpy code of the CLI)
+# ---------------------------------------------------------------------------
+
+class RosSide:
+    """One rclpy context with the player's publishers and the recorder's subscriptions."""
+
+    def __init__(self) -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from sensor_msgs.msg import CameraInfo, Image
+        self.rclpy = rclpy
+        self.ctx = rclpy.Context()
+        rclpy.init(context=self.ctx)
+        self.node = rclpy.create_node('regionfuse_demo', context=self.ctx)
+        info_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.pubs = {INPUT_TOPICS['thermal']: self.node.create_publisher(Image, INPUT_TOPICS['thermal'],
+                                                                         qos_profile_sensor_data),
+                     INPUT_TOPICS['rgb']: self.node.create_publisher(Image, INPUT_TOPICS['rgb'],
+                                                                     qos_profile_sensor_data),
+                     INPUT_TOPICS['thermal_info']: self.node.create_publisher(
+                         CameraInfo, INPUT_TOPICS['thermal_info'], info_qos),
+                     INPUT_TOPICS['rgb_info']: self.node.create_publisher(
+                         CameraInfo, INPUT_TOPICS['rgb_info'], info_qos)}
+        self.received: list[Received] = []
+        self._lock = threading.Lock()
+        self.last_receipt = 0.0
+        # Best effort matches both reliable and best-effort publishers; deep history, cheap callbacks.
+        rec_qos = QoSProfile(depth=200, history=HistoryPolicy.KEEP_LAST,
+                             reliability=ReliabilityPolicy.BEST_EFFORT)
+        self.subs = {t: self.node.create_subscription(_ros_type(ty), t, self._recorder(t), rec_qos, raw=True)
+                     for t, ty in OUTPUT_TOPICS.items()}
+        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, name='demo-spin', daemon=True)
+        self._thread.start()
+
+    def _recorder(self, topic: str) -> Any:
+        def cb(raw: bytes) -> None:
+            now = time.time_ns()
+            with self._lock:
+                self.received.append(Received(topic, now, bytes(raw)))
+                self.last_receipt = time.monotonic()
+        return cb
+
+    def _spin(self) -> None:
+        while not self._stop.is_set() and self.ctx.ok():
+            self.executor.spin_once(timeout_sec=POLL_S)
+
+    def count(self, topic: str) -> int:
+        """Messages received so far on ``topic``."""
+        with self._lock:
+            return sum(1 for r in self.received if r.topic == topic)
+
+    def node_ready(self) -> bool:
+        """The node subscribes to both image topics and publishes fused/image."""
+        return (all(self.pubs[INPUT_TOPICS[k]].get_subscription_count() > 0 for k in ('thermal', 'rgb'))
+                and self.subs['/fused/image'].get_publisher_count() > 0)
+
+    def publish(self, topic: str, raw: bytes) -> None:
+        """Publish serialised bytes on one of the input topics."""
+        self.pubs[topic].publish(raw)
+
+    def close(self) -> None:
+        """Stop spinning and shut the context down."""
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.rclpy.shutdown(context=self.ctx)
+
+
+def _ros_type(msgtype: str) -> Any:
+    pkg, _, name = msgtype.split('/')
+    module = __import__(f'{pkg}.msg', fromlist=[name])
+    return getattr(module, name)
+
+
+# ---------------------------------------------------------------------------
+# Run
+# ---------------------------------------------------------------------------
+
+@dataclass
+class RunResult:
+    """What happened during one demo run."""
+
+    played: list[Played] = field(default_factory=list)
+    received: list[Received] = field(default_factory=list)
+    node_exit: int | None = None
+    node_died: bool = False
+    error: str = ''
+
+
+def _clean_out(out: Path) -> None:
+    """Remove the outputs of a previous demo run in ``out`` (only files this command writes)."""
+    bag = out / 'bag'
+    if (bag / 'metadata.yaml').is_file() or (bag.is_dir() and not any(bag.iterdir())):
+        shutil.rmtree(bag)
+    for p in list((out / 'mosaic').glob('frame_*.png')) + [out / 'demo.gif', out / 'summary.json',
+                                                          out / 'node.log']:
+        p.unlink(missing_ok=True)
+
+
+def _wait(cond: Any, timeout: float, node: NodeProcess) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        if not node.alive():
+            return False
+        time.sleep(POLL_S)
+    return bool(cond())
+
+
+def play_and_record(msgs: list[bagio.BagMessage], node: NodeProcess, rate: float,
+                    opts: DemoOptions) -> RunResult:
+    """Publish ``msgs`` at ``rate`` x the recorded pace while recording the outputs."""
+    res = RunResult()
+    ros = RosSide()
+    try:
+        if not _wait(ros.node_ready, opts.startup_timeout, node):
+            res.node_died = not node.alive()
+            res.error = ('fuse_node exited during start-up' if res.node_died else
+                         f'fuse_node did not subscribe/publish within {opts.startup_timeout:.0f} s')
+            return res
+        time.sleep(SETTLE_S)
+        start_mono = time.monotonic()
+        log0 = msgs[0].log_ns
+        shift = time.time_ns() - log0
+        n_rgb = sum(1 for m in msgs if m.topic == INPUT_TOPICS['rgb'])
+        for m in msgs:
+            target = start_mono + (m.log_ns - log0) * 1e-9 / rate
+            delay = target - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            if not node.alive():
+                res.node_died = True
+                res.error = 'fuse_node died during playback'
+                break
+            # shift = wall(start) - log0, so at rate 1 a frame is published (log - stamp) after its stamp.
+            raw, new, old = restamp(m, shift)
+            ros.publish(m.topic, raw)
+            res.played.append(Played(m.topic, m.msgtype, new, old, time.time_ns(), raw))
+        if not res.node_died:
+            last_input = time.monotonic()
+
+            def drained() -> bool:
+                if ros.count('/fused/image') >= n_rgb:
+                    return True
+                idle_since = max(ros.last_receipt, last_input)
+                return time.monotonic() - idle_since > opts.idle_timeout
+            _wait(drained, opts.drain_timeout, node)
+            # one more diagnostics report carries the final counters
+            n_diag = ros.count('/diagnostics')
+            _wait(lambda: ros.count('/diagnostics') > n_diag, opts.idle_timeout, node)
+            if not node.alive():
+                res.node_died = True
+                res.error = 'fuse_node died while processing'
+    finally:
+        res.received = list(ros.received)
+        ros.close()
+    return res
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo; print the summary; 0 on success."""
+    opts = DemoOptions(startup_timeout=args.startup_timeout, drain_timeout=args.drain_timeout,
+                       idle_timeout=args.idle_timeout, tile_width=args.tile_width, gif=not args.no_gif)
+    if args.rate <= 0:
+        raise ConfigError(f'--rate must be > 0, got {args.rate}')
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    _clean_out(out)
+    msgs = load_inputs(args.bag, args.max_frames)
+    if not msgs:
+        raise bagio.BagError(f'{args.bag}: no input messages')
+    params_files = [share_file('config/fuse.yaml')]
+    if (args.bag / 'calibration.yaml').is_file():
+        params_files.append(args.bag / 'calibration.yaml')
+    params_files += args.params_file
+    params = list(args.param)
+    for name, value in (('fusion.checkpoint', args.fusion_checkpoint),
+                        ('corrector.checkpoint', args.corrector_checkpoint), ('device', args.device)):
+        if value is not None:
+            params.append(f'{name}:={value}')
+    domain = args.domain_id if args.domain_id is not None else DOMAIN_BASE + os.getpid() % DOMAIN_SPAN
+    env = ros_environment(domain)
+    os.environ.update({k: env[k] for k in ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'FASTDDS_DEFAULT_PROFILES_FILE',
+                                           'ROS_DOMAIN_ID')})
+    os.environ.pop('ROS_STATIC_PEERS', None)
+    cmd = node_command(params_files, params)
+    print(f'demo: {len(msgs)} messages from {args.bag} at rate {args.rate}; ROS_DOMAIN_ID={domain}; '
+          f'node log {out / "node.log"}', flush=True)
+    node = NodeProcess(cmd, env, out / 'node.log')
+    try:
+        res = play_and_record(msgs, node, args.rate, opts)
+    finally:
+        res_exit = node.stop(opts.stop_timeout)
+    res.node_exit = res_exit
+    write_bag(out / 'bag', res, args.bag)
+    summary = summarise(res, args.bag, out, opts, args.rate)
+    (out / 'summary.json').write_text(json.dumps(summary, indent=2, default=float))
+    print_summary(summary)
+    if res.error or summary['outputs']['fused_images'] == 0:
+        reason = res.error or 'the node produced no fused image'
+        print(f'demo: FAILED: {reason}\n--- last lines of {out / "node.log"} ---\n{node.tail()}',
+              file=sys.stderr)
+        return 1
+    if not summary['accounted']:
+        print('demo: FAILED: some frames are neither processed nor counted as dropped', file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# Outputs: bag, mosaics, summary
+# ---------------------------------------------------------------------------
+
+def write_bag(path: Path, res: RunResult, source: Path) -> None:
+    """Inputs as played and outputs as received, by receipt/publish time."""
+    rows: list[tuple[int, str, str, bytes]] = [(p.publish_ns, p.topic, p.msgtype, p.raw) for p in res.played]
+    rows += [(r.receipt_ns, r.topic, OUTPUT_TOPICS[r.topic], r.raw) for r in res.received]
+    shift = res.played[0].stamp_ns - res.played[0].orig_stamp_ns if res.played else 0
+    with bagio.BagWriter(path, compress=True,
+                         custom_data={'regionfuse.source_bag': str(source),
+                                      'regionfuse.stamp_shift_ns': str(shift)}) as w:
+        for t, topic, msgtype, raw in sorted(rows, key=lambda r: r[0]):
+            w.write_raw(topic, msgtype, raw, t)
+
+
+def _diag_values(res: RunResult) -> dict[str, dict[str, str]]:
+    """Key/values of the last /diagnostics report, by status name suffix ('thermal input', 'fusion', ...)."""
+    last = [r for r in res.received if r.topic == '/diagnostics']
+    out: dict[str, dict[str, str]] = {}
+    for r in reversed(last):
+        arr = bagio.make_typestore().deserialize_cdr(r.raw, bagio.DIAGNOSTIC_ARRAY)
+        for st in arr.status:
+            key = st.name.rsplit(': ', 1)[-1]
+            if key not in out:
+                out[key] = {kv.key: kv.value for kv in st.values}
+        if {'thermal input', 'rgb input', 'fusion'} <= set(out):
+            break
+    return out
+
+
+def _num(d: dict[str, str], key: str) -> float:
+    try:
+        return float(d.get(key, 'nan'))
+    except ValueError:
+        return float('nan')
+
+
+def _nonzero(d: dict[str, str], prefix: str) -> dict[str, int]:
+    return {k[len(prefix):]: int(_num(d, k)) for k in d if k.startswith(prefix) and _num(d, k) > 0}
+
+
+def summarise(res: RunResult, bag: Path, out: Path, opts: DemoOptions, rate: float) -> dict[str, Any]:
+    """Counts, rates, latency and misregistration of one run; writes the mosaics and GIF."""
+    ts = bagio.make_typestore()
+    played = {k: [p for p in res.played if p.topic == t] for k, t in INPUT_TOPICS.items()}
+    fused = [r for r in res.received if r.topic == '/fused/image']
+    statuses = [ts.deserialize_cdr(r.raw, bagio.FUSION_STATUS)
+                for r in res.received if r.topic == '/fused/status']
+    lat_ms, stamps = [], []
+    for r in fused:
+        img = ts.deserialize_cdr(r.raw, bagio.IMAGE)
+        s = bagio.time_to_ns(img.header.stamp)
+        stamps.append(s)
+        lat_ms.append((r.receipt_ns - s) * MS)
+    t_rx = np.array([r.receipt_ns for r in fused], np.float64)
+    t_in = np.array([p.publish_ns for p in played['rgb']], np.float64)
+    diag = _diag_values(res)
+    last = statuses[-1] if statuses else None
+    fusion_d, th_d, rgb_d = diag.get('fusion', {}), diag.get('thermal input', {}), diag.get('rgb input', {})
+    truth = bagio.load_json_beside(bag, 'ground_truth.json').get('misregistration', {})
+    shifts = np.array([s.mean_shift_px for s in statuses], np.float64)
+    fracs = np.array([s.misaligned_fraction for s in statuses], np.float64)
+    node_ms = np.array([s.total_ms for s in statuses], np.float64)
+    n_rgb, n_th = len(played['rgb']), len(played['thermal'])
+    received = {'thermal': int(_num(th_d, 'received')) if th_d else (last.thermal_received if last else 0),
+                'rgb': int(_num(rgb_d, 'received')) if rgb_d else (last.rgb_received if last else 0)}
+    paired = int(_num(fusion_d, 'paired')) if fusion_d else (last.paired if last else 0)
+    processed = int(_num(fusion_d, 'processed')) if fusion_d else (last.processed if last else 0)
+    unpaired = {'thermal': _nonzero(th_d, 'unpaired.'), 'rgb': _nonzero(rgb_d, 'unpaired.')}
+    queued = {'thermal': int(_num(th_d, 'queued')) if th_d else 0,
+              'rgb': int(_num(rgb_d, 'queued')) if rgb_d else 0}
+    pair_drops = _nonzero(fusion_d, 'dropped.')
+    lost_in_transport = {'thermal': n_th - received['thermal'], 'rgb': n_rgb - received['rgb']}
+    accounted = bool(diag) and all(
+        received[s] == paired + sum(unpaired[s].values()) + queued[s] for s in ('thermal', 'rgb')) and (
+        paired == processed + sum(pair_drops.values()))
+    mosaics = write_mosaics(res, fused, statuses, out, opts)
+    return {
+        'recording': str(bag), 'playback_rate': rate,
+        'frames_in': {'thermal': n_th, 'rgb': n_rgb},
+        'node': {'received': received, 'lost_in_transport': lost_in_transport, 'paired': paired,
+                 'processed': processed, 'unpaired': unpaired, 'left_in_queue': queued,
+                 'pair_drops': pair_drops, 'exit_status': res.node_exit,
+                 'device': fusion_d.get('device', last.device if last else ''),
+                 'fusion_model': last.fusion_model if last else '',
+                 'corrector_model': last.corrector_model if last else ''},
+        'accounted': accounted,
+        'outputs': {'fused_images': len(fused), 'statuses': len(statuses),
+                    'overlays': sum(1 for r in res.received if r.topic == '/fused/misregistration/overlay'),
+                    'diagnostics': sum(1 for r in res.received if r.topic == '/diagnostics'),
+                    'mosaics': mosaics, 'bag': str(out / 'bag')},
+        'rate_hz': {'input_rgb': _rate(t_in), 'output': _rate(t_rx)},
+        'latency_ms': {'p50': _pct(lat_ms, 50), 'p95': _pct(lat_ms, 95),
+                       'max': max(lat_ms, default=float('nan')), 'node_total_p50': _pct(node_ms, 50)},
+        'misregistration': {'mean_shift_px': float(np.nanmean(shifts)) if len(shifts) else float('nan'),
+                            'misaligned_fraction': float(np.nanmean(fracs)) if len(fracs) else float('nan'),
+                            'ground_truth_mean_shift_px': truth.get('flow_mean_px', float('nan'))},
+        'error': res.error,
+    }
+
+
+def _pct(a: Sequence[float] | np.ndarray, q: float) -> float:
+    return float(np.percentile(a, q)) if len(a) else float('nan')
+
+
+def _rate(t_ns: np.ndarray) -> float:
+    if len(t_ns) < 2:
+        return float('nan')
+    return float((len(t_ns) - 1) / ((t_ns[-1] - t_ns[0]) * 1e-9))
+
+
+def write_mosaics(res: RunResult, fused: list[Received], statuses: list[Any], out: Path,
+                  opts: DemoOptions) -> int:
+    """One PNG per fused frame (thermal | RGB | fused | overlay) and the GIF; returns the PNG count."""
+    import cv2
+    ts = bagio.make_typestore()
+    by_stamp: dict[tuple[str, int], Played] = {(p.topic, p.stamp_ns): p for p in res.played}
+    overlays = {}
+    for r in res.received:
+        if r.topic == '/fused/misregistration/overlay':
+            m = ts.deserialize_cdr(r.raw, bagio.IMAGE)
+            overlays[bagio.time_to_ns(m.header.stamp)] = m
+    th_of = {bagio.time_to_ns(s.header.stamp): bagio.time_to_ns(s.thermal_stamp) for s in statuses}
+    thermal_played = [p for p in res.played if p.topic == INPUT_TOPICS['thermal']]
+    mdir = out / 'mosaic'
+    mdir.mkdir(parents=True, exist_ok=True)
+    frames = []
+    for i, r in enumerate(fused):
+        try:
+            fmsg = ts.deserialize_cdr(r.raw, bagio.IMAGE)
+            stamp = bagio.time_to_ns(fmsg.header.stamp)
+            rgb_p = by_stamp.get((INPUT_TOPICS['rgb'], stamp))
+            th_stamp = th_of.get(stamp)
+            th_p = (by_stamp.get((INPUT_TOPICS['thermal'], th_stamp)) if th_stamp is not None else
+                    min(thermal_played, key=lambda p: abs(p.stamp_ns - stamp), default=None))
+            tiles = [_thermal_tile(th_p), _image_tile(rgb_p.raw if rgb_p else None, 'RGB'),
+                     ('fused', encodings.to_rgb8(bagio.image_array(fmsg), fmsg.encoding)),
+                     _overlay_tile(overlays.get(stamp))]
+            ref_h, ref_w = tiles[2][1].shape[:2]
+            tile_wh = (opts.tile_width, max(1, round(opts.tile_width * ref_h / ref_w)))
+            mosaic = compose_mosaic(tiles, tile_wh)
+        except RegionFuseError as e:
+            log.warning('mosaic of frame %d skipped: %s', i, e)
+            continue
+        cv2.imwrite(str(mdir / f'frame_{i:04d}.png'), mosaic[:, :, ::-1])
+        frames.append(mosaic)
+    if opts.gif and frames:
+        import imageio.v2 as imageio
+        imageio.mimsave(out / 'demo.gif', frames, duration=_gif_frame_ms(fused), loop=0)
+    return len(frames)
+
+
+def _gif_frame_ms(fused: list[Received]) -> float:
+    t = np.array([r.receipt_ns for r in fused], np.float64)
+    return float(np.median(np.diff(t)) * MS) if len(t) > 1 else 100.0
+
+
+def _thermal_tile(p: Played | None) -> tuple[str, np.ndarray]:
+    if p is None:
+        return 'thermal (missing)', np.zeros((1, 1), np.uint8)
+    msg = bagio.make_typestore().deserialize_cdr(p.raw, bagio.IMAGE)
+    img = encodings.thermal_input(bagio.image_array(msg), msg.encoding)
+    unit = convert.thermal_to_unit(img) if img.dtype != np.uint8 else img.astype(np.float32) / 255.0
+    return f'thermal {msg.width}x{msg.height} {msg.encoding}', convert.unit_to_uint8(unit)
+
+
+def _image_tile(raw: bytes | None, label: str) -> tuple[str, np.ndarray]:
+    if raw is None:
+        return f'{label} (missing)', np.zeros((1, 1), np.uint8)
+    msg = bagio.make_typestore().deserialize_cdr(raw, bagio.IMAGE)
+    return f'{label} {msg.width}x{msg.height}', encodings.rgb_input(bagio.image_array(msg), msg.encoding)
+
+
+def _overlay_tile(msg: Any) -> tuple[str, np.ndarray]:
+    if msg is None:
+        return 'misregistration (none)', np.zeros((1, 1), np.uint8)
+    return 'misregistration', encodings.to_rgb8(bagio.image_array(msg), msg.encoding)
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    """Human-readable summary on stdout."""
+    n, fin = s['node'], s['frames_in']
+    lat, mis = s['latency_ms'], s['misregistration']
+    print('\n=== regionfuse demo summary ===')
+    print(f'recording        {s["recording"]}')
+    print(f'frames in        thermal {fin["thermal"]}, rgb {fin["rgb"]}  (node received thermal '
+          f'{n["received"]["thermal"]}, rgb {n["received"]["rgb"]})')
+    print(f'paired           {n["paired"]}')
+    print(f'processed        {n["processed"]}')
+    drops = {f'unpaired thermal {k}': v for k, v in n['unpaired']['thermal'].items()}
+    drops |= {f'unpaired rgb {k}': v for k, v in n['unpaired']['rgb'].items()}
+    drops |= {f'pair {k}': v for k, v in n['pair_drops'].items()}
+    drops |= {f'lost before the node ({k})': v for k, v in n['lost_in_transport'].items() if v}
+    drops |= {f'waiting in queue ({k})': v for k, v in n['left_in_queue'].items() if v}
+    print('dropped          ' + (', '.join(f'{k}: {v}' for k, v in drops.items()) if drops else 'none'))
+    print(f'all accounted    {"yes" if s["accounted"] else "NO"}')
+    rate = s['rate_hz']
+    print(f'rate             input rgb {rate["input_rgb"]:.2f} Hz, output {rate["output"]:.2f} Hz')
+    print(f'latency          p50 {lat["p50"]:.1f} ms, p95 {lat["p95"]:.1f} ms (input stamp -> output '
+          f'receipt; node pipeline p50 {lat["node_total_p50"]:.1f} ms)')
+    print(f'misregistration  mean shift {mis["mean_shift_px"]:.2f} px (ground truth '
+          f'{mis["ground_truth_mean_shift_px"]:.2f} px), misaligned area {mis["misaligned_fraction"]:.1%}')
+    print(f'device / models  {n["device"]} / {n["fusion_model"]} + {n["corrector_model"]}')
+    o = s['outputs']
+    print(f'outputs          {o["fused_images"]} fused images, {o["overlays"]} overlays, {o["statuses"]} '
+          f'statuses, {o["diagnostics"]} diagnostics -> {o["bag"]}; {o["mosaics"]} mosaics')
+    print(f'node exit        {n["exit_status"]}')
