@@ -64,13 +64,15 @@ def build_runner(kind: str, cfg: PipelineConfig, device: torch.device,
                  module: nn.Module | None = None) -> tuple[Callable, dict[str, Any]]:
     """Return ``(runner, card)`` for ``kind`` ('fusion' or 'corrector') per ``cfg``.
 
-    With ``module`` given, that module is used as is (no weights loaded).
+    With ``module`` given, that module is used as is (no weights loaded; with
+    ``backend: onnxruntime`` it is exported and run by ONNX Runtime).
     """
     sub = cfg.fusion if kind == 'fusion' else cfg.corrector
-    if module is not None:
-        return _torch_runner(kind, module.eval().to(device)), {'name': f'{sub.variant}@custom'}
     if cfg.backend == 'onnxruntime':
         from .onnx_runtime import build_onnx_runner
-        return build_onnx_runner(kind, sub.variant, sub.checkpoint, device)
+        return build_onnx_runner(kind, sub.variant, sub.checkpoint, device, threads=cfg.threads,
+                                 module=module)
+    if module is not None:
+        return _torch_runner(kind, module.eval().to(device)), {'name': f'{sub.variant}@custom'}
     model, card = load_model(kind, sub.variant, sub.checkpoint, device)
     return _torch_runner(kind, model), card
