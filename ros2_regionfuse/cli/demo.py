@@ -3,8 +3,9 @@
 The README's main job (``make demo``). Steps:
 
 1. start ``fuse_node`` (the executable next to ``sys.executable``) in a
-   subprocess with ``config/fuse.yaml``, the recording's ``calibration.yaml``
-   and the remaps of ``launch/fuse.launch.py``, on loopback-only DDS
+   subprocess with the command line ``launch/fuse.launch.py`` would run
+   (``ros/launch_args.py``: ``config/fuse.yaml``, remaps, node name) plus the
+   recording's ``calibration.yaml``, on loopback-only DDS
    (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``, the shared-memory + loopback
    Fast DDS profile) and a ROS domain of its own;
 2. once the node has subscribed, publish the recording's serialised messages
@@ -135,21 +136,24 @@ def ros_environment(domain_id: int) -> dict[str, str]:
     return env
 
 
-def node_command(params_files: Sequence[Path], params: Sequence[str]) -> list[str]:
-    """Command line of ``fuse_node`` as ``launch/fuse.launch.py`` would run it.
+def node_command(extra_params_files: Sequence[Path], params: Sequence[str]) -> list[str]:
+    """Command line of ``fuse_node`` exactly as ``launch/fuse.launch.py`` runs it, plus extras.
+
+    Args:
+        extra_params_files: parameter files after ``config/fuse.yaml`` (later files win).
+        params: ``name:=value`` overrides.
 
     Raises:
         ConfigError: the ``fuse_node`` executable is missing.
     """
-    exe = Path(sys.executable).with_name('fuse_node')
+    from ..ros import launch_args
+    exe = Path(sys.executable).with_name(launch_args.EXECUTABLE)
     if not exe.is_file():
         raise ConfigError(f'{exe} not found: run `make setup` (installs the fuse_node console script)')
-    cmd = [str(exe), '--ros-args']
-    for f in params_files:
+    cmd = launch_args.command_line(str(exe), {'thermal_topic': INPUT_TOPICS['thermal'],
+                                              'rgb_topic': INPUT_TOPICS['rgb']})
+    for f in extra_params_files:
         cmd += ['--params-file', str(f)]
-    for name in ('thermal', 'rgb'):
-        cmd += ['-r', f'{name}/image_raw:={INPUT_TOPICS[name]}',
-                '-r', f'{name}/camera_info:={INPUT_TOPICS[name + "_info"]}']
     for p in params:
         cmd += ['-p', p]
     return cmd
@@ -421,7 +425,7 @@ def run(args: argparse.Namespace) -> int:
     msgs = load_inputs(args.bag, args.max_frames)
     if not msgs:
         raise bagio.BagError(f'{args.bag}: no input messages')
-    params_files = [share_file('config/fuse.yaml')]
+    params_files = []
     if (args.bag / 'calibration.yaml').is_file():
         params_files.append(args.bag / 'calibration.yaml')
     params_files += args.params_file
@@ -444,6 +448,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         res_exit = node.stop(opts.stop_timeout)
     res.node_exit = res_exit
+    if not res.played:
+        print(f'demo: FAILED: {res.error or "nothing was played"} (exit status {res_exit})\n'
+              f'--- last lines of {out / "node.log"} ---\n{node.tail()}', file=sys.stderr)
+        return 1
     write_bag(out / 'bag', res, args.bag)
     summary = summarise(res, args.bag, out, opts, args.rate)
     (out / 'summary.json').write_text(json.dumps(summary, indent=2, default=float))

@@ -291,11 +291,11 @@ def build_sample_bag(cfg: SampleBagConfig, source: Path, out: Path, *, compress:
         'sources': _provenance(source, cfg.dataset, list(cfg.pairs)),
         'frames': frames,
     }
+    pairs = [_load_pair(source, cfg.dataset, stem) for stem in cfg.pairs]  # fail before writing
     with bagio.BagWriter(out, compress=compress) as w:
         idx = 0
         msgs: list[tuple[int, str, Any]] = []
-        for stem in cfg.pairs:
-            ir, vi = _load_pair(source, cfg.dataset, stem)
+        for stem, (ir, vi) in zip(cfg.pairs, pairs, strict=True):
             for i, m in enumerate(camera_path(cfg, (ir.shape[1], ir.shape[0]), rng)):
                 nominal = t0 + int(round(idx * period * bagio.NS_PER_S))
                 rgb_ns = nominal + int(rng.uniform(-cfg.jitter_ms, cfg.jitter_ms) * ms)
