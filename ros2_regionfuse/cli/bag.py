@@ -137,14 +137,14 @@ class BagFuseStats:
     def as_dict(self, sync: ApproximateTimeSync) -> dict[str, Any]:
         """Summary as plain values (counters of the synchronizer included)."""
         c = sync.counters()
-        ms = np.asarray(self.total_ms or [np.nan])
+        ms = np.asarray(self.total_ms, np.float64)
         return {'thermal_received': self.received['thermal'], 'rgb_received': self.received['rgb'],
                 'paired': c.pairs, 'processed': self.processed, 'pipeline_errors': self.pipeline_errors,
                 'unpaired_thermal': {k: v for k, v in c.thermal.unpaired.items() if v},
                 'unpaired_rgb': {k: v for k, v in c.rgb.unpaired.items() if v},
                 'left_in_queue': {'thermal': c.thermal.queued, 'rgb': c.rgb.queued},
-                'pipeline_ms_median': float(np.nanmedian(ms)),
-                'pipeline_ms_p95': float(np.nanpercentile(ms, 95))}
+                'pipeline_ms_median': float(np.median(ms)) if ms.size else float('nan'),
+                'pipeline_ms_p95': float(np.percentile(ms, 95)) if ms.size else float('nan')}
 
 
 def scaled_camera_info(info: Any, width: int, height: int) -> Any:
