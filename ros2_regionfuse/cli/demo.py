@@ -62,6 +62,7 @@ DOMAIN_BASE, DOMAIN_SPAN = 200, 30
 MS = 1e-6  # ns -> ms
 SETTLE_S = 0.5  # after discovery, before the first frame (shared-memory path set-up)
 POLL_S = 0.05
+RECORD_DEPTH = 200  # history of the recorder's subscriptions (messages)
 
 
 @dataclass
@@ -257,7 +258,7 @@ class RosSide:
     def __init__(self) -> None:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
         from sensor_msgs.msg import CameraInfo, Image
         self.rclpy = rclpy
         self.ctx = rclpy.Context()
@@ -275,16 +276,28 @@ class RosSide:
         self.received: list[Received] = []
         self._lock = threading.Lock()
         self.last_receipt = 0.0
-        # Best effort matches both reliable and best-effort publishers; deep history, cheap callbacks.
-        rec_qos = QoSProfile(depth=200, history=HistoryPolicy.KEEP_LAST,
-                             reliability=ReliabilityPolicy.BEST_EFFORT)
-        self.subs = {t: self.node.create_subscription(_ros_type(ty), t, self._recorder(t), rec_qos, raw=True)
-                     for t, ty in OUTPUT_TOPICS.items()}
+        self.subs: dict[str, Any] = {}
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(self.node)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._spin, name='demo-spin', daemon=True)
         self._thread.start()
+
+    def start_recording(self) -> None:
+        """Subscribe to the outputs, matching each publisher's reliability (no loss when reliable)."""
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+        for topic, msgtype in OUTPUT_TOPICS.items():
+            infos = self.node.get_publishers_info_by_topic(topic)
+            reliable = bool(infos) and all(i.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+                                           for i in infos)
+            rel = ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
+            qos = QoSProfile(depth=RECORD_DEPTH, history=HistoryPolicy.KEEP_LAST, reliability=rel)
+            self.subs[topic] = self.node.create_subscription(_ros_type(msgtype), topic, self._recorder(topic),
+                                                             qos, raw=True)
+
+    def recording(self) -> bool:
+        """The recorder is matched with the node's fused/image publisher."""
+        return '/fused/image' in self.subs and self.subs['/fused/image'].get_publisher_count() > 0
 
     def _recorder(self, topic: str) -> Any:
         def cb(raw: bytes) -> None:
@@ -306,7 +319,7 @@ class RosSide:
     def node_ready(self) -> bool:
         """The node subscribes to both image topics and publishes fused/image."""
         return (all(self.pubs[INPUT_TOPICS[k]].get_subscription_count() > 0 for k in ('thermal', 'rgb'))
-                and self.subs['/fused/image'].get_publisher_count() > 0)
+                and bool(self.node.get_publishers_info_by_topic('/fused/image')))
 
     def publish(self, topic: str, raw: bytes) -> None:
         """Publish serialised bytes on one of the input topics."""
@@ -369,7 +382,11 @@ def play_and_record(msgs: list[bagio.BagMessage], node: NodeProcess, rate: float
     res = RunResult()
     ros = RosSide()
     try:
-        if not _wait(ros.node_ready, opts.startup_timeout, node):
+        ready = _wait(ros.node_ready, opts.startup_timeout, node)
+        if ready:
+            ros.start_recording()
+            ready = _wait(ros.recording, opts.startup_timeout, node)
+        if not ready:
             res.node_died = not node.alive()
             res.error = ('fuse_node exited during start-up' if res.node_died else
                          f'fuse_node did not subscribe/publish within {opts.startup_timeout:.0f} s')
