@@ -12,7 +12,7 @@ setup(
     name=package_name,
     version='0.1.0',
     packages=find_packages(include=[package_name, package_name + '.*']),
-    package_data={package_name: ['weights/*.safetensors', 'weights/*.json']},
+    package_data={package_name: ['weights/*.safetensors', 'weights/*.json', 'data/sample_demo/*']},
     python_requires='>=3.10',
     install_requires=['numpy', 'opencv-python-headless', 'torch', 'safetensors', 'tqdm', 'pyyaml'],
     extras_require={'test': ['pytest', 'pytest-timeout', 'ruff'],
