@@ -173,7 +173,7 @@ class RegionFuseNet(nn.Module):
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
         details, base = laplacian_pyramid(x, levels)
         g_net, g_fine = x, x
-        for lvl in range(ln):
+        for _ in range(ln):
             g_fine = g_net
             g_net = down2(g_net)
         b = thermal.shape[0]

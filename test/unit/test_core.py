@@ -5,11 +5,21 @@ import numpy as np
 import pytest
 
 from ros2_regionfuse.core import convert
-from ros2_regionfuse.core.align import (homography_from_values, plane_homography,
-                                        scale_homography, warp_thermal)
+from ros2_regionfuse.core.align import (
+    homography_from_values,
+    plane_homography,
+    scale_homography,
+    warp_thermal,
+)
 from ros2_regionfuse.core.checks import ConfigError, RegionFuseError, ShapeError, ValueRangeError
-from ros2_regionfuse.core.config import (NodeConfig, PipelineConfig, field_specs, set_value,
-                                         to_dict, update_from_dict)
+from ros2_regionfuse.core.config import (
+    NodeConfig,
+    PipelineConfig,
+    field_specs,
+    set_value,
+    to_dict,
+    update_from_dict,
+)
 from ros2_regionfuse.core.pipeline import FusionPipeline, select_device
 from ros2_regionfuse.models.registry import build_fusion
 

@@ -6,8 +6,7 @@ import torch
 
 from ros2_regionfuse.models.fusion_net import RegionFuseNet, network_level
 from ros2_regionfuse.models.layers import from_regions, to_regions
-from ros2_regionfuse.models.mora import (MoRA, Routing, balance_loss, expert_masked_attention,
-                                         noisy_top_k)
+from ros2_regionfuse.models.mora import MoRA, Routing, balance_loss, expert_masked_attention, noisy_top_k
 from ros2_regionfuse.models.registry import build_fusion
 from ros2_regionfuse.models.rfcm import RFCM, region_gate
 
