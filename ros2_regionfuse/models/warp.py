@@ -22,7 +22,7 @@ Example:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from torch import nn
 
 _GRID_CACHE: dict[tuple, torch.Tensor] = {}
@@ -100,7 +100,7 @@ class FlowWarp(nn.Module):
 def bidirectional_warp(img: torch.Tensor, flow: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """M-gated bidirectional warp: ``m * warp(img, +flow) + (1 - m) * warp(img, -flow)``.
 
-    Both warps run in one ``grid_sample`` call (batch of 2B).
+    Both warps run in one ``grid_sample`` call (the two grids side by side).
 
     Args:
         img: ``(B, C, H, W)``.
@@ -115,10 +115,19 @@ def bidirectional_warp(img: torch.Tensor, flow: torch.Tensor, m: torch.Tensor) -
         >>> bool(torch.allclose(bidirectional_warp(x, f, torch.full((1, 1, 4, 4), 0.3)), x))
         True
     """
-    b = img.shape[0]
-    both = warp_by_flow(torch.cat([img, img]), torch.cat([flow, -flow]))
-    fwd, bwd = both[:b], both[b:]
-    return bwd + m * (fwd - bwd)
+    _, _, h, w = flow.shape
+    scale = torch.tensor([2.0 / w, 2.0 / h], device=flow.device, dtype=flow.dtype)
+    g = flow.permute(0, 2, 3, 1) * scale
+    base = base_grid(h, w, flow.device, flow.dtype)
+    # Both sampling grids side by side: one grid_sample call, no copy of the image.
+    if g.requires_grad:
+        grid = torch.cat([base + g, base - g], 2)
+    else:  # inference: write both halves in place (saves a full-resolution copy)
+        grid = torch.empty(g.shape[0], h, 2 * w, 2, device=g.device, dtype=g.dtype)
+        torch.add(base, g, out=grid[:, :, :w])
+        torch.sub(base, g, out=grid[:, :, w:])
+    both = F.grid_sample(img, grid, mode='bilinear', padding_mode='border', align_corners=False)
+    return torch.lerp(both[..., w:], both[..., :w], m)
 
 
 class BidirectionalWarp(nn.Module):

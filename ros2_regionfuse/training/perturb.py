@@ -37,13 +37,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 
 from ..core.checks import ConfigError
 from ..core.config import _f
 
 _FIXED_POINT_ITERS = 12
 _STATS_STEP = 8  # pixel stride of the grid used for mean/max displacement statistics
+_FIELD_STEP = 4  # pixel stride of the sampled field used to warp and to invert (smooth fields)
 
 
 @dataclass
@@ -242,6 +243,24 @@ def inverse_flow(pert: Perturbation, x: torch.Tensor, y: torch.Tensor) -> torch.
     return phi
 
 
+def _coarse_field(pert: Perturbation, dtype: torch.dtype) -> torch.Tensor:
+    """``d`` sampled every ``_FIELD_STEP`` pixels (plus the last row/column), ``(1, 2, gh, gw)``."""
+    xs = torch.arange(0, pert.width - 1 + _FIELD_STEP, _FIELD_STEP, dtype=dtype)
+    ys = torch.arange(0, pert.height - 1 + _FIELD_STEP, _FIELD_STEP, dtype=dtype)
+    yy, xx = torch.meshgrid(ys, xs, indexing='ij')
+    return pert.displacement(xx, yy)[None]
+
+
+def _sample_coarse(dmap: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Bilinear sample of a :func:`_coarse_field` map at pixel coordinates -> ``(2, *x.shape)``."""
+    gh, gw = dmap.shape[-2:]
+    gx = x / (_FIELD_STEP * (gw - 1)) * 2.0 - 1.0
+    gy = y / (_FIELD_STEP * (gh - 1)) * 2.0 - 1.0
+    grid = torch.stack([gx, gy], -1).reshape(1, 1, -1, 2)
+    out = F.grid_sample(dmap, grid, mode='bilinear', padding_mode='border', align_corners=True)
+    return out.reshape(2, *x.shape)
+
+
 def _gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of ``(1, 1, H, W)`` (reflect border)."""
     if sigma <= 0.05:
@@ -281,9 +300,10 @@ def apply_perturbation(thermal: torch.Tensor, pert: Perturbation,
     if x0 < 0 or y0 < 0 or x0 + w > ww or y0 + h > hh or w < 1 or h < 1:
         raise ConfigError(f'window {window} outside the {hh}x{ww} image')
     dt = thermal.dtype
-    ys, xs = torch.meshgrid(torch.arange(y0, y0 + h, dtype=torch.float64),
-                            torch.arange(x0, x0 + w, dtype=torch.float64), indexing='ij')
-    d = pert.displacement(xs, ys)
+    ys, xs = torch.meshgrid(torch.arange(y0, y0 + h, dtype=dt),
+                            torch.arange(x0, x0 + w, dtype=dt), indexing='ij')
+    dmap = _coarse_field(pert, dt)
+    d = _sample_coarse(dmap, xs, ys)
     sx, sy = xs + d[0], ys + d[1]
     valid = (sx >= -0.5) & (sx <= ww - 0.5) & (sy >= -0.5) & (sy <= hh - 0.5)
     grid = torch.stack([(2 * sx + 1) / ww - 1, (2 * sy + 1) / hh - 1], -1)[None].to(dt)
@@ -292,5 +312,8 @@ def apply_perturbation(thermal: torch.Tensor, pert: Perturbation,
     if pert.noise_std > 0:
         g = torch.Generator().manual_seed(pert.seed)
         out = out + pert.noise_std * torch.randn(out.shape, generator=g, dtype=dt)
-    phi = inverse_flow(pert, xs, ys)
+    phi = -d
+    if not pert.is_identity:
+        for _ in range(_FIXED_POINT_ITERS):
+            phi = -_sample_coarse(dmap, xs + phi[0], ys + phi[1])
     return out.clamp(0.0, 1.0), phi[None].to(dt), valid[None, None]

@@ -1,0 +1,423 @@
+"""Post-registration corrector ("fuse, then register", after FusionRegister, CVPR 2026).
+
+The fused luminance ``F`` of a misregistered pair holds IR-derived content
+displaced against the visible frame. With the visible image ``Y`` as the
+reference, the corrector finds where and how far that content is displaced
+and resamples it. Inputs and output are luminance, ``(B, 1, H, W)`` float32
+in [0, 1]; the pipeline restores colour from the RGB chroma (the RGB image is
+not misregistered, only IR-derived content is).
+
+**Flow convention** (see ``models/warp.py``): ``flow`` is ``(B, 2, H, W)`` in
+pixels of the input, x then y; the corrected output at pixel ``p`` takes the
+IR-derived content found at ``p + flow(p)`` of the uncorrected fused image
+(backward bilinear sampling with ``grid_sample``, ``align_corners=False``).
+
+Architecture (cost-driven; facts of the paper in ../shared/README.md §2):
+
+1. **Encoder.** ``[Y, F, T]`` is pixel-unshuffled to stride ``stem_stride``
+   (lossless space-to-depth; 4 for ``corrector_fast``) and encoded by three
+   modality streams (grouped convolutions), halving the resolution per level:
+   strides 4, 8, 16 for ``corrector_fast``.
+2. **Misregistration localisation, coarse to fine.** At each level a head
+   predicts a flow residual and misregistration logits from local
+   correlations (channel-mean of products of RMS-normalised features):
+   visible vs warped thermal features with a wide search at the coarsest
+   level (radius 2 at 1/16 = ±32 px, where the cross-modal evidence of the
+   shift lies), the same for a fixed polarity-invariant edge descriptor
+   (:func:`edge_descriptor`; radius 2 at 1/16 and 1/8), and the paper's p=1
+   correlation of the warped fused features with the visible features.
+   ``phi_fine = head + 2 * up(phi_coarse)`` (:func:`compose_flow`); the
+   coarsest head sees global context (image-mean features) so flat regions
+   inherit the shift of their surroundings.
+3. **Modality Retention Block** (at the finest level): p=1 correlations of
+   the bidirectionally warped fused features with visible and warped thermal
+   features, a 3x3 conv, a multi-window gMLP (windows 1/3/5, spatial gating
+   units mixing the tokens of each window, softmax-weighted merge), visible
+   channel attention and IR spatial attention (7x7 conv over channel max and
+   mean). It predicts two maps: ``alpha`` (visible retention gain) and ``b``
+   (bias).
+4. **Full resolution** (a few cheap ops): the flow, ``M``, ``alpha`` and ``b``
+   are upsampled bilinearly; ``[F, Y]`` is warped bidirectionally,
+   ``W(x) = M * warp(x, +phi) + (1 - M) * warp(x, -phi)``, giving ``F_w`` and
+   ``Y_w``; the output is ``clamp(F_w + alpha * (Y - Y_w) + b, 0, 1)``. The
+   residual ``alpha * (Y - Y_w)`` puts back the visible detail that the warp
+   moved (a fusion is locally ``~ a * Y + c * T``; warping it shifts the
+   visible part too), so only IR-derived content moves. On aligned input
+   ``phi ~ 0`` and the output equals the input up to ``b ~ 0``.
+
+``corrector_paper`` mirrors the published configuration (two scales, 1/2 and
+1, width 16, modules at full resolution); it is a timing reference only.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .registry import register_corrector
+from .warp import bidirectional_warp, compose_flow, local_correlation, warp_by_flow
+
+_LEAK = 0.1  # LeakyReLU slope
+_FLOW_INPUT_SCALE = 0.25  # flows fed to the heads are scaled into a unit-ish range
+_EDGE_EPS = 0.02  # intensity units: floor of the local gradient energy in the edge descriptor
+_EDGE_WINDOW = 7  # local window (px of the level) normalising the edge descriptor
+_NORM_EPS = 1e-3  # RMS normalisation of features before correlation
+_M_INIT_LOGIT = 2.0  # initial M ~ 0.88: the image loss then pulls +phi toward the true shift
+
+
+@dataclass(frozen=True)
+class CorrectorConfig:
+    """Hyper-parameters of :class:`Corrector`.
+
+    Attributes:
+        stem_stride: resolution of the finest level (pixel-unshuffle factor, 1 = full resolution).
+        widths: channels per modality stream at each level, finest first.
+        radii: correlation search radius (px of the level) of visible vs
+            warped thermal features, per level, finest first.
+        edge_radii: search radius of the fixed edge-descriptor correlation, per level.
+        heads: hidden width of the flow/M head per level, finest first.
+        head_in_kernel: kernel size of each head's input conv, finest first (1 keeps the
+            finest level cheap).
+        dilations: dilations of the two inner head convs, per level, finest first.
+        mrb_width: channels of the Modality Retention Block.
+        windows: gMLP window sizes.
+    """
+
+    stem_stride: int = 4
+    widths: tuple[int, ...] = (12, 16, 24)
+    radii: tuple[int, ...] = (1, 1, 2)
+    edge_radii: tuple[int, ...] = (1, 2, 2)
+    heads: tuple[int, ...] = (16, 32, 48)
+    head_in_kernel: tuple[int, ...] = (1, 3, 3)
+    dilations: tuple[tuple[int, int], ...] = ((1, 2), (1, 2), (2, 4))
+    mrb_width: int = 16
+    windows: tuple[int, ...] = (1, 3, 5)
+
+    @property
+    def levels(self) -> int:
+        """Number of pyramid levels."""
+        return len(self.widths)
+
+    @property
+    def multiple(self) -> int:
+        """Input sizes are padded to a multiple of this."""
+        return self.stem_stride * 2 ** (self.levels - 1)
+
+
+class CorrectorOutput(NamedTuple):
+    """Output of :class:`Corrector`.
+
+    Attributes:
+        image: ``(B, 1, H, W)`` corrected fused luminance in [0, 1].
+        misregistration: ``(B, 1, H, W)`` probability M in [0, 1].
+        flow: ``(B, 2, H, W)`` pixels (x, y), convention in the module docstring.
+        flows: per level, finest first: ``(B, 2, h_l, w_l)`` flow at that
+            level's resolution, in **full-resolution pixels**.
+        masks: per level, finest first: ``(B, 1, h_l, w_l)`` M at that level.
+        warped: per level, finest first: ``(B, 1, h_l, w_l)`` the fused image
+            average-pooled to the level and warped bidirectionally by that
+            level's flow and M (empty unless training or ``aux=True``).
+    """
+
+    image: torch.Tensor
+    misregistration: torch.Tensor
+    flow: torch.Tensor
+    flows: list[torch.Tensor]
+    masks: list[torch.Tensor]
+    warped: list[torch.Tensor]
+
+
+def _act() -> nn.Module:
+    return nn.LeakyReLU(_LEAK, inplace=True)
+
+
+def _conv(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, dilation: int = 1
+          ) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride, padding=dilation * (k // 2), groups=groups, dilation=dilation)
+
+
+def edge_descriptor(img: torch.Tensor) -> torch.Tensor:
+    """Polarity-invariant, contrast-normalised edge descriptor of a gray image.
+
+    ``[|gx|, |gy|]`` (central differences) divided by the local mean gradient
+    energy (``_EDGE_WINDOW`` box, floored at ``_EDGE_EPS``), minus its image
+    mean. Thermal and visible edges of one object match in this descriptor
+    whatever their polarity and contrast, so its correlation shows the shift
+    between the modalities from the first training step.
+
+    Args:
+        img: ``(B, 1, h, w)`` in [0, 1].
+
+    Returns:
+        ``(B, 2, h, w)``.
+
+    Example:
+        >>> edge_descriptor(torch.rand(2, 1, 9, 7)).shape
+        torch.Size([2, 2, 9, 7])
+    """
+    zero = torch.zeros_like(img)
+    gx = F.pad(img[..., :, 2:] - img[..., :, :-2], (1, 1, 0, 0)) if img.shape[-1] > 2 else zero
+    gy = F.pad(img[..., 2:, :] - img[..., :-2, :], (0, 0, 1, 1)) if img.shape[-2] > 2 else zero
+    g = torch.cat([gx.abs(), gy.abs()], 1)
+    energy = F.avg_pool2d(g.sum(1, keepdim=True), _EDGE_WINDOW, 1, _EDGE_WINDOW // 2, count_include_pad=False)
+    e = g / (energy + _EDGE_EPS)
+    return e - e.mean((2, 3), keepdim=True)
+
+
+def _rms_norm(f: torch.Tensor) -> torch.Tensor:
+    return f * torch.rsqrt(f.pow(2).mean(1, keepdim=True) + _NORM_EPS)
+
+
+class FlowHead(nn.Module):
+    """One level of misregistration localisation: flow residual (2) and M logits (1).
+
+    Args:
+        cin: input channels.
+        hidden: hidden width.
+        k_in: kernel size of the input conv.
+        dilations: dilations of the two inner convs.
+        global_context: add an image-mean feature vector (coarsest level).
+        ctx_out: channels of the hidden state passed to the next finer level.
+    """
+
+    def __init__(self, cin: int, hidden: int, k_in: int, dilations: tuple[int, int],
+                 global_context: bool, ctx_out: int) -> None:
+        super().__init__()
+        self.inp = nn.Sequential(_conv(cin, hidden, k_in), _act())
+        self.mid = nn.Sequential(_conv(hidden, hidden, dilation=dilations[0]), _act(),
+                                 _conv(hidden, hidden, dilation=dilations[1]), _act())
+        self.glob = nn.Conv2d(hidden, hidden, 1) if global_context else None
+        self.out = _conv(hidden, 3)
+        self.ctx = nn.Conv2d(hidden, ctx_out, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        if global_context:  # coarsest level: M starts high (see _M_INIT_LOGIT)
+            with torch.no_grad():
+                self.out.bias[2] = _M_INIT_LOGIT
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = self.inp(x)
+        if self.glob is not None:
+            h = h + self.glob(h.mean((2, 3), keepdim=True))
+        h = self.mid(h) + h
+        o = self.out(h)
+        return o[:, :2], o[:, 2:3], self.ctx(h)
+
+
+class WindowSGU(nn.Module):
+    """gMLP spatial gating unit whose token mixing is a learned matrix inside ``w x w`` windows.
+
+    ``u, v = split(proj(x))`` (half the width each); ``v`` is mixed across the ``w*w`` tokens of each
+    non-overlapping window (``v'_i = sum_j W_ij v_j + b_i``, initialised to
+    the identity); output ``u * v'``, projected back to the input width.
+    """
+
+    def __init__(self, channels: int, window: int) -> None:
+        super().__init__()
+        self.w = window
+        self.proj_in = nn.Conv2d(channels, channels, 1)
+        n = window * window
+        self.mix = nn.Parameter(torch.eye(n))
+        self.mix_bias = nn.Parameter(torch.ones(n))
+        self.proj_out = nn.Conv2d(channels // 2, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u, v = F.leaky_relu(self.proj_in(x), _LEAK).chunk(2, 1)
+        b, c, h, w = v.shape
+        k = self.w
+        if k > 1:
+            ph, pw = (-h) % k, (-w) % k
+            vp = F.pad(v, (0, pw, 0, ph), mode='replicate') if ph or pw else v
+            hh, ww = h + ph, w + pw
+            t = vp.view(b, c, hh // k, k, ww // k, k).permute(0, 1, 2, 4, 3, 5).reshape(b, c, hh // k,
+                                                                                      ww // k, k * k)
+            t = t @ self.mix.t() + self.mix_bias
+            v = t.view(b, c, hh // k, ww // k, k, k).permute(0, 1, 2, 4, 3, 5).reshape(b, c, hh, ww)
+            v = v[:, :, :h, :w]
+        else:
+            v = v * self.mix[0, 0] + self.mix_bias[0]
+        return self.proj_out(u * v)
+
+
+class ModalityRetentionBlock(nn.Module):
+    """Correlation + multi-window gMLP + visible channel / IR spatial attention -> (alpha, b).
+
+    Args:
+        feat: channels of each modality's features.
+        width: internal width.
+        windows: gMLP window sizes.
+    """
+
+    def __init__(self, feat: int, width: int, windows: tuple[int, ...]) -> None:
+        super().__init__()
+        self.fuse_in = nn.Sequential(_conv(18 + 3 * feat, width, 1), _act())
+        self.sgus = nn.ModuleList(WindowSGU(width, w) for w in windows)
+        self.merge_logits = nn.Parameter(torch.zeros(len(windows)))
+        self.vis_ca = nn.Sequential(nn.Conv2d(feat, max(feat // 2, 4), 1), nn.ReLU(inplace=True),
+                                    nn.Conv2d(max(feat // 2, 4), feat, 1))
+        self.ir_sa = nn.Conv2d(2, 1, 7, padding=3)
+        self.out = nn.Sequential(_conv(width + 2 * feat, width, 1), _act(), _conv(width, 2))
+        nn.init.zeros_(self.out[-1].weight)
+        with torch.no_grad():
+            self.out[-1].bias.copy_(torch.tensor([0.5, 0.0]))
+
+    def forward(self, fused_w: torch.Tensor, vis: torch.Tensor, ir_w: torch.Tensor) -> torch.Tensor:
+        corr = torch.cat([local_correlation(fused_w, vis, 1), local_correlation(fused_w, ir_w, 1)], 1)
+        x = self.fuse_in(torch.cat([corr, fused_w, vis, ir_w], 1))
+        a = torch.softmax(self.merge_logits, 0)
+        x = x + sum(a[i] * sgu(x) for i, sgu in enumerate(self.sgus))
+        vis_a = vis * torch.sigmoid(self.vis_ca(vis.mean((2, 3), keepdim=True)))
+        stat = torch.cat([ir_w.amax(1, keepdim=True), ir_w.mean(1, keepdim=True)], 1)
+        ir_a = ir_w * torch.sigmoid(self.ir_sa(stat))
+        return self.out(torch.cat([x, vis_a, ir_a], 1))
+
+
+class Corrector(nn.Module):
+    """Post-registration corrector (see the module docstring).
+
+    Args:
+        cfg: hyper-parameters.
+
+    Shape:
+        - fused, visible, thermal: ``(B, 1, H, W)`` float32 in [0, 1], any ``H, W >= 1``.
+        - output: :class:`CorrectorOutput`.
+
+    Example:
+        >>> m = Corrector(CorrectorConfig()).eval()
+        >>> x = torch.rand(1, 1, 37, 50)
+        >>> out = m(x, x, x)
+        >>> out.image.shape, out.flow.shape
+        (torch.Size([1, 1, 37, 50]), torch.Size([1, 2, 37, 50]))
+    """
+
+    def __init__(self, cfg: CorrectorConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg = cfg or CorrectorConfig()
+        s, w = cfg.stem_stride, cfg.widths
+        stem_in = 3 * s * s
+        # stride > 1: the 1x1 conv over the unshuffled s x s blocks is an s x s patch embedding.
+        stem: list[nn.Module] = [_conv(stem_in, 3 * w[0], 1 if s > 1 else 3, groups=3), _act()]
+        if s == 1:
+            stem += [_conv(3 * w[0], 3 * w[0], groups=3), _act()]
+        self.stem = nn.Sequential(*stem)
+        self.down = nn.ModuleList(
+            nn.Sequential(_conv(3 * w[i - 1], 3 * w[i], stride=2, groups=3), _act(),
+                          _conv(3 * w[i], 3 * w[i], groups=3), _act())
+            for i in range(1, cfg.levels))
+        ctx = 8
+        heads = []
+        for i in range(cfg.levels):
+            coarsest = i == cfg.levels - 1
+            r = cfg.radii[i]
+            re = cfg.edge_radii[i]
+            cin = (2 * r + 1) ** 2 + (2 * re + 1) ** 2 + 9 + 3 * w[i] + (0 if coarsest else 3 + ctx)
+            heads.append(FlowHead(cin, cfg.heads[i], cfg.head_in_kernel[i], cfg.dilations[i],
+                                  coarsest, ctx))
+        self.heads = nn.ModuleList(heads)
+        self.mrb = ModalityRetentionBlock(w[0], cfg.mrb_width, cfg.windows)
+
+    def config_dict(self) -> dict:
+        """Hyper-parameters as a plain dict (for model cards)."""
+        return asdict(self.cfg)
+
+    def forward(self, fused: torch.Tensor, visible: torch.Tensor, thermal: torch.Tensor,
+                aux: bool = False) -> CorrectorOutput:
+        cfg = self.cfg
+        h, w = fused.shape[-2:]
+        mult = cfg.multiple
+        ph, pw = (-h) % mult, (-w) % mult
+        x = torch.cat([visible, fused, thermal], 1)
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode='replicate')
+        hp, wp = x.shape[-2:]
+        s = cfg.stem_stride
+        feats = [self.stem(F.pixel_unshuffle(x, s) if s > 1 else x)]
+        for d in self.down:
+            feats.append(d(feats[-1]))
+        # Fixed edge descriptors of visible and thermal at every level.
+        pooled = F.avg_pool2d(x, s) if s > 1 else x
+        edges = []
+        for i in range(cfg.levels):
+            if i:
+                pooled = F.avg_pool2d(pooled, 2)
+            edges.append((edge_descriptor(pooled[:, 0:1]), edge_descriptor(pooled[:, 2:3])))
+
+        flows: list[torch.Tensor] = [torch.empty(0)] * cfg.levels   # level px
+        logits: list[torch.Tensor] = [torch.empty(0)] * cfg.levels
+        ctx = None
+        for i in reversed(range(cfg.levels)):
+            fv, ff, ft = feats[i].chunk(3, 1)
+            ev, et = edges[i]
+            c = fv.shape[1]
+            if i == cfg.levels - 1:
+                phi0 = torch.zeros_like(fv[:, :2])
+                lg0 = torch.zeros_like(fv[:, :1])
+                ff_w, ft_w, et_w = ff, ft, et
+            else:
+                size = tuple(fv.shape[-2:])
+                phi0 = compose_flow(flows[i + 1], torch.zeros_like(fv[:, :2]))
+                lg0 = F.interpolate(logits[i + 1], size=size, mode='bilinear', align_corners=False)
+                ctx = F.interpolate(ctx, size=size, mode='bilinear', align_corners=False)
+                # streams are ordered [Y, F, T]: F and T are one slice; one warp for all
+                wrp = warp_by_flow(torch.cat([feats[i][:, c:], et], 1), phi0)
+                ff_w, ft_w, et_w = wrp[:, :c], wrp[:, c:2 * c], wrp[:, 2 * c:]
+            nv, nf, nt = _rms_norm(fv), _rms_norm(ff_w), _rms_norm(ft_w)
+            parts = [local_correlation(nv, nt, cfg.radii[i]), local_correlation(ev, et_w, cfg.edge_radii[i]),
+                     local_correlation(nf, nv, 1), fv, ff_w, ft_w]
+            if i < cfg.levels - 1:
+                parts += [phi0 * _FLOW_INPUT_SCALE, lg0, ctx]
+            dphi, dlg, ctx = self.heads[i](torch.cat(parts, 1))
+            flows[i] = phi0 + dphi
+            logits[i] = lg0 + dlg
+
+        fv, ff, ft = feats[0].chunk(3, 1)
+        m0 = torch.sigmoid(logits[0])
+        ff_w = bidirectional_warp(ff, flows[0], m0)
+        ft_w = warp_by_flow(ft, flows[0])
+        ab = self.mrb(ff_w, fv, ft_w)
+
+        # Full resolution: one upsampling of [flow * stride, M, alpha, b], one warp of [F, Y].
+        sh, sw = hp / flows[0].shape[-2], wp / flows[0].shape[-1]
+        low = torch.cat([flows[0] * torch.tensor([sw, sh], dtype=x.dtype, device=x.device).view(1, 2, 1, 1),
+                         m0, ab], 1)
+        if s > 1:
+            low = F.interpolate(low, size=(hp, wp), mode='bilinear', align_corners=False)
+        if ph or pw:
+            low = low[..., :h, :w]
+        flow, m, alpha, bias = low[:, :2], low[:, 2:3], low[:, 3:4], low[:, 4:5]
+        fy = torch.cat([fused, visible], 1)
+        wy = bidirectional_warp(fy, flow, m)
+        out = wy[:, :1] + alpha * (visible - wy[:, 1:]) + bias
+        out = out.clamp(0.0, 1.0)
+
+        flows_full, masks, warped = [], [], []
+        for i in range(cfg.levels):
+            fh, fw = flows[i].shape[-2:]
+            scale = torch.tensor([wp / fw, hp / fh], dtype=x.dtype, device=x.device).view(1, 2, 1, 1)
+            flows_full.append(flows[i] * scale)
+            masks.append(torch.sigmoid(logits[i]))
+        if aux or self.training:
+            fpad = x[:, 1:2]
+            for i in range(cfg.levels):
+                stride = hp // flows[i].shape[-2]
+                fl = F.avg_pool2d(fpad, stride) if stride > 1 else fpad
+                warped.append(bidirectional_warp(fl, flows[i], masks[i]))
+        return CorrectorOutput(out, m, flow, flows_full, masks, warped)
+
+
+@register_corrector('corrector_fast')
+def corrector_fast() -> Corrector:
+    """Fast variant: levels at 1/4, 1/8, 1/16; full resolution only for upsampling and one warp."""
+    return Corrector(CorrectorConfig())
+
+
+@register_corrector('corrector_paper')
+def corrector_paper() -> Corrector:
+    """Published configuration as a timing reference: scales 1/2 and 1, width 16, full-resolution MRB."""
+    return Corrector(CorrectorConfig(stem_stride=1, widths=(16, 16), radii=(1, 1), edge_radii=(1, 1),
+                                     heads=(16, 16),
+                                     head_in_kernel=(3, 3), dilations=((1, 1), (1, 1)), mrb_width=16,
+                                     windows=(1, 3, 5)))

@@ -1,0 +1,153 @@
+"""Post-registration corrector: shapes, assembly formula, weights I/O, identity on a real pair."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ros2_regionfuse.core import convert
+from ros2_regionfuse.core.checks import ConfigError, WeightsError
+from ros2_regionfuse.core.imageio import read_gray, read_rgb
+from ros2_regionfuse.core.weights import load_weights, save_weights, shipped_weights
+from ros2_regionfuse.models.corrector import Corrector, CorrectorConfig, CorrectorOutput
+from ros2_regionfuse.models.registry import build_corrector, corrector_variants
+from ros2_regionfuse.models.warp import warp_by_flow
+
+TINY = CorrectorConfig(stem_stride=2, widths=(4, 4), radii=(1, 1), heads=(8, 8), head_in_kernel=(1, 3),
+                       dilations=((1, 1), (1, 2)), mrb_width=8, windows=(1, 3, 5))
+
+
+def _inputs(h: int, w: int, b: int = 1, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.rand(b, 1, h, w, generator=g) for _ in range(3))
+
+
+def test_variants_registered():
+    assert {'corrector_fast', 'corrector_paper'} <= set(corrector_variants())
+    assert isinstance(build_corrector('corrector_fast'), Corrector)
+    with pytest.raises(ConfigError):
+        build_corrector('nope')
+
+
+@pytest.mark.parametrize('h,w', [(37, 50), (64, 64), (1, 1), (33, 17)])
+def test_shapes_odd_sizes(h, w):
+    m = Corrector(TINY).eval()
+    fused, vis, th = _inputs(h, w, b=2)
+    with torch.no_grad():
+        out = m(fused, vis, th, aux=True)
+    assert isinstance(out, CorrectorOutput)
+    assert out.image.shape == (2, 1, h, w) and out.misregistration.shape == (2, 1, h, w)
+    assert out.flow.shape == (2, 2, h, w)
+    assert len(out.flows) == len(out.masks) == len(out.warped) == TINY.levels
+    assert 0.0 <= float(out.image.min()) and float(out.image.max()) <= 1.0
+    assert 0.0 <= float(out.misregistration.min()) and float(out.misregistration.max()) <= 1.0
+
+
+def test_fast_variant_shapes_and_aux_levels():
+    m = build_corrector('corrector_fast').eval()
+    fused, vis, th = _inputs(48, 80)
+    with torch.no_grad():
+        out = m(fused, vis, th)
+        aux = m(fused, vis, th, aux=True)
+    assert out.warped == []                              # no aux work in eval mode by default
+    assert [f.shape[-2:] for f in aux.flows] == [(12, 20), (6, 10), (3, 5)]
+
+
+def test_untrained_corrector_is_identity():
+    """Zero-initialised heads: flow 0, so the output equals the fused input."""
+    m = build_corrector('corrector_fast').eval()
+    fused, vis, th = _inputs(40, 56, seed=3)
+    with torch.no_grad():
+        out = m(fused, vis, th)
+    assert torch.count_nonzero(out.flow) == 0
+    assert float((out.image - fused).abs().max()) < 1e-4   # float rounding of the sampling grid
+
+
+def test_full_resolution_assembly_formula():
+    """A constant coarse flow composes to stride * flow and the output follows the documented formula."""
+    m = build_corrector('corrector_fast').eval()
+    coarsest = m.heads[-1].out
+    with torch.no_grad():
+        coarsest.bias[0] = 0.5      # x, pixels of the 1/16 level -> 8 px at full resolution
+        coarsest.bias[1] = -0.25    # y -> -4 px
+        coarsest.bias[2] = 12.0     # M logit: misregistered everywhere
+    fused, vis, th = _inputs(64, 96, seed=5)
+    with torch.no_grad():
+        out = m(fused, vis, th, aux=True)
+    assert torch.allclose(out.flows[-1][:, 0], torch.full_like(out.flows[-1][:, 0], 8.0), atol=1e-5)
+    assert torch.allclose(out.flow[:, 0], torch.full_like(out.flow[:, 0], 8.0), atol=1e-4)
+    assert torch.allclose(out.flow[:, 1], torch.full_like(out.flow[:, 1], -4.0), atol=1e-4)
+    m_map = out.misregistration
+    assert float(m_map.min()) > 0.99
+    flow = out.flow
+    expect = (m_map * warp_by_flow(fused, flow) + (1 - m_map) * warp_by_flow(fused, -flow)
+              + 0.5 * (vis - (m_map * warp_by_flow(vis, flow) + (1 - m_map) * warp_by_flow(vis, -flow))))
+    assert torch.allclose(out.image, expect.clamp(0, 1), atol=1e-4)
+
+
+def test_gradients_flow_to_all_heads():
+    m = Corrector(TINY).train()
+    fused, vis, th = _inputs(32, 32, b=2)
+    out = m(fused, vis, th)
+    loss = (out.image.mean() + sum(((f - 1.0) ** 2).mean() for f in out.flows)
+            + sum(m.mean() for m in out.masks) + sum(w.mean() for w in out.warped))
+    loss.backward()
+    for h in m.heads:
+        assert h.out.weight.grad is not None and h.out.weight.grad.abs().sum() > 0
+
+
+def test_weights_roundtrip(tmp_path):
+    m = Corrector(TINY)
+    path = tmp_path / 'c.safetensors'
+    save_weights(m, path, {'variant': 'tiny', 'seed': 0})
+    m2 = Corrector(TINY)
+    card = load_weights(m2, path)
+    assert card['seed'] == 0
+    for (k, v), (k2, v2) in zip(m.state_dict().items(), m2.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+
+
+def test_corrupt_weights_clear_error(tmp_path):
+    bad = tmp_path / 'corrupt.safetensors'
+    bad.write_bytes(b'\x00\x01 definitely not a safetensors file')
+    with pytest.raises(WeightsError, match='not a valid safetensors'):
+        load_weights(build_corrector('corrector_fast'), bad)
+    # A valid file of another architecture: mismatch named.
+    other = tmp_path / 'other.safetensors'
+    save_weights(Corrector(TINY), other, {'variant': 'tiny'})
+    with pytest.raises(WeightsError, match='does not match'):
+        load_weights(build_corrector('corrector_fast'), other)
+    with pytest.raises(WeightsError, match='not found'):
+        load_weights(build_corrector('corrector_fast'), tmp_path / 'missing.safetensors')
+
+
+def _real_pair(test_data, stem: str) -> tuple[np.ndarray, np.ndarray]:
+    th = read_gray(test_data / 'ir' / f'{stem}.png', as_uint8=True).astype(np.float32) / 255.0
+    vis = convert.luminance(convert.rgb_to_unit(read_rgb(test_data / 'vi' / f'{stem}.png')))
+    return th, vis
+
+
+@pytest.mark.parametrize('stem', ['tno17', '00537D', 'FLIR_05005'])
+def test_identity_on_real_pair_with_shipped_weights(test_data, stem):
+    """Aligned real input: M ~ 0, |flow| small, image nearly unchanged (trained weights)."""
+    path = shipped_weights('corrector_fast')
+    if not path.is_file():
+        pytest.skip('shipped corrector weights not present yet')
+    from ros2_regionfuse.training.corrector_data import StandInFusion, load_frozen_fusion
+    try:
+        fusion, _ = load_frozen_fusion('regionfuse_tiny')
+    except WeightsError:
+        fusion = StandInFusion()
+    model = build_corrector('corrector_fast')
+    load_weights(model, path)
+    model.eval()
+    th, vis = _real_pair(test_data, stem)
+    t, v = convert.to_tensor(th), convert.to_tensor(vis)
+    with torch.no_grad():
+        fused = fusion(t, v).clamp(0, 1)
+        out = model(fused, v, t)
+    mag = torch.linalg.vector_norm(out.flow, dim=1)
+    assert float(out.misregistration.mean()) < 0.1
+    assert float(mag.mean()) < 1.0
+    mse = float(((out.image - fused) ** 2).mean())
+    assert 10 * np.log10(1.0 / max(mse, 1e-12)) > 35.0
