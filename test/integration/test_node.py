@@ -104,7 +104,7 @@ def node(weights, tmp_path_factory):
         'device': 'cpu', 'threads': 1,
         'fusion': {'checkpoint': weights['fusion']},
         'corrector': {'enabled': False, 'checkpoint': weights['corrector']},
-        'diagnostics': {'period': 0.25, 'stale_timeout': 1.0, 'error_timeout': 2.5},
+        'diagnostics': {'period': 0.25, 'stale_timeout': 1.0, 'error_timeout': 3.0},
         'qos_overrides': {
             THERMAL_TOPIC: {'subscription': {'reliability': 'reliable', 'depth': 100}},
             RGB_TOPIC: {'subscription': {'reliability': 'reliable', 'depth': 100}},
@@ -466,6 +466,8 @@ def test_burst_drops_are_counted_exactly(node, pair) -> None:
 
 def test_silent_camera_warn_error_and_recovery(node, pair) -> None:
     thermal, rgb = pair
+    node.fused(pair)                                       # both cameras alive: thermal input OK
+    assert node.diag_after(node.col.count('diag'), lambda p: p['thermal input'][0] == DiagnosticStatus.OK)
     n0 = node.col.count('diag')
     levels = []
     deadline = time.monotonic() + 20.0
