@@ -47,6 +47,10 @@ class TrainFusionConfig:
     save_every: int = 200
     max_minutes: float = 110.0
     resume: bool = True
+    w_intensity: float = FusionLossWeights.intensity
+    w_gradient: float = FusionLossWeights.gradient
+    w_ssim: float = FusionLossWeights.ssim
+    w_balance: float = FusionLossWeights.balance
 
 
 def git_revision() -> str:
@@ -86,13 +90,17 @@ def train(cfg: TrainFusionConfig) -> Path:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = 0
     minutes_before = 0.0
+    history: list[dict] = []
     state_path = out / 'last.safetensors'
     if cfg.resume and state_path.is_file():
         step, extra = load_state(state_path, model, opt)
         minutes_before = float(extra.get('minutes', 0.0))
+        history = list(extra.get('history', []))
+    command = ' '.join(shlex.quote(a) for a in sys.argv)
+    history.append({'from_step': step, 'command': command, 'config': asdict(cfg)})
         log.info('resumed from %s at step %d', state_path, step)
     sampler = PatchSampler(pairs, cfg.patch, cfg.seed + step)  # new stream after resume
-    weights = FusionLossWeights()
+    weights = FusionLossWeights(cfg.w_intensity, cfg.w_gradient, cfg.w_ssim, cfg.w_balance)
     t_start = time.monotonic()
     bar = tqdm(total=cfg.steps, initial=step, desc='train-fusion', dynamic_ncols=True)
     ema = None
@@ -119,11 +127,14 @@ def train(cfg: TrainFusionConfig) -> Path:
         bar.update(1)
         bar.set_postfix(loss=f'{ema:.4f}', **{k: f'{v:.3f}' for k, v in terms.items()})
         if step % cfg.save_every == 0 or step == cfg.steps:
-            save_state(state_path, model, opt, step, {'loss_ema': ema, 'minutes': minutes_before
-                                                      + (time.monotonic() - t_start) / 60})
+            save_state(state_path, model, opt, step, {
+                'loss_ema': ema, 'history': history,
+                'minutes': minutes_before + (time.monotonic() - t_start) / 60})
         if minutes_before + (time.monotonic() - t_start) / 60 > cfg.max_minutes:
             log.warning('time budget of %.0f min reached at step %d', cfg.max_minutes, step)
-            save_state(state_path, model, opt, step, {'loss_ema': ema})
+            save_state(state_path, model, opt, step, {
+                'loss_ema': ema, 'history': history,
+                'minutes': minutes_before + (time.monotonic() - t_start) / 60})
             break
     bar.close()
     card = {
@@ -135,7 +146,8 @@ def train(cfg: TrainFusionConfig) -> Path:
         'steps_done': step,
         'final_loss_ema': ema,
         'seed': cfg.seed,
-        'command': ' '.join(shlex.quote(a) for a in sys.argv),
+        'command': command,
+        'history': history,
         'git_revision': git_revision(),
         'data': [n for n, _, _ in files],
         'data_licences': {'RoadScene': 'none stated', 'TNO': 'CC BY 4.0', 'MSRS': 'MIT',
