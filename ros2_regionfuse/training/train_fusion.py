@@ -96,9 +96,9 @@ def train(cfg: TrainFusionConfig) -> Path:
         step, extra = load_state(state_path, model, opt)
         minutes_before = float(extra.get('minutes', 0.0))
         history = list(extra.get('history', []))
+        log.info('resumed from %s at step %d', state_path, step)
     command = ' '.join(shlex.quote(a) for a in sys.argv)
     history.append({'from_step': step, 'command': command, 'config': asdict(cfg)})
-        log.info('resumed from %s at step %d', state_path, step)
     sampler = PatchSampler(pairs, cfg.patch, cfg.seed + step)  # new stream after resume
     weights = FusionLossWeights(cfg.w_intensity, cfg.w_gradient, cfg.w_ssim, cfg.w_balance)
     t_start = time.monotonic()
