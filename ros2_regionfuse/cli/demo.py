@@ -36,30 +36,32 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ..core import bagio, convert, encodings
-from ..core.checks import ConfigError, RegionFuseError
-from ..core.mosaic import compose_mosaic
+from ..core import bagio
+from ..core.checks import ConfigError
+from .demo_report import (
+    DEFAULT_TILE_WIDTH,
+    INPUT_TOPICS,
+    OUTPUT_TOPICS,
+    Played,
+    Received,
+    RunResult,
+    print_summary,
+    summarise,
+    write_bag,
+    write_mosaics,
+)
 
 log = logging.getLogger(__name__)
 
 PACKAGE = 'ros2_regionfuse'
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED_BAG = Path(__file__).resolve().parents[1] / 'data' / 'sample_demo'
-INPUT_TOPICS = {'thermal': '/thermal/image_raw', 'thermal_info': '/thermal/camera_info',
-                'rgb': '/rgb/image_raw', 'rgb_info': '/rgb/camera_info'}
-#: Output topic -> message type, as the node publishes them (no namespace).
-OUTPUT_TOPICS = {'/fused/image': bagio.IMAGE, '/fused/misregistration/overlay': bagio.IMAGE,
-                 '/fused/camera_info': bagio.CAMERA_INFO, '/fused/status': bagio.FUSION_STATUS,
-                 '/diagnostics': bagio.DIAGNOSTIC_ARRAY}
 #: Domains picked for demos when --domain-id is not given: 200 + pid % span (Fast DDS allows <= 232).
 DOMAIN_BASE, DOMAIN_SPAN = 200, 30
-MS = 1e-6  # ns -> ms
 SETTLE_S = 0.5  # after discovery, before the first frame (shared-memory path set-up)
 POLL_S = 0.05
 RECORD_DEPTH = 200  # history of the recorder's subscriptions (messages)
@@ -73,7 +75,7 @@ class DemoOptions:
     drain_timeout: float = 60.0
     idle_timeout: float = 5.0
     stop_timeout: float = 15.0
-    tile_width: int = 320
+    tile_width: int = DEFAULT_TILE_WIDTH
     gif: bool = True
 
 
@@ -200,27 +202,6 @@ class NodeProcess:
 # Recording in memory
 # ---------------------------------------------------------------------------
 
-@dataclass
-class Played:
-    """One input message as published."""
-
-    topic: str
-    msgtype: str
-    stamp_ns: int  # shifted stamp, as published
-    orig_stamp_ns: int
-    publish_ns: int
-    raw: bytes
-
-
-@dataclass
-class Received:
-    """One output message as received."""
-
-    topic: str
-    receipt_ns: int
-    raw: bytes
-
-
 def load_inputs(bag: Path, max_frames: int) -> list[bagio.BagMessage]:
     """The recording's input messages in log order; ``max_frames`` > 0 keeps the first N per topic.
 
@@ -344,17 +325,6 @@ def _ros_type(msgtype: str) -> Any:
 # Run
 # ---------------------------------------------------------------------------
 
-@dataclass
-class RunResult:
-    """What happened during one demo run."""
-
-    played: list[Played] = field(default_factory=list)
-    received: list[Received] = field(default_factory=list)
-    node_exit: int | None = None
-    node_died: bool = False
-    error: str = ''
-
-
 def _clean_out(out: Path) -> None:
     """Remove the outputs of a previous demo run in ``out`` (only files this command writes)."""
     bag = out / 'bag'
@@ -470,7 +440,9 @@ def run(args: argparse.Namespace) -> int:
               f'--- last lines of {out / "node.log"} ---\n{node.tail()}', file=sys.stderr)
         return 1
     write_bag(out / 'bag', res, args.bag)
-    summary = summarise(res, args.bag, out, opts, args.rate)
+    summary = summarise(res, args.bag, args.rate)
+    summary['outputs']['mosaics'] = write_mosaics(res, out, opts.tile_width, opts.gif)
+    summary['outputs']['bag'] = str(out / 'bag')
     (out / 'summary.json').write_text(json.dumps(summary, indent=2, default=float))
     print_summary(summary)
     if res.error or summary['outputs']['fused_images'] == 0:
@@ -482,213 +454,3 @@ def run(args: argparse.Namespace) -> int:
         print('demo: FAILED: some frames are neither processed nor counted as dropped', file=sys.stderr)
         return 1
     return 0
-
-
-# ---------------------------------------------------------------------------
-# Outputs: bag, mosaics, summary
-# ---------------------------------------------------------------------------
-
-def write_bag(path: Path, res: RunResult, source: Path) -> None:
-    """Inputs as played and outputs as received, by receipt/publish time."""
-    rows: list[tuple[int, str, str, bytes]] = [(p.publish_ns, p.topic, p.msgtype, p.raw) for p in res.played]
-    rows += [(r.receipt_ns, r.topic, OUTPUT_TOPICS[r.topic], r.raw) for r in res.received]
-    shift = res.played[0].stamp_ns - res.played[0].orig_stamp_ns if res.played else 0
-    with bagio.BagWriter(path, compress=True,
-                         custom_data={'regionfuse.source_bag': str(source),
-                                      'regionfuse.stamp_shift_ns': str(shift)}) as w:
-        for t, topic, msgtype, raw in sorted(rows, key=lambda r: r[0]):
-            w.write_raw(topic, msgtype, raw, t)
-
-
-def _diag_values(res: RunResult) -> dict[str, dict[str, str]]:
-    """Key/values of the last /diagnostics report, by status name suffix ('thermal input', 'fusion', ...)."""
-    last = [r for r in res.received if r.topic == '/diagnostics']
-    out: dict[str, dict[str, str]] = {}
-    for r in reversed(last):
-        arr = bagio.make_typestore().deserialize_cdr(r.raw, bagio.DIAGNOSTIC_ARRAY)
-        for st in arr.status:
-            key = st.name.rsplit(': ', 1)[-1]
-            if key not in out:
-                out[key] = {kv.key: kv.value for kv in st.values}
-        if {'thermal input', 'rgb input', 'fusion'} <= set(out):
-            break
-    return out
-
-
-def _num(d: dict[str, str], key: str) -> float:
-    try:
-        return float(d.get(key, 'nan'))
-    except ValueError:
-        return float('nan')
-
-
-def _nonzero(d: dict[str, str], prefix: str) -> dict[str, int]:
-    return {k[len(prefix):]: int(_num(d, k)) for k in d if k.startswith(prefix) and _num(d, k) > 0}
-
-
-def summarise(res: RunResult, bag: Path, out: Path, opts: DemoOptions, rate: float) -> dict[str, Any]:
-    """Counts, rates, latency and misregistration of one run; writes the mosaics and GIF."""
-    ts = bagio.make_typestore()
-    played = {k: [p for p in res.played if p.topic == t] for k, t in INPUT_TOPICS.items()}
-    fused = [r for r in res.received if r.topic == '/fused/image']
-    statuses = [ts.deserialize_cdr(r.raw, bagio.FUSION_STATUS)
-                for r in res.received if r.topic == '/fused/status']
-    lat_ms, stamps = [], []
-    for r in fused:
-        img = ts.deserialize_cdr(r.raw, bagio.IMAGE)
-        s = bagio.time_to_ns(img.header.stamp)
-        stamps.append(s)
-        lat_ms.append((r.receipt_ns - s) * MS)
-    t_rx = np.array([r.receipt_ns for r in fused], np.float64)
-    t_in = np.array([p.publish_ns for p in played['rgb']], np.float64)
-    diag = _diag_values(res)
-    last = statuses[-1] if statuses else None
-    fusion_d, th_d, rgb_d = diag.get('fusion', {}), diag.get('thermal input', {}), diag.get('rgb input', {})
-    truth = bagio.load_json_beside(bag, 'ground_truth.json').get('misregistration', {})
-    shifts = np.array([s.mean_shift_px for s in statuses], np.float64)
-    fracs = np.array([s.misaligned_fraction for s in statuses], np.float64)
-    node_ms = np.array([s.total_ms for s in statuses], np.float64)
-    n_rgb, n_th = len(played['rgb']), len(played['thermal'])
-    received = {'thermal': int(_num(th_d, 'received')) if th_d else (last.thermal_received if last else 0),
-                'rgb': int(_num(rgb_d, 'received')) if rgb_d else (last.rgb_received if last else 0)}
-    paired = int(_num(fusion_d, 'paired')) if fusion_d else (last.paired if last else 0)
-    processed = int(_num(fusion_d, 'processed')) if fusion_d else (last.processed if last else 0)
-    unpaired = {'thermal': _nonzero(th_d, 'unpaired.'), 'rgb': _nonzero(rgb_d, 'unpaired.')}
-    queued = {'thermal': int(_num(th_d, 'queued')) if th_d else 0,
-              'rgb': int(_num(rgb_d, 'queued')) if rgb_d else 0}
-    pair_drops = _nonzero(fusion_d, 'dropped.')
-    lost_in_transport = {'thermal': n_th - received['thermal'], 'rgb': n_rgb - received['rgb']}
-    accounted = bool(diag) and all(
-        received[s] == paired + sum(unpaired[s].values()) + queued[s] for s in ('thermal', 'rgb')) and (
-        paired == processed + sum(pair_drops.values()))
-    mosaics = write_mosaics(res, fused, statuses, out, opts)
-    return {
-        'recording': str(bag), 'playback_rate': rate,
-        'frames_in': {'thermal': n_th, 'rgb': n_rgb},
-        'node': {'received': received, 'lost_in_transport': lost_in_transport, 'paired': paired,
-                 'processed': processed, 'unpaired': unpaired, 'left_in_queue': queued,
-                 'pair_drops': pair_drops, 'exit_status': res.node_exit,
-                 'device': fusion_d.get('device', last.device if last else ''),
-                 'fusion_model': last.fusion_model if last else '',
-                 'corrector_model': last.corrector_model if last else ''},
-        'accounted': accounted,
-        'outputs': {'fused_images': len(fused), 'statuses': len(statuses),
-                    'overlays': sum(1 for r in res.received if r.topic == '/fused/misregistration/overlay'),
-                    'diagnostics': sum(1 for r in res.received if r.topic == '/diagnostics'),
-                    'mosaics': mosaics, 'bag': str(out / 'bag')},
-        'rate_hz': {'input_rgb': _rate(t_in), 'output': _rate(t_rx)},
-        'latency_ms': {'p50': _pct(lat_ms, 50), 'p95': _pct(lat_ms, 95),
-                       'max': max(lat_ms, default=float('nan')), 'node_total_p50': _pct(node_ms, 50)},
-        'misregistration': {'mean_shift_px': float(np.nanmean(shifts)) if len(shifts) else float('nan'),
-                            'misaligned_fraction': float(np.nanmean(fracs)) if len(fracs) else float('nan'),
-                            'ground_truth_mean_shift_px': truth.get('flow_mean_px', float('nan'))},
-        'error': res.error,
-    }
-
-
-def _pct(a: Sequence[float] | np.ndarray, q: float) -> float:
-    return float(np.percentile(a, q)) if len(a) else float('nan')
-
-
-def _rate(t_ns: np.ndarray) -> float:
-    if len(t_ns) < 2:
-        return float('nan')
-    return float((len(t_ns) - 1) / ((t_ns[-1] - t_ns[0]) * 1e-9))
-
-
-def write_mosaics(res: RunResult, fused: list[Received], statuses: list[Any], out: Path,
-                  opts: DemoOptions) -> int:
-    """One PNG per fused frame (thermal | RGB | fused | overlay) and the GIF; returns the PNG count."""
-    import cv2
-    ts = bagio.make_typestore()
-    by_stamp: dict[tuple[str, int], Played] = {(p.topic, p.stamp_ns): p for p in res.played}
-    overlays = {}
-    for r in res.received:
-        if r.topic == '/fused/misregistration/overlay':
-            m = ts.deserialize_cdr(r.raw, bagio.IMAGE)
-            overlays[bagio.time_to_ns(m.header.stamp)] = m
-    th_of = {bagio.time_to_ns(s.header.stamp): bagio.time_to_ns(s.thermal_stamp) for s in statuses}
-    thermal_played = [p for p in res.played if p.topic == INPUT_TOPICS['thermal']]
-    mdir = out / 'mosaic'
-    mdir.mkdir(parents=True, exist_ok=True)
-    frames = []
-    for i, r in enumerate(fused):
-        try:
-            fmsg = ts.deserialize_cdr(r.raw, bagio.IMAGE)
-            stamp = bagio.time_to_ns(fmsg.header.stamp)
-            rgb_p = by_stamp.get((INPUT_TOPICS['rgb'], stamp))
-            th_stamp = th_of.get(stamp)
-            th_p = (by_stamp.get((INPUT_TOPICS['thermal'], th_stamp)) if th_stamp is not None else
-                    min(thermal_played, key=lambda p: abs(p.stamp_ns - stamp), default=None))
-            tiles = [_thermal_tile(th_p), _image_tile(rgb_p.raw if rgb_p else None, 'RGB'),
-                     ('fused', encodings.to_rgb8(bagio.image_array(fmsg), fmsg.encoding)),
-                     _overlay_tile(overlays.get(stamp))]
-            ref_h, ref_w = tiles[2][1].shape[:2]
-            tile_wh = (opts.tile_width, max(1, round(opts.tile_width * ref_h / ref_w)))
-            mosaic = compose_mosaic(tiles, tile_wh)
-        except RegionFuseError as e:
-            log.warning('mosaic of frame %d skipped: %s', i, e)
-            continue
-        cv2.imwrite(str(mdir / f'frame_{i:04d}.png'), mosaic[:, :, ::-1])
-        frames.append(mosaic)
-    if opts.gif and frames:
-        import imageio.v2 as imageio
-        imageio.mimsave(out / 'demo.gif', frames, duration=_gif_frame_ms(fused), loop=0)
-    return len(frames)
-
-
-def _gif_frame_ms(fused: list[Received]) -> float:
-    t = np.array([r.receipt_ns for r in fused], np.float64)
-    return float(np.median(np.diff(t)) * MS) if len(t) > 1 else 100.0
-
-
-def _thermal_tile(p: Played | None) -> tuple[str, np.ndarray]:
-    if p is None:
-        return 'thermal (missing)', np.zeros((1, 1), np.uint8)
-    msg = bagio.make_typestore().deserialize_cdr(p.raw, bagio.IMAGE)
-    img = encodings.thermal_input(bagio.image_array(msg), msg.encoding)
-    unit = convert.thermal_to_unit(img) if img.dtype != np.uint8 else img.astype(np.float32) / 255.0
-    return f'thermal {msg.width}x{msg.height} {msg.encoding}', convert.unit_to_uint8(unit)
-
-
-def _image_tile(raw: bytes | None, label: str) -> tuple[str, np.ndarray]:
-    if raw is None:
-        return f'{label} (missing)', np.zeros((1, 1), np.uint8)
-    msg = bagio.make_typestore().deserialize_cdr(raw, bagio.IMAGE)
-    return f'{label} {msg.width}x{msg.height}', encodings.rgb_input(bagio.image_array(msg), msg.encoding)
-
-
-def _overlay_tile(msg: Any) -> tuple[str, np.ndarray]:
-    if msg is None:
-        return 'misregistration (none)', np.zeros((1, 1), np.uint8)
-    return 'misregistration', encodings.to_rgb8(bagio.image_array(msg), msg.encoding)
-
-
-def print_summary(s: dict[str, Any]) -> None:
-    """Human-readable summary on stdout."""
-    n, fin = s['node'], s['frames_in']
-    lat, mis = s['latency_ms'], s['misregistration']
-    print('\n=== regionfuse demo summary ===')
-    print(f'recording        {s["recording"]}')
-    print(f'frames in        thermal {fin["thermal"]}, rgb {fin["rgb"]}  (node received thermal '
-          f'{n["received"]["thermal"]}, rgb {n["received"]["rgb"]})')
-    print(f'paired           {n["paired"]}')
-    print(f'processed        {n["processed"]}')
-    drops = {f'unpaired thermal {k}': v for k, v in n['unpaired']['thermal'].items()}
-    drops |= {f'unpaired rgb {k}': v for k, v in n['unpaired']['rgb'].items()}
-    drops |= {f'pair {k}': v for k, v in n['pair_drops'].items()}
-    drops |= {f'lost before the node ({k})': v for k, v in n['lost_in_transport'].items() if v}
-    drops |= {f'waiting in queue ({k})': v for k, v in n['left_in_queue'].items() if v}
-    print('dropped          ' + (', '.join(f'{k}: {v}' for k, v in drops.items()) if drops else 'none'))
-    print(f'all accounted    {"yes" if s["accounted"] else "NO"}')
-    rate = s['rate_hz']
-    print(f'rate             input rgb {rate["input_rgb"]:.2f} Hz, output {rate["output"]:.2f} Hz')
-    print(f'latency          p50 {lat["p50"]:.1f} ms, p95 {lat["p95"]:.1f} ms (input stamp -> output '
-          f'receipt; node pipeline p50 {lat["node_total_p50"]:.1f} ms)')
-    print(f'misregistration  mean shift {mis["mean_shift_px"]:.2f} px (ground truth '
-          f'{mis["ground_truth_mean_shift_px"]:.2f} px), misaligned area {mis["misaligned_fraction"]:.1%}')
-    print(f'device / models  {n["device"]} / {n["fusion_model"]} + {n["corrector_model"]}')
-    o = s['outputs']
-    print(f'outputs          {o["fused_images"]} fused images, {o["overlays"]} overlays, {o["statuses"]} '
-          f'statuses, {o["diagnostics"]} diagnostics -> {o["bag"]}; {o["mosaics"]} mosaics')
-    print(f'node exit        {n["exit_status"]}')
