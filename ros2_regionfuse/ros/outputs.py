@@ -8,6 +8,8 @@ return None and the node publishes nothing on those topics.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
@@ -15,10 +17,12 @@ from std_msgs.msg import Header
 from ..core import encodings
 from ..core.config import NodeConfig, OutputConfig
 from ..core.mosaic import misregistration_overlay
-from ..core.pipeline import FusionResult
 from ..core.sync import Pair, SyncCounters
 from ..msg import FusionStatus
 from . import msg_convert
+
+if TYPE_CHECKING:  # the pipeline (torch) is imported when the node configures, not at start-up
+    from ..core.pipeline import FusionResult
 
 #: Encoding of fused/misregistration/overlay (RViz shows it as is).
 OVERLAY_ENCODING = 'bgr8'

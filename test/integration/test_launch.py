@@ -88,12 +88,16 @@ def test_generate_launch_description() -> None:
 
 
 def test_launch_command_line_runs_here(tmp_path) -> None:
-    """Start fuse_node with the launch file's command line; outputs appear under the namespace."""
+    """Start fuse_node with the launch file's command line; outputs appear under the namespace.
+
+    The params file (a launch argument) selects compressed input, so the
+    ``.../compressed`` remaps of the launch mapping are exercised too.
+    """
     pytest.importorskip('rclpy')
     import numpy as np
     import torch
     from _node_harness import RosClient, load_pair, node_executable, start_node, stop_node, thermal_counts
-    from sensor_msgs.msg import CameraInfo, Image
+    from sensor_msgs.msg import CameraInfo, CompressedImage, Image
     from std_msgs.msg import Header
 
     from ros2_regionfuse.core.weights import save_weights
@@ -109,6 +113,7 @@ def test_launch_command_line_runs_here(tmp_path) -> None:
     p['fusion']['checkpoint'] = str(ckpt)
     p['corrector']['enabled'] = False
     p['threads'] = 1
+    p['input']['transport'] = 'compressed'
     params_file = tmp_path / 'fuse_test.yaml'
     params_file.write_text(yaml.safe_dump(params))
     cmd = la.command_line(node_executable(), {**VALUES, 'params_file': str(params_file)})
@@ -117,8 +122,8 @@ def test_launch_command_line_runs_here(tmp_path) -> None:
     try:
         client.subscribe(Image, '/lt/fused/image', 'image')
         client.subscribe(CameraInfo, '/lt/fused/camera_info', 'info')
-        pt = client.publisher(Image, VALUES['thermal_topic'])
-        pr = client.publisher(Image, VALUES['rgb_topic'])
+        pt = client.publisher(CompressedImage, VALUES['thermal_topic'] + '/compressed')
+        pr = client.publisher(CompressedImage, VALUES['rgb_topic'] + '/compressed')
         pi = client.publisher(CameraInfo, '/camera/camera/color/camera_info')
         t8, rgb = load_pair()
         thermal = thermal_counts(t8)
@@ -128,8 +133,8 @@ def test_launch_command_line_runs_here(tmp_path) -> None:
             h.stamp.sec = sec
             pi.publish(CameraInfo(header=h, width=rgb.shape[1], height=rgb.shape[0],
                                   k=[100.0, 0, 80.0, 0, 100.0, 60.0, 0, 0, 1.0]))
-            pt.publish(mc.array_to_image(thermal, 'mono16', h))
-            pr.publish(mc.rgb_to_image(rgb, 'bgr8', h))
+            pt.publish(mc.array_to_compressed(thermal, 'mono16', 'png', h))        # 16-bit PNG
+            pr.publish(mc.array_to_compressed(rgb, 'rgb8', 'jpeg', h))
             got = client.collector.wait(lambda: client.collector.msgs['image'], 0.5)
             if got or proc.poll() is not None:
                 break
