@@ -22,6 +22,7 @@ Topics, parameters and diagnostics are documented in docs/node.md.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -465,6 +466,25 @@ def _diag_type() -> type:
     return DiagnosticArray
 
 
+class RosLogHandler(logging.Handler):
+    """Forward the library's Python logging (``ros2_regionfuse.*``) to the node's ROS logger."""
+
+    def __init__(self, ros_logger: Any) -> None:
+        super().__init__()
+        self._ros = ros_logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = f'{record.name}: {record.getMessage()}'
+        if record.levelno >= logging.ERROR:
+            self._ros.error(msg)
+        elif record.levelno >= logging.WARNING:
+            self._ros.warn(msg)
+        elif record.levelno >= logging.INFO:
+            self._ros.info(msg)
+        else:
+            self._ros.debug(msg)
+
+
 def main(args: list[str] | None = None) -> int:
     """Run fuse_node until SIGINT/SIGTERM; returns the exit status (0 on a clean stop)."""
     from rclpy.exceptions import (
@@ -477,6 +497,10 @@ def main(args: list[str] | None = None) -> int:
     code = 0
     try:
         node = RegionFuseNode()
+        lib_log = logging.getLogger('ros2_regionfuse')
+        lib_log.addHandler(RosLogHandler(node.get_logger()))
+        lib_log.setLevel(logging.INFO)
+        lib_log.propagate = False
         if node.get_parameter('autostart').value:
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 return EXIT_CONFIG_ERROR

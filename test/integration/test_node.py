@@ -347,6 +347,18 @@ def test_runtime_parameter_changes_take_effect(node, pair, reference) -> None:
     assert img2.encoding == 'bgr8'
     assert node.wait_stamp('status', sec2) is not None
     assert node.col.by_stamp('status', sec) is None       # status was switched off for that frame
+    lo, hi = float(thermal.min()), float(np.percentile(thermal, 50))
+    node.set_ok(thermal__agc='fixed', thermal__range=[lo, hi])   # AGC: saturate the warm half
+    try:
+        _, img3 = node.fused(pair)
+        reference.cfg.thermal.agc, reference.cfg.thermal.range = 'fixed', [lo, hi]
+        expected3 = reference.process(thermal, rgb).fused
+        fused3 = mc.image_to_array(img3)[:, :, ::-1]
+        assert np.abs(fused3.astype(int) - expected3).max() <= 2
+        assert np.abs(fused3.astype(int) - expected).mean() > 1.0
+    finally:
+        reference.cfg.thermal.agc = 'percentile'
+        node.set_ok(thermal__agc='percentile')
 
 
 def test_runtime_alignment_homography_and_plane(node, pair, reference) -> None:
