@@ -514,6 +514,9 @@ def main(args: list[str] | None = None) -> int:
     except (InvalidParameterTypeException, InvalidParameterValueException, ParameterException) as e:
         rclpy.logging.get_logger(NODE_NAME).error(f'invalid parameter: {e}')
         code = EXIT_CONFIG_ERROR
+    except Exception:  # noqa: BLE001 - a signal during start-up invalidates the context: not an error
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             node.stop()
