@@ -64,6 +64,7 @@ BUNDLED_BAG = Path(__file__).resolve().parents[1] / 'data' / 'sample_demo'
 DOMAIN_BASE, DOMAIN_SPAN = 200, 30
 SETTLE_S = 0.5  # after discovery, before the first frame (shared-memory path set-up)
 POLL_S = 0.05
+PREPARE_S = 1.0  # head start for re-stamping the recording before the first frame is due
 RECORD_DEPTH = 200  # history of the recorder's subscriptions (messages)
 
 
@@ -362,23 +363,23 @@ def play_and_record(msgs: list[bagio.BagMessage], node: NodeProcess, rate: float
                          f'fuse_node did not subscribe/publish within {opts.startup_timeout:.0f} s')
             return res
         time.sleep(SETTLE_S)
-        start_mono = time.monotonic()
         log0 = msgs[0].log_ns
-        shift = time.time_ns() - log0
+        # All stamps move by one constant: at rate 1 a frame is published (log - stamp) after its
+        # stamp, as the recording's camera delivered it. Re-serialised before the clock starts.
+        start_wall = time.time_ns() + int(PREPARE_S * 1e9)
+        start_mono = time.monotonic() + PREPARE_S
+        prepared = [(m, *restamp(m, start_wall - log0)) for m in msgs]
         n_rgb = sum(1 for m in msgs if m.topic == INPUT_TOPICS['rgb'])
-        for m in msgs:
-            target = start_mono + (m.log_ns - log0) * 1e-9 / rate
-            delay = target - time.monotonic()
+        for m, raw, new, old in prepared:
+            delay = start_mono + (m.log_ns - log0) * 1e-9 / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
             if not node.alive():
                 res.node_died = True
                 res.error = 'fuse_node died during playback'
                 break
-            # shift = wall(start) - log0, so at rate 1 a frame is published (log - stamp) after its stamp.
-            raw, new, old = restamp(m, shift)
             ros.publish(m.topic, raw)
-            res.played.append(Played(m.topic, m.msgtype, new, old, time.time_ns(), raw))
+            res.played.append(Played(m.topic, m.msgtype, new, old, m.log_ns, time.time_ns(), raw))
         if not res.node_died:
             last_input = time.monotonic()
 

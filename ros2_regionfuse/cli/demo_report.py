@@ -39,9 +39,18 @@ class Played:
     topic: str
     msgtype: str
     stamp_ns: int  # shifted stamp, as published
-    orig_stamp_ns: int
-    publish_ns: int
+    orig_stamp_ns: int  # stamp in the recording
+    log_ns: int  # log (receive) time in the recording
+    publish_ns: int  # wall clock at publication
     raw: bytes
+
+    @property
+    def playback_lag_ns(self) -> int:
+        """Publication time minus the recording's receive time on the shifted timeline.
+
+        About 0 at rate 1; grows by ``(1/rate - 1)`` x elapsed time otherwise.
+        """
+        return self.publish_ns - (self.stamp_ns + self.log_ns - self.orig_stamp_ns)
 
 
 @dataclass
@@ -155,15 +164,21 @@ def summarise(res: RunResult, bag: Path, rate: float) -> dict[str, Any]:
     Returns:
         A JSON-able dict (see :func:`print_summary`); ``accounted`` as in
         :func:`is_accounted`; ``node.lost_in_transport`` counts frames published
-        but never received by the node (DDS loss, counted here).
+        but never received by the node (DDS loss, counted here). Latency is
+        output receipt minus the input's stamp, less the lag a playback rate
+        other than 1 adds (:attr:`Played.playback_lag_ns`).
     """
     ts = bagio.make_typestore()
     played = {k: [p for p in res.played if p.topic == t] for k, t in INPUT_TOPICS.items()}
     fused = [r for r in res.received if r.topic == '/fused/image']
     statuses = [ts.deserialize_cdr(r.raw, bagio.FUSION_STATUS)
                 for r in res.received if r.topic == '/fused/status']
-    lat_ms = [(r.receipt_ns - bagio.time_to_ns(ts.deserialize_cdr(r.raw, bagio.IMAGE).header.stamp)) * MS
-              for r in fused]
+    rgb_by_stamp = {p.stamp_ns: p for p in played['rgb']}
+    lat_ms = []
+    for r in fused:
+        stamp = bagio.time_to_ns(ts.deserialize_cdr(r.raw, bagio.IMAGE).header.stamp)
+        p = rgb_by_stamp.get(stamp)
+        lat_ms.append((r.receipt_ns - stamp - (p.playback_lag_ns if p else 0)) * MS)
     diag = _diag_values(res)
     last = statuses[-1] if statuses else None
     counts = node_counts(diag, last)

@@ -53,9 +53,11 @@ def _run(processed_idx=(0, 2), diag: bytes | None = None) -> RunResult:
         s = T0 + i * 100 * MS
         rgb = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
         th = rng.integers(7000, 9000, (10, 12), dtype=np.uint16)
+        # recording stamps 1000 ns earlier; published exactly at the recording's log time (rate 1)
         res.played.append(Played('/thermal/image_raw', bagio.IMAGE, s + 4 * MS, s + 4 * MS - 1000,
-                                 s + 6 * MS, _ser(bagio.image_msg(th, 'mono16', s + 4 * MS, 'th'))))
-        res.played.append(Played('/rgb/image_raw', bagio.IMAGE, s, s - 1000, s + 7 * MS,
+                                 s + 6 * MS - 1000, s + 6 * MS,
+                                 _ser(bagio.image_msg(th, 'mono16', s + 4 * MS, 'th'))))
+        res.played.append(Played('/rgb/image_raw', bagio.IMAGE, s, s - 1000, s + 7 * MS - 1000, s + 7 * MS,
                                  _ser(bagio.image_msg(rgb, 'bgr8', s, 'rgb'))))
     processed = 0
     for i in processed_idx:
@@ -111,6 +113,17 @@ def test_without_diagnostics_falls_back_to_status_and_is_not_accounted(tmp_path)
     s = summarise(_run(), tmp_path, 1.0)
     assert s['accounted'] is False
     assert (s['node']['paired'], s['node']['processed'], s['node']['received']['rgb']) == (3, 2, 3)
+
+
+def test_latency_discounts_slow_playback(tmp_path) -> None:
+    res = _run(diag=_diag({'paired': 3, 'processed': 2, 'dropped.mailbox_overwrite': 1}))
+    for p in res.played:  # published 100 ms x index late (rate 0.5 would do that)
+        p.publish_ns += (p.stamp_ns - T0) // 100 * 100
+    for r in res.received:
+        i = (r.receipt_ns - T0) // (100 * MS)
+        r.receipt_ns += i * 100 * MS
+    s = summarise(res, tmp_path, 0.5)
+    assert s['latency_ms']['p50'] == pytest.approx(60.0)
 
 
 def test_ground_truth_read_from_the_recording(tmp_path) -> None:
