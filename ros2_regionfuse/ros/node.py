@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
@@ -81,6 +82,8 @@ COMPRESSED_SUFFIX = '/compressed'
 OUT_TOPICS = {'image': 'fused/image', 'camera_info': 'fused/camera_info',
               'misregistration': 'fused/misregistration', 'flow': 'fused/flow',
               'overlay': 'fused/misregistration/overlay', 'status': 'fused/status'}
+OUT_TYPES = {'image': Image, 'camera_info': CameraInfo, 'misregistration': Image, 'flow': Image,
+             'overlay': Image, 'status': FusionStatus}
 DIAGNOSTICS_TOPIC = '/diagnostics'
 
 
@@ -103,11 +106,10 @@ class RegionFuseNode(LifecycleNode):
         super().__init__(NODE_NAME, **kwargs)
         self._specs = declare_parameters(self)
         self.cfg = NodeConfig()
-        self._param_error = ''
         try:
             self.cfg = read_parameters(self, self._specs)
-        except ConfigError as e:
-            self._param_error = str(e)  # reported by on_configure
+        except ConfigError:
+            pass  # on_configure reads them again and reports the error
         self._validator = ParameterValidator(self.cfg, self._specs, self._check_change,
                                              self._apply_change)
         self.add_on_set_parameters_callback(self._validator.on_set)
@@ -159,20 +161,10 @@ class RegionFuseNode(LifecycleNode):
                                         seconds_to_ns(c.thermal_offset),
                                         seconds_to_ns(c.max_backward_jump))
         qos = QoSProfile(depth=OUTPUT_QOS_DEPTH)
-        opts = QoSOverridingOptions.with_default_policies
-        self._pubs = {
-            'image': self.create_publisher(Image, OUT_TOPICS['image'], qos, qos_overriding_options=opts()),
-            'camera_info': self.create_publisher(CameraInfo, OUT_TOPICS['camera_info'], qos,
-                                                 qos_overriding_options=opts()),
-            'misregistration': self.create_publisher(Image, OUT_TOPICS['misregistration'], qos,
-                                                     qos_overriding_options=opts()),
-            'flow': self.create_publisher(Image, OUT_TOPICS['flow'], qos, qos_overriding_options=opts()),
-            'overlay': self.create_publisher(Image, OUT_TOPICS['overlay'], qos,
-                                             qos_overriding_options=opts()),
-            'status': self.create_publisher(FusionStatus, OUT_TOPICS['status'], qos,
-                                            qos_overriding_options=opts()),
-            'diagnostics': self.create_publisher(_diag_type(), DIAGNOSTICS_TOPIC, QoSProfile(depth=10)),
-        }
+        self._pubs = {key: self.create_publisher(
+            OUT_TYPES[key], topic, qos, qos_overriding_options=QoSOverridingOptions.with_default_policies())
+            for key, topic in OUT_TOPICS.items()}
+        self._pubs['diagnostics'] = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, qos)
         p = self.pipeline
         pc = self.cfg.pipeline
         log.info(f'configured: device {p.device}, backend {pc.backend}, fusion {p.fusion_name}, '
@@ -459,11 +451,6 @@ def _message_filters_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _diag_type() -> type:
-    from diagnostic_msgs.msg import DiagnosticArray
-    return DiagnosticArray
 
 
 class RosLogHandler(logging.Handler):
