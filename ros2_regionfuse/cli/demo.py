@@ -75,7 +75,7 @@ class DemoOptions:
     startup_timeout: float = 120.0
     drain_timeout: float = 60.0
     idle_timeout: float = 5.0
-    stop_timeout: float = 15.0
+    stop_timeout: float = 30.0
     tile_width: int = DEFAULT_TILE_WIDTH
     gif: bool = True
 
@@ -353,6 +353,8 @@ def play_and_record(msgs: list[bagio.BagMessage], node: NodeProcess, rate: float
     res = RunResult()
     ros = RosSide()
     try:
+        print(f'demo: waiting for fuse_node (loads the models; up to {opts.startup_timeout:.0f} s)...',
+              flush=True)
         ready = _wait(ros.node_ready, opts.startup_timeout, node)
         if ready:
             ros.start_recording()
@@ -370,6 +372,8 @@ def play_and_record(msgs: list[bagio.BagMessage], node: NodeProcess, rate: float
         start_mono = time.monotonic() + PREPARE_S
         prepared = [(m, *restamp(m, start_wall - log0)) for m in msgs]
         n_rgb = sum(1 for m in msgs if m.topic == INPUT_TOPICS['rgb'])
+        dur = (msgs[-1].log_ns - log0) * 1e-9 / rate
+        print(f'demo: playing {n_rgb} frame pairs ({dur:.1f} s at rate {rate})...', flush=True)
         for m, raw, new, old in prepared:
             delay = start_mono + (m.log_ns - log0) * 1e-9 / rate - time.monotonic()
             if delay > 0:
@@ -388,6 +392,7 @@ def play_and_record(msgs: list[bagio.BagMessage], node: NodeProcess, rate: float
                     return True
                 idle_since = max(ros.last_receipt, last_input)
                 return time.monotonic() - idle_since > opts.idle_timeout
+            print('demo: waiting for the last outputs...', flush=True)
             _wait(drained, opts.drain_timeout, node)
             # one more diagnostics report carries the final counters
             n_diag = ros.count('/diagnostics')
@@ -444,6 +449,8 @@ def run(args: argparse.Namespace) -> int:
     summary = summarise(res, args.bag, args.rate)
     summary['outputs']['mosaics'] = write_mosaics(res, out, opts.tile_width, opts.gif)
     summary['outputs']['bag'] = str(out / 'bag')
+    summary['outputs']['mosaic_dir'] = str(out / 'mosaic')
+    summary['outputs']['gif'] = str(out / 'demo.gif') if (out / 'demo.gif').is_file() else ''
     (out / 'summary.json').write_text(json.dumps(summary, indent=2, default=float))
     print_summary(summary)
     if res.error or summary['outputs']['fused_images'] == 0:

@@ -328,5 +328,7 @@ def print_summary(s: dict[str, Any]) -> None:
     print(f'device / models  {n["device"]} / {n["fusion_model"]} + {n["corrector_model"]}')
     o = s['outputs']
     print(f'outputs          {o["fused_images"]} fused images, {o["overlays"]} overlays, {o["statuses"]} '
-          f'statuses, {o["diagnostics"]} diagnostics -> {o["bag"]}; {o["mosaics"]} mosaics')
+          f'statuses, {o["diagnostics"]} diagnostics -> {o["bag"]}')
+    print(f'mosaics          {o["mosaics"]} PNG (thermal | RGB | fused | misregistration) in '
+          f'{o.get("mosaic_dir", "")}, animation {o.get("gif", "") or "none"}')
     print(f'node exit        {n["exit_status"]}')
