@@ -156,6 +156,8 @@ class RegionFuseNode(LifecycleNode):
             log.error(f'cannot load the models: {e} (set fusion.checkpoint / corrector.checkpoint '
                       'to a .safetensors file, or corrector.enabled:=false)')
             return TransitionCallbackReturn.FAILURE
+        self._plane_key = None          # a new pipeline: plane mode recomputes its homography
+        self._update_plane_homography()
         c = self.cfg.sync
         self.sync = ApproximateTimeSync(seconds_to_ns(c.slop), c.queue_size,
                                         seconds_to_ns(c.thermal_offset),
