@@ -7,8 +7,9 @@ frames by header stamp with the node's synchronizer
 writes ``fused/image``, ``fused/misregistration`` (32FC1), ``fused/flow``
 (32FC2), ``fused/misregistration/overlay``, ``fused/camera_info`` and
 ``fused/status`` (FusionStatus) with headers copied from the RGB input. The
-output messages' log time is the time the pair became available plus the
-measured processing time, as a live node would have published them.
+output messages' log time is when a single worker, processing every pair in
+order, would have published them: ``max(pair available, previous output) +
+measured processing time`` (offline, no pair is dropped).
 """
 from __future__ import annotations
 
@@ -174,6 +175,7 @@ class BagFuser:
         self.prefix = prefix.rstrip('/')
         self.cams = {'thermal': _Camera(), 'rgb': _Camera()}
         self.stats = BagFuseStats()
+        self._busy_until = 0  # log time (ns) at which the simulated worker is free again
 
     def on_info(self, stream: str, msg: Any) -> None:
         """Keep the newest CameraInfo; in plane mode, (re)compute the homography."""
@@ -215,7 +217,9 @@ class BagFuser:
         self.stats.processed += 1
         self.stats.total_ms.append(res.timings_ms['total'])
         stamp, frame = bagio.time_to_ns(rgb_msg.header.stamp), rgb_msg.header.frame_id
-        t_out = int(pair.received) + int(res.timings_ms['total'] * 1e6)
+        # one worker processing pairs in order: it starts when the pair is there and the previous is done
+        t_out = max(int(pair.received), self._busy_until) + int(res.timings_ms['total'] * 1e6)
+        self._busy_until = t_out
         pre = self.prefix
         w = self.writer
         w.write(f'{pre}/image', bagio.image_msg(encodings.from_rgb8(res.fused, o.encoding), o.encoding,
