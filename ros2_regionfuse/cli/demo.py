@@ -96,7 +96,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--param', '-p', action='append', default=[], metavar='NAME:=VALUE',
                    help='extra node parameter, ROS syntax (repeatable)')
     p.add_argument('--domain-id', type=int, default=None,
-                   help=f'ROS_DOMAIN_ID (default: {DOMAIN_BASE} + pid % {DOMAIN_SPAN})')
+                   help=f'ROS_DOMAIN_ID (default: {DOMAIN_BASE} + pid %% {DOMAIN_SPAN})')
     p.add_argument('--startup-timeout', type=float, default=d.startup_timeout,
                    help='seconds to wait for the node to subscribe')
     p.add_argument('--drain-timeout', type=float, default=d.drain_timeout,

@@ -146,3 +146,12 @@ def test_mosaics_gif_and_bag(tmp_path) -> None:
     assert topics == {'/thermal/image_raw': 3, '/rgb/image_raw': 3, '/fused/image': 2,
                       '/fused/misregistration/overlay': 2, '/fused/status': 2, '/diagnostics': 1}
     assert bagio.bag_custom_data(tmp_path / 'bag')['regionfuse.stamp_shift_ns'] == '1000'
+
+
+@pytest.mark.parametrize('command', ['demo', 'bag', 'make-sample-bag'])
+def test_help_renders(command, capsys) -> None:
+    from ros2_regionfuse.cli.main import main
+    with pytest.raises(SystemExit) as e:
+        main([command, '--help'])
+    assert e.value.code == 0
+    assert '--out' in capsys.readouterr().out
