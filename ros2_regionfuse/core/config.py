@@ -68,6 +68,13 @@ class FusionConfig:
     variant: str = _f('regionfuse_tiny', 'Fusion model variant.', read_only=True)
     checkpoint: str = _f('', 'Fusion weights (.safetensors); empty = the shipped weights.',
                          read_only=True)
+    contrast: str = _f('percentile', 'Output contrast of the fused luminance: none (as the network '
+                       'emits it), minmax (full range per frame) or percentile (the '
+                       'fusion.contrast_percentiles of the frame mapped to black and white).',
+                       choices=('none', 'minmax', 'percentile'))
+    contrast_percentiles: list = _f([0.5, 99.5], 'Low/high percentiles (%) of the fused luminance '
+                                    'mapped to 0 and 1 (fusion.contrast=percentile).',
+                                    range=(0.0, 100.0), length=2)
 
 
 @dataclass
@@ -265,7 +272,7 @@ def validate_value(spec: FieldSpec, value: Any) -> Any:
         for v in vals:
             if not lo <= v <= hi:
                 raise ConfigError(f'{spec.name}: {v} is outside [{lo}, {hi}]')
-    if spec.name.endswith('percentiles') and value[0] >= value[1]:
+    if spec.name.endswith('percentiles') and value[0] >= value[1]:  # thermal., fusion.contrast_
         raise ConfigError(f'{spec.name}: low {value[0]} must be below high {value[1]}')
     if spec.name == 'thermal.range' and value[0] >= value[1]:
         raise ConfigError(f'{spec.name}: low {value[0]} must be below high {value[1]}')

@@ -222,3 +222,44 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     """``(1, C, H, W)`` tensor -> ``(H, W)`` (C = 1) or ``(H, W, C)`` float32 array."""
     a = t.detach().float().cpu().numpy()[0]
     return a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
+
+
+def contrast_bounds(y: np.ndarray, mode: str, percentiles: Sequence[float] = (0.5, 99.5)
+                    ) -> tuple[float, float]:
+    """Luminance values to map to black and white for the output contrast ``mode``.
+
+    Args:
+        y: ``(H, W)`` float32 fused luminance in [0, 1].
+        mode: ``none`` -> (0, 1); ``minmax`` -> (min, max); ``percentile`` -> the
+            given low/high percentiles (of a 4x-strided sample for large frames).
+        percentiles: low, high in [0, 100].
+
+    Returns:
+        ``(lo, hi)`` with ``hi > lo`` (a flat frame keeps its level: (0, 1)).
+
+    Example:
+        >>> contrast_bounds(np.array([[0.2, 0.6]], np.float32), 'minmax')
+        (0.2, 0.6)
+    """
+    if mode == 'none':
+        return 0.0, 1.0
+    sample = y[::4, ::4] if y.size > 65536 else y
+    if mode == 'minmax':
+        lo, hi = float(sample.min()), float(sample.max())
+    elif mode == 'percentile':
+        lo, hi = (float(v) for v in np.percentile(sample, (percentiles[0], percentiles[1])))
+    else:
+        raise EncodingError(f'contrast mode must be none, minmax or percentile, got {mode!r}')
+    lo, hi = round(lo, 6), round(hi, 6)
+    if hi - lo < 1e-3:
+        return 0.0, 1.0
+    return lo, hi
+
+
+def apply_contrast(y: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
+    """Map ``bounds`` of ``y`` to [0, 1] linearly, clipping outside; float32 ``(H, W)``."""
+    lo, hi = bounds
+    if lo == 0.0 and hi == 1.0:
+        return y
+    out = (y - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+    return np.clip(out, 0.0, 1.0, out=out)

@@ -209,10 +209,15 @@ class FusionPipeline:
             misreg = convert.to_numpy(m_t)
             flow = convert.to_numpy(f_t)
         t3 = time.perf_counter()
+        # Output contrast: bounds from the final luminance, applied to it and to the raw fusion.
+        fcfg = self.cfg.fusion
         fy = convert.to_numpy(fused_y)
-        raw = convert.unit_to_uint8(convert.replace_luminance(rgb_u, fy))
+        out_y = convert.to_numpy(corr_y) if do_correct else fy
+        bounds = convert.contrast_bounds(out_y, fcfg.contrast, fcfg.contrast_percentiles)
+        raw = convert.unit_to_uint8(convert.replace_luminance(rgb_u, convert.apply_contrast(fy, bounds)))
         if do_correct:
-            fused = convert.unit_to_uint8(convert.replace_luminance(rgb_u, convert.to_numpy(corr_y)))
+            fused = convert.unit_to_uint8(
+                convert.replace_luminance(rgb_u, convert.apply_contrast(out_y, bounds)))
         else:
             fused = raw
         t4 = time.perf_counter()
