@@ -159,3 +159,33 @@ def test_select_device() -> None:
     assert select_device('auto').type in ('cpu', 'cuda')
     with pytest.raises(ConfigError):
         select_device('gpu')
+
+
+def test_output_contrast_modes(rng: np.random.Generator) -> None:
+    y = (0.2 + 0.5 * rng.random((50, 60))).astype(np.float32)
+    assert convert.contrast_bounds(y, 'none') == (0.0, 1.0)
+    lo, hi = convert.contrast_bounds(y, 'minmax')
+    out = convert.apply_contrast(y, (lo, hi))
+    assert out.min() == 0.0 and out.max() == pytest.approx(1.0)
+    lo, hi = convert.contrast_bounds(y, 'percentile', (5.0, 95.0))
+    out = convert.apply_contrast(y, (lo, hi))
+    assert 0.04 < (out == 0.0).mean() < 0.06 and 0.04 < (out == 1.0).mean() < 0.06
+    flat = np.full((8, 8), 0.4, np.float32)
+    assert np.array_equal(convert.apply_contrast(flat, convert.contrast_bounds(flat, 'minmax')),
+                          flat)
+    with pytest.raises(RegionFuseError):
+        convert.contrast_bounds(y, 'gamma')
+
+
+def test_pipeline_contrast_none_vs_minmax(rng: np.random.Generator) -> None:
+    cfg = PipelineConfig(device='cpu')
+    cfg.corrector.enabled = False
+    cfg.fusion.contrast = 'none'
+    pipe = FusionPipeline(cfg, fusion=build_fusion('regionfuse_tiny'))
+    th = (rng.random((40, 40)) * 100 + 60).astype(np.uint8)
+    rgb = np.repeat((rng.random((40, 40, 1)) * 100 + 60).astype(np.uint8), 3, axis=2)
+    a = pipe.process(th, rgb).fused
+    cfg.fusion.contrast = 'minmax'
+    b = pipe.process(th, rgb).fused
+    assert a.max() - a.min() < 200
+    assert b.min() == 0 and b.max() == 255
