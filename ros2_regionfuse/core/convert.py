@@ -238,8 +238,8 @@ def contrast_bounds(y: np.ndarray, mode: str, percentiles: Sequence[float] = (0.
         ``(lo, hi)`` with ``hi > lo`` (a flat frame keeps its level: (0, 1)).
 
     Example:
-        >>> contrast_bounds(np.array([[0.2, 0.6]], np.float32), 'minmax')
-        (0.2, 0.6)
+        >>> contrast_bounds(np.array([[0.25, 0.75]], np.float32), 'minmax')
+        (0.25, 0.75)
     """
     if mode == 'none':
         return 0.0, 1.0
@@ -250,7 +250,6 @@ def contrast_bounds(y: np.ndarray, mode: str, percentiles: Sequence[float] = (0.
         lo, hi = (float(v) for v in np.percentile(sample, (percentiles[0], percentiles[1])))
     else:
         raise EncodingError(f'contrast mode must be none, minmax or percentile, got {mode!r}')
-    lo, hi = round(lo, 6), round(hi, 6)
     if hi - lo < 1e-3:
         return 0.0, 1.0
     return lo, hi
