@@ -6,17 +6,24 @@ Runners have the same call signatures as the torch runners of
 ``f(fused_y, visible_y, thermal) -> (corrected_y, misregistration, flow)``, on
 ``(1, C, H, W)`` float32 tensors of the pipeline's device.
 
-Graphs and sizes: the exported graphs have dynamic H and W. The fusion network
-chooses its pyramid depth from the image size (:func:`fusion_net.network_level`:
-level 3 up to ~905 px on the long side, 4 up to ~1810 px, ...), so one graph
-serves every size of one level; the runner keeps one session per level and
-loads (or exports) another when a frame of a new level arrives. Files are named
-after the weights: ``NAME.level3.onnx`` for the fusion network at level 3,
-``NAME.onnx`` for models with a single graph, next to ``NAME.safetensors``
-(``regionfuse export-onnx``). Each file records the SHA-256 of the weights it
-was exported from; a file that does not match the weights is not used. Without
-a matching file the runner exports in memory and caches the file under
-``$XDG_CACHE_HOME/ros2_regionfuse/onnx`` (best effort).
+Graphs and sizes. Graphs are exported with dynamic H and W by tracing one call
+(TorchScript-based exporter, opset 17). The fusion network chooses its pyramid
+depth from the image size (:func:`fusion_net.network_level`: level 3 up to ~905
+px on the long side, 4 up to ~1810 px, ...), so one graph serves every size of
+one level (its *graph key*; models without such a choice have key 0). Every
+export is checked against torch at a second, padded size of the same key; the
+result is stored in the file (metadata ``dynamic_hw``). A graph that fails that
+check (a model whose code bakes the traced size into the graph) is used only at
+its traced size, and the runner exports one graph per input size instead
+(``NAME.HxW.onnx``), so results are always those of torch.
+
+Files are named after the weights, next to ``NAME.safetensors``:
+``NAME.level3.onnx`` (fusion network, level 3), ``NAME.onnx`` (key 0),
+``NAME[.levelK].HxW.onnx`` (fixed size). ``regionfuse export-onnx`` writes them;
+each records the SHA-256 of the weights it came from, and a file that does not
+match the weights is ignored. Without a matching file the runner exports in
+memory and caches the file under ``$XDG_CACHE_HOME/ros2_regionfuse/onnx``
+(best effort).
 """
 from __future__ import annotations
 
@@ -34,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.checks import ConfigError, WeightsError
+from ..core.checks import ConfigError
 from ..core.weights import shipped_weights
 
 log = logging.getLogger(__name__)
@@ -43,7 +50,13 @@ OPSET = 17
 """ONNX opset of the exported graphs (GridSample needs >= 16)."""
 
 EXPORT_SAMPLE_HW = (480, 640)
-"""Example input size (H, W) used to trace a graph when no size of the wanted level is given."""
+"""Example input size (H, W) traced for key-0 graphs."""
+
+DYNAMIC_CHECK_OFFSET = (9, 13)
+"""The dynamic-size check runs at the traced size minus these (H, W): a size that needs padding."""
+
+DYNAMIC_TOLERANCE = 1e-3
+"""Largest max-abs difference ONNX vs torch at the check size for a graph to count as size-dynamic."""
 
 INPUT_NAMES = {'fusion': ('thermal', 'visible'), 'corrector': ('fused', 'visible', 'thermal')}
 OUTPUT_NAMES = {'fusion': ('fused',), 'corrector': ('image', 'misregistration', 'flow')}
@@ -63,7 +76,7 @@ class _CorrectorGraph(nn.Module):
 
 
 def graph_key(model: nn.Module, h: int, w: int) -> int:
-    """Which graph serves an ``h x w`` input: the fusion network's level, else 0 (one graph).
+    """Which dynamic graph serves an ``h x w`` input: the fusion network's level, else 0.
 
     Example:
         >>> from ros2_regionfuse.models.fusion_net import regionfuse_tiny
@@ -95,9 +108,17 @@ def sample_size_for_key(model: nn.Module, key: int) -> tuple[int, int]:
     return h, w
 
 
-def onnx_filename(stem: str, key: int) -> str:
-    """File name of the graph ``key`` of weights ``stem``: ``stem.levelK.onnx`` or ``stem.onnx``."""
-    return f'{stem}.level{key}.onnx' if key else f'{stem}.onnx'
+def onnx_filename(stem: str, key: int, size_hw: tuple[int, int] | None = None) -> str:
+    """File name of graph ``key`` of weights ``stem`` (dynamic, or fixed at ``size_hw``).
+
+    Example:
+        >>> onnx_filename('w', 3), onnx_filename('w', 0), onnx_filename('w', 0, (480, 640))
+        ('w.level3.onnx', 'w.onnx', 'w.480x640.onnx')
+    """
+    name = f'{stem}.level{key}' if key else stem
+    if size_hw is not None:
+        name += f'.{size_hw[0]}x{size_hw[1]}'
+    return name + '.onnx'
 
 
 def file_sha256(path: str | Path) -> str:
@@ -119,23 +140,72 @@ def state_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def export_onnx(model: nn.Module, kind: str, f: str | Path | io.BytesIO,
-                sample_hw: tuple[int, int] = EXPORT_SAMPLE_HW,
-                metadata: dict[str, str] | None = None, opset: int = OPSET) -> None:
-    """Export ``model`` (eval mode, CPU) to ONNX with dynamic H and W.
+def session_options(threads: int) -> Any:
+    """ONNX Runtime session options: ``threads`` intra-op threads (0 = ORT default), sequential."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = max(0, int(threads))
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return so
 
-    The TorchScript-based exporter traces one call at ``sample_hw``; sizes and
-    paddings derived from the input shape stay symbolic in the graph (for the
-    fusion network: within the pyramid level of ``sample_hw``).
+
+def _torch_outputs(model: nn.Module, kind: str, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+    with torch.inference_mode():
+        out = model(*xs)
+    return [out] if kind == 'fusion' else [out.image, out.misregistration, out.flow]
+
+
+def onnx_parity(model: nn.Module, kind: str, onnx_model: bytes | str | Path, hw: tuple[int, int],
+                seed: int = 0, threads: int = 1) -> float:
+    """Max abs difference of ONNX Runtime vs torch over all outputs, on seeded random input of size ``hw``.
+
+    Args:
+        model: the torch module the graph was exported from.
+        kind: ``'fusion'`` or ``'corrector'``.
+        onnx_model: serialised graph or a file path.
+        hw: input ``(H, W)``.
+        seed: seed of the random inputs.
+        threads: intra-op threads of the check session.
+
+    Returns:
+        The largest absolute difference (inf if ONNX Runtime fails at this size).
+    """
+    import onnxruntime as ort
+    src = str(onnx_model) if isinstance(onnx_model, Path) else onnx_model
+    sess = ort.InferenceSession(src, session_options(threads), providers=['CPUExecutionProvider'])
+    gen = torch.Generator().manual_seed(seed)
+    xs = [torch.rand(1, 1, *hw, generator=gen) for _ in INPUT_NAMES[kind]]
+    ref = _torch_outputs(model, kind, xs)
+    try:
+        outs = sess.run(None, {n: x.numpy() for n, x in zip(INPUT_NAMES[kind], xs, strict=True)})
+    except Exception as e:  # noqa: BLE001 - ORT raises its own types for shape errors
+        log.debug('ONNX Runtime failed at %s: %s', hw, e)
+        return float('inf')
+    return max(float((torch.from_numpy(o) - r).abs().max()) for o, r in zip(outs, ref, strict=True))
+
+
+def export_onnx(model: nn.Module, kind: str, sample_hw: tuple[int, int] = EXPORT_SAMPLE_HW,
+                metadata: dict[str, str] | None = None, opset: int = OPSET,
+                check_dynamic: bool = True) -> tuple[bytes, dict[str, str]]:
+    """Export ``model`` (eval mode, CPU) to ONNX with dynamic H and W, and check it.
 
     Args:
         model: a fusion module ``(thermal, visible) -> fused`` or a corrector
             returning a ``CorrectorOutput``.
         kind: ``'fusion'`` or ``'corrector'``.
-        f: output file path or a ``BytesIO``.
-        sample_hw: example input size ``(H, W)``.
+        sample_hw: traced input size ``(H, W)``.
         metadata: string key/values stored in the model's ``metadata_props``.
         opset: ONNX opset (>= 16).
+        check_dynamic: compare with torch at the traced size and at a padded
+            size of the same graph key; the results go into the metadata.
+
+    Returns:
+        ``(serialised model, metadata)``; metadata has ``kind``, ``sample_hw``
+        (``HxW``), ``graph_key``, ``max_abs_diff``, ``max_abs_diff_dynamic``
+        and ``dynamic_hw`` (``true``/``false``) besides ``metadata``.
 
     Raises:
         ConfigError: unknown kind.
@@ -150,38 +220,47 @@ def export_onnx(model: nn.Module, kind: str, f: str | Path | io.BytesIO,
     names_in, names_out = INPUT_NAMES[kind], OUTPUT_NAMES[kind]
     dyn = {n: {2: 'height', 3: 'width'} for n in names_in + names_out}
     buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
+    # Not under torch.no_grad(): code paths that differ without autograd (in-place
+    # variants) may not trace to a correct graph.
+    with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # legacy-exporter deprecation and tracer warnings
         torch.onnx.export(graph, args, buf, dynamo=False, opset_version=opset,
                           input_names=list(names_in), output_names=list(names_out),
                           dynamic_axes=dyn, do_constant_folding=True)
+    key = graph_key(model, *sample_hw)
+    meta = {'kind': kind, 'sample_hw': f'{sample_hw[0]}x{sample_hw[1]}', 'graph_key': str(key),
+            **(metadata or {})}
+    if check_dynamic:
+        d0 = onnx_parity(model, kind, buf.getvalue(), sample_hw)
+        odd = (sample_hw[0] - DYNAMIC_CHECK_OFFSET[0], sample_hw[1] - DYNAMIC_CHECK_OFFSET[1])
+        d1 = (onnx_parity(model, kind, buf.getvalue(), odd, seed=1)
+              if min(odd) > 0 and graph_key(model, *odd) == key else float('nan'))
+        meta.update(max_abs_diff=f'{d0:.3g}', max_abs_diff_dynamic=f'{d1:.3g}',
+                    dynamic_hw='true' if d1 <= DYNAMIC_TOLERANCE else 'false')
     proto = onnx.load_from_string(buf.getvalue())
-    meta = {'kind': kind, 'sample_hw': f'{sample_hw[0]}x{sample_hw[1]}',
-            'graph_key': str(graph_key(model, *sample_hw)), **(metadata or {})}
     for k, v in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, str(v)
-    data = proto.SerializeToString()
-    if isinstance(f, io.BytesIO):
-        f.write(data)
-        return
-    path = Path(f)
+    return proto.SerializeToString(), meta
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
     tmp.write_bytes(data)
     tmp.replace(path)
 
 
-def session_options(threads: int) -> Any:
-    """ONNX Runtime session options: ``threads`` intra-op threads (0 = ORT default), sequential."""
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = max(0, int(threads))
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    return so
+def onnx_metadata(path: str | Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file ({} when unreadable)."""
+    import onnx
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - onnx raises several types for corrupt files
+        log.warning('%s: not a readable ONNX file (%s): ignored', path, e)
+        return {}
+    return {p.key: p.value for p in proto.metadata_props}
 
 
 def providers_for(device: torch.device) -> list[str]:
@@ -195,22 +274,21 @@ def providers_for(device: torch.device) -> list[str]:
     return ['CPUExecutionProvider']
 
 
-def _onnx_meta(path: Path) -> dict[str, str]:
-    import onnx
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - onnx raises several types for corrupt files
-        raise WeightsError(f'{path}: not a valid ONNX file ({e})') from e
-    return {p.key: p.value for p in proto.metadata_props}
-
-
 def _cache_dir() -> Path:
     root = os.environ.get('XDG_CACHE_HOME') or str(Path.home() / '.cache')
     return Path(root) / 'ros2_regionfuse' / 'onnx'
 
 
+def _parse_hw(text: str) -> tuple[int, int] | None:
+    try:
+        h, w = (int(v) for v in text.split('x'))
+        return h, w
+    except ValueError:
+        return None
+
+
 class OnnxModel:
-    """Lazily created ONNX Runtime sessions of one model, one per graph key.
+    """ONNX Runtime sessions of one model: per dynamic graph key, or per fixed size.
 
     Args:
         kind: ``'fusion'`` or ``'corrector'``.
@@ -244,59 +322,84 @@ class OnnxModel:
             self.sha = file_sha256(self.weights)
         self.threads = threads or torch.get_num_threads()
         self.providers = providers_for(device)
-        self.sessions: dict[int, Any] = {}
-        self.files: dict[int, str] = {}
+        self._dynamic: dict[int, Any] = {}                 # graph key -> session
+        self._fixed: dict[tuple[int, int], Any] = {}       # (h, w) -> session
+        self._not_dynamic: set[int] = set()
+        self.files: dict[str, str] = {}                    # 'key' or 'key@HxW' -> file used
 
-    def candidates(self, key: int) -> list[Path]:
-        """Files that may hold graph ``key``: next to the weights, then the user cache."""
-        name = onnx_filename(self.weights.stem if self.weights else self.variant, key)
+    @property
+    def stem(self) -> str:
+        """Name the graph files are called after (the weights file stem)."""
+        return self.weights.stem if self.weights else self.variant
+
+    def candidates(self, key: int, size_hw: tuple[int, int] | None = None) -> list[Path]:
+        """Files that may hold a graph: next to the weights, then the user cache."""
+        name = onnx_filename(self.stem, key, size_hw)
         cached = _cache_dir() / f'{self.variant}-{self.sha[:16]}.{name}'
         return [self.weights.with_name(name), cached] if self.weights else [cached]
-
-    def session(self, key: int) -> Any:
-        """The session of graph ``key`` (loaded from a matching file or exported now)."""
-        if key in self.sessions:
-            return self.sessions[key]
-        import onnxruntime as ort
-        so = session_options(self.threads)
-        for path in self.candidates(key):
-            if path.is_file():
-                meta = _onnx_meta(path)
-                if meta.get('weights_sha256') == self.sha:
-                    self.sessions[key] = ort.InferenceSession(str(path), so, providers=self.providers)
-                    self.files[key] = str(path)
-                    log.info('%s: ONNX graph %s', self.variant, path)
-                    return self.sessions[key]
-                log.warning('%s was exported from other weights than %s: not used', path, self.weights)
-        buf = io.BytesIO()
-        sample = sample_size_for_key(self.model, key)
-        log.info('%s: exporting ONNX graph %d (sample %dx%d) in memory; '
-                 '`regionfuse export-onnx` stores it next to the weights', self.variant, key, *sample[::-1])
-        export_onnx(self.model, self.kind, buf, sample, metadata=self.export_metadata())
-        data = buf.getvalue()
-        cache = self.candidates(key)[-1]
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(cache.name + f'.{os.getpid()}.tmp')
-            tmp.write_bytes(data)
-            tmp.replace(cache)
-            self.files[key] = str(cache)
-        except OSError as e:
-            log.debug('cannot cache %s: %s', cache, e)
-            self.files[key] = 'in-memory'
-        self.sessions[key] = ort.InferenceSession(data, so, providers=self.providers)
-        return self.sessions[key]
 
     def export_metadata(self) -> dict[str, str]:
         """Metadata stored in exported files (variant, weights file and hash)."""
         return {'variant': self.variant, 'weights': self.weights.name if self.weights else 'custom',
-                'weights_sha256': self.sha,
-                'torch': torch.__version__}
+                'weights_sha256': self.sha, 'torch': torch.__version__}
+
+    def _session(self, src: bytes | str) -> Any:
+        import onnxruntime as ort
+        return ort.InferenceSession(src, session_options(self.threads), providers=self.providers)
+
+    def _load_or_export(self, key: int, size_hw: tuple[int, int] | None) -> tuple[Any, dict[str, str]]:
+        """Session and metadata of graph ``key`` (dynamic, or fixed at ``size_hw``)."""
+        label = f'{key}' if size_hw is None else f'{key}@{size_hw[0]}x{size_hw[1]}'
+        for path in self.candidates(key, size_hw):
+            if path.is_file():
+                meta = onnx_metadata(path)
+                if meta.get('weights_sha256') == self.sha:
+                    log.info('%s: ONNX graph %s', self.variant, path)
+                    self.files[label] = str(path)
+                    return self._session(str(path)), meta
+                log.warning('%s was not exported from %s: ignored', path, self.weights or 'this module')
+        sample = size_hw or sample_size_for_key(self.model, key)
+        log.info('%s: exporting ONNX graph %s (traced at %dx%d); `regionfuse export-onnx` stores '
+                 'graphs next to the weights', self.variant, label, sample[1], sample[0])
+        data, meta = export_onnx(self.model, self.kind, sample, self.export_metadata(),
+                                 check_dynamic=size_hw is None)
+        cache = self.candidates(key, size_hw)[-1]
+        try:
+            write_atomic(cache, data)
+            self.files[label] = str(cache)
+        except OSError as e:
+            log.debug('cannot cache %s: %s', cache, e)
+            self.files[label] = 'in-memory'
+        return self._session(data), meta
+
+    def session_for(self, h: int, w: int) -> Any:
+        """The session that serves an ``h x w`` input (loaded or exported on first use)."""
+        key = graph_key(self.model, h, w)
+        sess = self._dynamic.get(key) or self._fixed.get((h, w))
+        if sess is not None:
+            return sess
+        if key not in self._not_dynamic:
+            sess, meta = self._load_or_export(key, None)
+            if meta.get('dynamic_hw') == 'true':
+                self._dynamic[key] = sess
+                return sess
+            self._not_dynamic.add(key)
+            traced = _parse_hw(meta.get('sample_hw', ''))
+            log.warning('%s: the ONNX graph is not valid for other sizes than the traced one '
+                        '(max diff %s at a padded size): one graph per input size',
+                        self.variant, meta.get('max_abs_diff_dynamic', '?'))
+            if traced is not None:
+                self._fixed[traced] = sess
+                if traced == (h, w):
+                    return sess
+        sess, _ = self._load_or_export(key, (h, w))
+        self._fixed[(h, w)] = sess
+        return sess
 
     def run(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
         """Run the graph for the inputs' size; tensors in, tensors (on ``device``) out."""
-        h, w = inputs[0].shape[-2:]
-        sess = self.session(graph_key(self.model, int(h), int(w)))
+        h, w = (int(v) for v in inputs[0].shape[-2:])
+        sess = self.session_for(h, w)
         feeds = {n: _to_numpy(t) for n, t in zip(INPUT_NAMES[self.kind], inputs, strict=True)}
         outs = sess.run(None, feeds)
         return [torch.from_numpy(o).to(self.device, non_blocking=True) for o in outs]
@@ -323,7 +426,7 @@ def build_onnx_runner(kind: str, variant: str, checkpoint: str, device: torch.de
     """
     om = OnnxModel(kind, variant, checkpoint, device, threads, module)
     card = dict(om.card)
-    card.setdefault('name', f'{variant}@{om.weights.stem if om.weights else "custom"}')
+    card.setdefault('name', f'{variant}@{om.stem if om.weights else "custom"}')
     card['backend'] = 'onnxruntime'
     card['onnx'] = om.files  # live view: filled as sessions are created
     if kind == 'fusion':

@@ -1,0 +1,169 @@
+"""ONNX export and ONNX Runtime runners: numerical parity with torch on real pairs, file handling."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ros2_regionfuse.cli.main import main
+from ros2_regionfuse.core import convert
+from ros2_regionfuse.core.config import PipelineConfig
+from ros2_regionfuse.core.imageio import read_gray, read_rgb
+from ros2_regionfuse.core.pipeline import FusionPipeline
+from ros2_regionfuse.core.weights import save_weights
+from ros2_regionfuse.models import onnx_runtime as ox
+from ros2_regionfuse.models.registry import build_corrector, build_fusion
+from ros2_regionfuse.models.runtime import build_runner
+
+pytest.importorskip('onnxruntime')
+
+PARITY_ATOL = 1e-4  # images in [0, 1]
+SAMPLE_HW = (72, 96)  # small traced size: keeps the exports fast
+
+
+def _perturbed(model: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.nn.Module:
+    """Random init plus seeded noise on every parameter (zero-initialised heads become active)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+@pytest.fixture(scope='module')
+def fusion_model() -> torch.nn.Module:
+    return _perturbed(build_fusion('regionfuse_tiny'), 0)
+
+
+@pytest.fixture(scope='module')
+def corrector_model() -> torch.nn.Module:
+    return _perturbed(build_corrector('corrector_fast'), 1, 0.1)
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+
+
+@pytest.fixture(scope='module')
+def real_pairs(test_data):
+    pairs = []
+    for ir in sorted((test_data / 'ir').glob('*.png')):
+        t = convert.thermal_to_unit(read_gray(ir, as_uint8=True))
+        y = convert.luminance(convert.rgb_to_unit(read_rgb(test_data / 'vi' / ir.name)))
+        pairs.append((ir.stem, convert.to_tensor(t), convert.to_tensor(y)))
+    assert len(pairs) >= 2
+    return pairs
+
+
+def _ort(data: bytes):
+    import onnxruntime as ort
+    return ort.InferenceSession(data, ox.session_options(1), providers=['CPUExecutionProvider'])
+
+
+def test_fusion_export_parity_on_real_pairs(fusion_model, real_pairs):
+    data, meta = ox.export_onnx(fusion_model, 'fusion', SAMPLE_HW, {'weights_sha256': 'x'})
+    assert meta['dynamic_hw'] == 'true' and meta['graph_key'] == '3'
+    assert float(meta['max_abs_diff']) < PARITY_ATOL
+    sess = _ort(data)
+    props = sess.get_modelmeta().custom_metadata_map
+    assert props['kind'] == 'fusion' and props['weights_sha256'] == 'x'
+    sizes = set()
+    for _stem, t, y in real_pairs:  # sizes differ from the traced one and from each other
+        with torch.inference_mode():
+            ref = fusion_model(t, y)
+        out = sess.run(None, {'thermal': t.numpy(), 'visible': y.numpy()})[0]
+        assert out.shape == tuple(ref.shape)
+        assert np.abs(out - ref.numpy()).max() < PARITY_ATOL
+        assert out.std() > 0.01  # a real image, not a constant
+        sizes.add(out.shape)
+    assert len(sizes) >= 2
+
+
+def test_fusion_runner_matches_torch_runner(fusion_model, real_pairs):
+    cfg = PipelineConfig(backend='onnxruntime', threads=1)
+    run_onnx, card = build_runner('fusion', cfg, torch.device('cpu'), fusion_model)
+    run_torch, _ = build_runner('fusion', PipelineConfig(), torch.device('cpu'), fusion_model)
+    assert card['backend'] == 'onnxruntime'
+    for _stem, t, y in real_pairs:
+        a, b = run_onnx(t, y), run_torch(t, y)
+        assert isinstance(a, torch.Tensor) and a.shape == b.shape and a.dtype == torch.float32
+        assert (a - b).abs().max().item() < PARITY_ATOL
+    assert list(card['onnx']) == ['3']  # one dynamic graph served every size
+    # a level-4 frame (long side >= ~905 px) needs a second graph
+    t4 = torch.rand(1, 1, 720, 960)
+    assert (run_onnx(t4, t4) - run_torch(t4, t4)).abs().max().item() < PARITY_ATOL
+    assert sorted(card['onnx']) == ['3', '4']
+
+
+def test_corrector_runner_matches_torch_on_real_pair(corrector_model, fusion_model, real_pairs):
+    cfg = PipelineConfig(backend='onnxruntime', threads=1)
+    run_onnx, card = build_runner('corrector', cfg, torch.device('cpu'), corrector_model)
+    run_torch, _ = build_runner('corrector', PipelineConfig(), torch.device('cpu'), corrector_model)
+    for _stem, t, y in real_pairs[:2]:
+        with torch.inference_mode():
+            f = fusion_model(t, y)
+        outs, refs = run_onnx(f, y, t), run_torch(f, y, t)
+        for o, r, name in zip(outs, refs, ('image', 'misregistration', 'flow'), strict=True):
+            assert o.shape == r.shape, name
+            tol = PARITY_ATOL * 10 if name == 'flow' else PARITY_ATOL * 5  # pixels / [0, 1]
+            assert (o - r).abs().max().item() < tol, name
+    assert card['onnx']  # the graphs used are listed (dynamic or per size)
+
+
+def test_export_cli_files_are_found_and_checked(fusion_model, real_pairs, tmp_path):
+    ckpt = tmp_path / 'w' / 'fuse_a.safetensors'
+    save_weights(fusion_model, ckpt, {'variant': 'regionfuse_tiny'})
+    assert main(['export-onnx', '--only', 'fusion', '--fusion-checkpoint', str(ckpt),
+                 '--size', '160x120']) == 0
+    onnx_file = ckpt.with_name('fuse_a.level3.onnx')
+    assert onnx_file.is_file()
+    meta = ox.onnx_metadata(onnx_file)
+    assert meta['weights_sha256'] == ox.file_sha256(ckpt) and meta['dynamic_hw'] == 'true'
+    run, card = ox.build_onnx_runner('fusion', 'regionfuse_tiny', str(ckpt), torch.device('cpu'), 1)
+    _stem, t, y = real_pairs[0]
+    with torch.inference_mode():
+        ref = fusion_model(t, y)
+    assert (run(t, y) - ref).abs().max().item() < PARITY_ATOL
+    assert card['onnx'] == {'3': str(onnx_file)}  # the exported file, not a fresh export
+    # other weights under the same name: the stale graph is ignored, a fresh one is exported
+    save_weights(_perturbed(build_fusion('regionfuse_tiny'), 7), ckpt, {'variant': 'regionfuse_tiny'})
+    run2, card2 = ox.build_onnx_runner('fusion', 'regionfuse_tiny', str(ckpt), torch.device('cpu'), 1)
+    run2(t, y)
+    assert card2['onnx']['3'] != str(onnx_file)
+
+
+def test_export_cli_out_dir_and_errors(fusion_model, tmp_path):
+    ckpt = tmp_path / 'fuse_b.safetensors'
+    save_weights(fusion_model, ckpt, {'variant': 'regionfuse_tiny'})
+    out = tmp_path / 'onnx'
+    assert main(['export-onnx', '--only', 'fusion', '--fusion-checkpoint', str(ckpt), '--size', '96x72',
+                 '--out', str(out)]) == 0
+    assert [p.name for p in out.iterdir()] == ['fuse_b.level3.onnx']
+    # missing weights: a clear error, exit status 2
+    assert main(['export-onnx', '--only', 'fusion', '--fusion-checkpoint', str(tmp_path / 'nope.safetensors'),
+                 '--out', str(out)]) == 2
+
+
+def test_pipeline_with_onnxruntime_backend(fusion_model, corrector_model, test_data):
+    thermal = read_gray(next((test_data / 'ir').glob('*.png')), as_uint8=True)
+    rgb = read_rgb(test_data / 'vi' / next((test_data / 'ir').glob('*.png')).name)
+    res = {}
+    for backend in ('torch', 'onnxruntime'):
+        cfg = PipelineConfig(backend=backend, device='cpu', threads=1)
+        pipe = FusionPipeline(cfg, fusion=fusion_model, corrector=corrector_model)
+        res[backend] = pipe.process(thermal, rgb)
+    a, b = res['torch'], res['onnxruntime']
+    assert a.fused.shape == b.fused.shape == rgb.shape[:2] + (3,)
+    assert np.abs(a.fused_raw.astype(int) - b.fused_raw.astype(int)).max() <= 1
+    assert np.abs(a.fused.astype(int) - b.fused.astype(int)).max() <= 1
+    assert np.abs(a.flow - b.flow).max() < 1e-3
+
+
+def test_graph_helpers():
+    m = build_fusion('regionfuse_tiny')
+    assert ox.graph_key(m, 480, 640) == 3 and ox.graph_key(m, 1024, 1280) == 4
+    assert ox.graph_key(m, *ox.sample_size_for_key(m, 5)) == 5
+    assert ox.onnx_filename('x', 4, (10, 20)) == 'x.level4.10x20.onnx'
+    with pytest.raises(ValueError):
+        ox.export_onnx(m, 'detector')
