@@ -208,14 +208,60 @@ def unit_to_uint8(x: np.ndarray) -> np.ndarray:
     return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
+class PinnedStaging:
+    """Reusable page-locked host buffers for asynchronous host->CUDA copies.
+
+    ``upload(t, device)`` copies ``t`` into a pinned buffer of its shape (a ring
+    of ``slots`` per shape, allocated once) and starts a non-blocking copy to the
+    device. Before a buffer is reused, the event recorded after its previous
+    copy is waited for, so a buffer is never overwritten while a copy reads it.
+    Only used for CUDA devices (CPU tensors stay zero-copy numpy views).
+    """
+
+    def __init__(self, slots: int = 4) -> None:
+        self.slots = slots
+        self._rings: dict[tuple, list[tuple[torch.Tensor, torch.cuda.Event]]] = {}
+        self._next: dict[tuple, int] = {}
+
+    def upload(self, t: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Asynchronous copy of host tensor ``t`` to CUDA ``device`` through a pinned buffer."""
+        key = (tuple(t.shape), t.dtype, device)
+        ring = self._rings.setdefault(key, [])
+        i = self._next.get(key, 0)
+        if len(ring) < self.slots:
+            ring.append((torch.empty(t.shape, dtype=t.dtype, pin_memory=True), torch.cuda.Event()))
+            i = len(ring) - 1
+        buf, done = ring[i]
+        done.synchronize()  # the copy that last read this buffer has finished
+        buf.copy_(t)
+        out = buf.to(device, non_blocking=True)
+        done.record()
+        self._next[key] = (i + 1) % self.slots
+        return out
+
+
+_STAGING: PinnedStaging | None = None
+
+
 def to_tensor(x: np.ndarray, device: torch.device | str = 'cpu') -> torch.Tensor:
-    """``(H, W)`` or ``(H, W, C)`` float32 -> ``(1, C, H, W)`` tensor on ``device``."""
+    """``(H, W)`` or ``(H, W, C)`` float32 -> ``(1, C, H, W)`` tensor on ``device``.
+
+    On the CPU the tensor shares memory with ``x`` when ``x`` is contiguous (no
+    copy). On CUDA the frame goes through a reused pinned buffer and a
+    non-blocking copy (:class:`PinnedStaging`).
+    """
+    global _STAGING
     if x.ndim == 2:
         x = x[:, :, None]
     if x.ndim != 3:
         raise ShapeError(f'to_tensor: expected (H, W) or (H, W, C), got {x.shape}')
     t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
-    return t.to(device, non_blocking=True)
+    dev = torch.device(device)
+    if dev.type == 'cuda':
+        if _STAGING is None:
+            _STAGING = PinnedStaging()
+        return _STAGING.upload(t, dev)
+    return t.to(dev)
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:

@@ -59,3 +59,19 @@ def test_unit_to_uint8_matches_numpy_within_one_lsb(rng, shape):
     assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1
     assert (out[x <= 0] == 0).all() and (out[x >= 1] == 255).all()
     assert convert.unit_to_uint8(np.array([[0.0, 0.5, 1.0]], np.float32)).tolist() == [[0, 128, 255]]
+
+
+def test_to_tensor_on_cpu_shares_memory(rng):
+    x = rng.random((6, 8), dtype=np.float32)
+    t = convert.to_tensor(x)
+    assert t.shape == (1, 1, 6, 8) and np.shares_memory(t.numpy(), x)
+    np.testing.assert_array_equal(convert.to_numpy(t), x)
+
+
+@pytest.mark.skipif(not __import__('torch').cuda.is_available(), reason='needs CUDA')
+def test_to_tensor_cuda_pinned_staging_round_trip(rng):
+    frames = [rng.random((32, 48), dtype=np.float32) for _ in range(6)]
+    ts = [convert.to_tensor(f, 'cuda') for f in frames]  # more uploads than ring slots
+    for f, t in zip(frames, ts, strict=True):
+        assert t.is_cuda
+        np.testing.assert_array_equal(convert.to_numpy(t), f)
