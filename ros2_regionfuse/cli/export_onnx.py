@@ -50,7 +50,7 @@ def export_model(kind: str, variant: str, checkpoint: str, sizes: list[tuple[int
     rows = []
 
     def write(key: int, hw: tuple[int, int], fixed: bool) -> dict:
-        data, meta = ox.export_onnx(om.model, kind, hw, om.export_metadata(), check_dynamic=True)
+        data, meta = ox.export_onnx(om.model, kind, hw, om.export_metadata(), check_dynamic=not fixed)
         path = folder / ox.onnx_filename(om.stem, key, hw if fixed else None)
         ox.write_atomic(path, data)
         d0 = float(meta['max_abs_diff'])
@@ -58,20 +58,21 @@ def export_model(kind: str, variant: str, checkpoint: str, sizes: list[tuple[int
             raise RegionFuseError(f'{path}: ONNX Runtime differs from torch by {d0:.3g} (> {tolerance:g})')
         row = {'kind': kind, 'variant': variant, 'path': str(path), 'key': key,
                'sample': f'{hw[1]}x{hw[0]}', 'bytes': path.stat().st_size,
-               'dynamic': meta['dynamic_hw'] == 'true' and not fixed, 'max_abs_diff': d0,
-               'max_abs_diff_dynamic': float(meta['max_abs_diff_dynamic'])}
+               'dynamic': meta.get('dynamic_hw') == 'true', 'max_abs_diff': d0,
+               'max_abs_diff_dynamic': float(meta.get('max_abs_diff_dynamic', 'nan'))}
         rows.append(row)
         return row
 
     for key in sorted({ox.graph_key(om.model, h, w) for w, h in sizes}):
-        row = write(key, ox.sample_size_for_key(om.model, key), fixed=False)
+        sample = ox.sample_size_for_key(om.model, key)
+        row = write(key, sample, fixed=False)
         if not row['dynamic']:
+            fixed = [(h, w) for w, h in sizes if ox.graph_key(om.model, h, w) == key and (h, w) != sample]
             log.warning('%s: graph %d is not valid at other sizes than the traced one (max diff %.3g): '
-                        'writing fixed-size graphs for %s', variant, key, row['max_abs_diff_dynamic'],
-                        ', '.join(f'{w}x{h}' for w, h in sizes))
-            for w, h in sizes:
-                if ox.graph_key(om.model, h, w) == key:
-                    write(key, (h, w), fixed=True)
+                        'fixed-size graphs for %s', variant, key, row['max_abs_diff_dynamic'],
+                        ', '.join(f'{w}x{h}' for h, w in fixed) or 'no other size')
+            for hw in fixed:
+                write(key, hw, fixed=True)
     return rows
 
 
@@ -106,8 +107,8 @@ def run(args: argparse.Namespace) -> int:
         jobs.append(('corrector', args.corrector_variant, args.corrector_checkpoint))
     for kind, variant, ckpt in jobs:
         for r in export_model(kind, variant, ckpt, sizes, args.out, args.tolerance):
-            kind_txt = 'dynamic H/W' if r['dynamic'] else 'fixed size'
-            print(f"{r['path']}: {r['bytes'] / 1e6:.2f} MB, graph {r['key']} ({kind_txt}), traced at "
-                  f"{r['sample']}; max |onnx - torch| {r['max_abs_diff']:.2e} at the traced size, "
-                  f"{r['max_abs_diff_dynamic']:.2e} at a padded size")
+            dyn = (f"dynamic H/W (max |onnx - torch| {r['max_abs_diff_dynamic']:.2e} at a padded size)"
+                   if r['dynamic'] else f"{r['sample']} only")
+            print(f"{r['path']}: {r['bytes'] / 1e6:.2f} MB, graph {r['key']}, traced at {r['sample']}, "
+                  f"max |onnx - torch| {r['max_abs_diff']:.2e}; serves {dyn}")
     return 0
