@@ -1,0 +1,41 @@
+"""Speed-only rewrites of model ops give exactly the original results (values and gradients)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ros2_regionfuse.models.layers import from_regions, to_regions
+from ros2_regionfuse.models.pyramid import box_mean3, down2
+
+
+@pytest.mark.parametrize('shape', [(2, 1, 48, 64), (1, 3, 10, 6), (1, 1, 2, 2)])
+def test_down2_bit_identical_to_avg_pool(shape):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(down2(x), F.avg_pool2d(x, 2))
+
+
+def test_down2_odd_size_falls_back():
+    x = torch.rand(1, 1, 7, 9)
+    assert down2(x).shape == (1, 1, 3, 4) and torch.equal(down2(x), F.avg_pool2d(x, 2))
+
+
+@pytest.mark.parametrize('shape', [(1, 1, 48, 64), (2, 1, 5, 7), (1, 2, 1, 1)])
+def test_box_mean3_bit_identical_with_gradients(shape):
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(shape, generator=gen).abs().requires_grad_()
+    b = a.detach().clone().requires_grad_()
+    ya, yb = box_mean3(a), F.avg_pool2d(b, 3, 1, 1)
+    assert torch.equal(ya, yb)
+    w = torch.randn(shape, generator=gen)
+    (ya * w).sum().backward()
+    (yb * w).sum().backward()
+    assert torch.allclose(a.grad, b.grad, atol=1e-6)
+
+
+def test_region_split_matches_unfold_fold():
+    x = torch.randn(2, 3, 8, 12)
+    t = to_regions(x, 4)
+    assert torch.equal(t, F.unfold(x, 4, stride=4).transpose(1, 2))
+    assert torch.equal(from_regions(t, 3, 8, 12, 4),
+                       F.fold(t.transpose(1, 2), output_size=(8, 12), kernel_size=4, stride=4))
