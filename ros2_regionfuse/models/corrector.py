@@ -25,7 +25,14 @@ Architecture (cost-driven; facts of the paper in ../shared/README.md §2):
    level (radius 2 at 1/16 = ±32 px, where the cross-modal evidence of the
    shift lies), the same for a fixed polarity-invariant edge descriptor
    (:func:`edge_descriptor`; radius 2 at 1/16 and 1/8), and the paper's p=1
-   correlation of the warped fused features with the visible features.
+   correlation of the warped fused features with the visible features. The
+   edge correlation also yields flow candidates by soft arg-max (aggregated
+   over 5x5 cells, and over the whole image at the coarsest level), which
+   the heads take as inputs. The coarsest flow is a robust
+   confidence-weighted affine fit (:func:`affine_fit`) of the coarsest
+   head's local estimates: the misalignment of a rig is mostly a smooth,
+   near-affine field, and the fit pools the evidence of the whole image;
+   the finer levels add local (parallax) residuals.
    ``phi_fine = head + 2 * up(phi_coarse)`` (:func:`compose_flow`); the
    coarsest head sees global context (image-mean features) so flat regions
    inherit the shift of their surroundings.
@@ -50,6 +57,7 @@ Architecture (cost-driven; facts of the paper in ../shared/README.md §2):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -58,14 +66,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from .registry import register_corrector
-from .warp import bidirectional_warp, compose_flow, local_correlation, warp_by_flow
+from .warp import (
+    affine_fit,
+    bidirectional_warp,
+    compose_flow,
+    local_correlation,
+    soft_argmax_offset,
+    warp_by_flow,
+)
 
 _LEAK = 0.1  # LeakyReLU slope
 _FLOW_INPUT_SCALE = 0.25  # flows fed to the heads are scaled into a unit-ish range
 _EDGE_EPS = 0.02  # intensity units: floor of the local gradient energy in the edge descriptor
 _EDGE_WINDOW = 7  # local window (px of the level) normalising the edge descriptor
 _NORM_EPS = 1e-3  # RMS normalisation of features before correlation
+_SOFTARGMAX_WINDOW = 5  # cells over which the edge correlation is aggregated for the flow candidate
+_SOFTARGMAX_TEMP = 0.1  # initial softmax temperature of the candidate (learned per level)
 _M_INIT_LOGIT = 2.0  # initial M ~ 0.88: the image loss then pulls +phi toward the true shift
+_AFFINE_ITERS = 2     # re-weighting rounds of the global affine fit
+_AFFINE_SCALE = 0.5   # residual scale (cells of the coarsest level) of its Cauchy weights
 
 
 @dataclass(frozen=True)
@@ -84,6 +103,8 @@ class CorrectorConfig:
         dilations: dilations of the two inner head convs, per level, finest first.
         mrb_width: channels of the Modality Retention Block.
         windows: gMLP window sizes.
+        global_affine: the coarsest flow is a robust confidence-weighted affine
+            fit of the coarsest head's local estimates (image-wide evidence).
     """
 
     stem_stride: int = 4
@@ -95,6 +116,7 @@ class CorrectorConfig:
     dilations: tuple[tuple[int, int], ...] = ((1, 2), (1, 2), (2, 4))
     mrb_width: int = 16
     windows: tuple[int, ...] = (1, 3, 5)
+    global_affine: bool = True
 
     @property
     def levels(self) -> int:
@@ -181,16 +203,17 @@ class FlowHead(nn.Module):
         dilations: dilations of the two inner convs.
         global_context: add an image-mean feature vector (coarsest level).
         ctx_out: channels of the hidden state passed to the next finer level.
+        extra: additional output channels (confidence of the affine fit).
     """
 
     def __init__(self, cin: int, hidden: int, k_in: int, dilations: tuple[int, int],
-                 global_context: bool, ctx_out: int) -> None:
+                 global_context: bool, ctx_out: int, extra: int = 0) -> None:
         super().__init__()
         self.inp = nn.Sequential(_conv(cin, hidden, k_in), _act())
         self.mid = nn.Sequential(_conv(hidden, hidden, dilation=dilations[0]), _act(),
                                  _conv(hidden, hidden, dilation=dilations[1]), _act())
         self.glob = nn.Conv2d(hidden, hidden, 1) if global_context else None
-        self.out = _conv(hidden, 3)
+        self.out = _conv(hidden, 3 + extra)
         self.ctx = nn.Conv2d(hidden, ctx_out, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
@@ -199,12 +222,13 @@ class FlowHead(nn.Module):
                 self.out.bias[2] = _M_INIT_LOGIT
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``(flow residual (2 ch), [M logit, extra...] (1 + extra ch), context)``."""
         h = self.inp(x)
         if self.glob is not None:
             h = h + self.glob(h.mean((2, 3), keepdim=True))
         h = self.mid(h) + h
         o = self.out(h)
-        return o[:, :2], o[:, 2:3], self.ctx(h)
+        return o[:, :2], o[:, 2:], self.ctx(h)
 
 
 class WindowSGU(nn.Module):
@@ -313,10 +337,12 @@ class Corrector(nn.Module):
             coarsest = i == cfg.levels - 1
             r = cfg.radii[i]
             re = cfg.edge_radii[i]
-            cin = (2 * r + 1) ** 2 + (2 * re + 1) ** 2 + 9 + 3 * w[i] + (0 if coarsest else 3 + ctx)
+            cand = 4 if coarsest else 2   # soft arg-max flow candidates: local (+ global)
+            cin = (2 * r + 1) ** 2 + (2 * re + 1) ** 2 + 9 + 3 * w[i] + cand + (0 if coarsest else 3 + ctx)
             heads.append(FlowHead(cin, cfg.heads[i], cfg.head_in_kernel[i], cfg.dilations[i],
-                                  coarsest, ctx))
+                                  coarsest, ctx, extra=int(coarsest and cfg.global_affine)))
         self.heads = nn.ModuleList(heads)
+        self.log_temp = nn.Parameter(torch.full((cfg.levels,), math.log(_SOFTARGMAX_TEMP)))
         self.mrb = ModalityRetentionBlock(w[0], cfg.mrb_width, cfg.windows)
 
     def config_dict(self) -> dict:
@@ -365,13 +391,20 @@ class Corrector(nn.Module):
                 wrp = warp_by_flow(torch.cat([feats[i][:, c:], et], 1), phi0)
                 ff_w, ft_w, et_w = wrp[:, :c], wrp[:, c:2 * c], wrp[:, 2 * c:]
             nv, nf, nt = _rms_norm(fv), _rms_norm(ff_w), _rms_norm(ft_w)
-            parts = [local_correlation(nv, nt, cfg.radii[i]), local_correlation(ev, et_w, cfg.edge_radii[i]),
-                     local_correlation(nf, nv, 1), fv, ff_w, ft_w]
-            if i < cfg.levels - 1:
+            cost_e = local_correlation(ev, et_w, cfg.edge_radii[i])
+            temp = self.log_temp[i].exp()
+            parts = [local_correlation(nv, nt, cfg.radii[i]), cost_e, local_correlation(nf, nv, 1),
+                     soft_argmax_offset(cost_e, cfg.edge_radii[i], temp, _SOFTARGMAX_WINDOW), fv, ff_w, ft_w]
+            if i == cfg.levels - 1:
+                glob = soft_argmax_offset(cost_e.mean((2, 3), keepdim=True), cfg.edge_radii[i], temp)
+                parts.append(glob.expand(-1, -1, *cost_e.shape[-2:]))
+            else:
                 parts += [phi0 * _FLOW_INPUT_SCALE, lg0, ctx]
             dphi, dlg, ctx = self.heads[i](torch.cat(parts, 1))
             flows[i] = phi0 + dphi
-            logits[i] = lg0 + dlg
+            logits[i] = lg0 + dlg[:, :1]
+            if i == cfg.levels - 1 and cfg.global_affine:
+                flows[i] = affine_fit(flows[i], torch.sigmoid(dlg[:, 1:2]), _AFFINE_ITERS, _AFFINE_SCALE)
 
         fv, ff, ft = feats[0].chunk(3, 1)
         m0 = torch.sigmoid(logits[0])
@@ -420,4 +453,4 @@ def corrector_paper() -> Corrector:
     return Corrector(CorrectorConfig(stem_stride=1, widths=(16, 16), radii=(1, 1), edge_radii=(1, 1),
                                      heads=(16, 16),
                                      head_in_kernel=(3, 3), dilations=((1, 1), (1, 1)), mrb_width=16,
-                                     windows=(1, 3, 5)))
+                                     windows=(1, 3, 5), global_affine=False))

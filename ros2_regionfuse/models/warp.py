@@ -120,9 +120,9 @@ def bidirectional_warp(img: torch.Tensor, flow: torch.Tensor, m: torch.Tensor) -
     g = flow.permute(0, 2, 3, 1) * scale
     base = base_grid(h, w, flow.device, flow.dtype)
     # Both sampling grids side by side: one grid_sample call, no copy of the image.
-    if g.requires_grad:
+    if g.requires_grad or torch.jit.is_tracing():
         grid = torch.cat([base + g, base - g], 2)
-    else:  # inference: write both halves in place (saves a full-resolution copy)
+    else:  # eager inference: write both halves in place (saves a full-resolution copy)
         grid = torch.empty(g.shape[0], h, 2 * w, 2, device=g.device, dtype=g.dtype)
         torch.add(base, g, out=grid[:, :, :w])
         torch.sub(base, g, out=grid[:, :, w:])
@@ -187,6 +187,80 @@ class LocalCorrelation(nn.Module):
 
     def forward(self, ref: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         return local_correlation(ref, other, self.radius)
+
+
+def soft_argmax_offset(cost: torch.Tensor, radius: int, temperature: torch.Tensor | float,
+                       window: int = 1) -> torch.Tensor:
+    """Expected offset of a :func:`local_correlation` volume (soft arg-max over the offsets).
+
+    Args:
+        cost: ``(B, (2r+1)^2, H, W)`` correlation volume.
+        radius: its search radius ``r``.
+        temperature: softmax temperature (scalar).
+        window: box window (cells) averaging the volume before the soft arg-max
+            (aggregates evidence over a neighbourhood); 1 = none.
+
+    Returns:
+        ``(B, 2, H, W)`` offsets (x, y) in pixels of the volume's grid.
+
+    Example:
+        >>> c = torch.zeros(1, 9, 2, 2); c[:, 5] = 10.0            # offset (1, 0)
+        >>> soft_argmax_offset(c, 1, 0.1)[0, :, 0, 0].tolist()
+        [1.0, 0.0]
+    """
+    if window > 1:
+        cost = F.avg_pool2d(cost, window, 1, window // 2, count_include_pad=False)
+    p = torch.softmax(cost / temperature, 1)
+    offs = torch.tensor(correlation_offsets(radius), dtype=cost.dtype, device=cost.device)
+    ox = (p * offs[:, 0].view(1, -1, 1, 1)).sum(1, keepdim=True)
+    oy = (p * offs[:, 1].view(1, -1, 1, 1)).sum(1, keepdim=True)
+    return torch.cat([ox, oy], 1)
+
+
+def affine_fit(flow: torch.Tensor, weight: torch.Tensor, iters: int = 2, scale: float = 1.0,
+               ridge: float = 1e-3) -> torch.Tensor:
+    """Robust weighted least-squares fit of an affine flow field (differentiable).
+
+    Fits ``flow(p) ~ P @ [x, y, 1]`` (``x, y`` normalised to [-1, 1]) with
+    per-pixel weights, then ``iters`` re-weighting rounds with Cauchy weights
+    ``1 / (1 + (|residual| / scale)^2)`` so outliers count less.
+
+    Args:
+        flow: ``(B, 2, H, W)`` local flow estimates (any units).
+        weight: ``(B, 1, H, W)`` non-negative confidences.
+        iters: re-weighting rounds.
+        scale: residual scale of the Cauchy weights (units of ``flow``).
+        ridge: Tikhonov term (relative to the total weight) pulling the fit toward zero.
+
+    Returns:
+        ``(B, 2, H, W)`` the fitted affine field.
+
+    Example:
+        >>> ys, xs = torch.meshgrid(torch.arange(6.0), torch.arange(8.0), indexing='ij')
+        >>> f = torch.stack([0.1 * xs + 2, -0.2 * ys])[None]
+        >>> bool(torch.allclose(affine_fit(f, torch.ones(1, 1, 6, 8)), f, atol=1e-2))
+        True
+    """
+    b, _, h, w = flow.shape
+    ys = torch.linspace(-1.0, 1.0, h, dtype=flow.dtype, device=flow.device)
+    xs = torch.linspace(-1.0, 1.0, w, dtype=flow.dtype, device=flow.device)
+    gy, gx = torch.meshgrid(ys, xs, indexing='ij')
+    basis = torch.stack([gx.reshape(-1), gy.reshape(-1), torch.ones_like(gx).reshape(-1)])  # (3, N)
+    f = flow.reshape(b, 2, -1)
+    w0 = weight.reshape(b, 1, -1)
+    wt = w0
+    eye = torch.eye(3, dtype=flow.dtype, device=flow.device)
+    fit = torch.zeros_like(f)
+    for it in range(iters + 1):
+        xw = basis[None] * wt                                         # (B, 3, N)
+        a = xw @ basis.t() + ridge * wt.sum(-1, keepdim=True) * eye + 1e-6 * eye
+        rhs = xw @ f.transpose(1, 2)                                  # (B, 3, 2)
+        params = torch.linalg.solve(a, rhs)                           # (B, 3, 2)
+        fit = params.transpose(1, 2) @ basis                          # (B, 2, N)
+        if it < iters:
+            res = ((f - fit) ** 2).sum(1, keepdim=True)
+            wt = w0 / (1.0 + res / (scale * scale))
+    return fit.reshape(b, 2, h, w)
 
 
 def upsample_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -33,7 +33,7 @@ from ..core.config import _f
 from ..core.weights import WEIGHTS_DIR, save_weights
 from ..models.registry import build_corrector
 from .checkpoint import load_state, save_state
-from .corrector_data import MisalignedPatchSampler, PatchBatch, load_frozen_fusion
+from .corrector_data import MisalignedPatchSampler, PatchBatch, StandInFusion, load_frozen_fusion
 from .corrector_losses import CorrectorLossWeights, corrector_loss
 from .data import list_training_files, load_pairs
 from .perturb import PerturbConfig
@@ -75,6 +75,11 @@ class TrainCorrectorConfig:
                             range=(0.1, 100_000.0))
     val_samples: int = _f(32, 'Size of the fixed synthetic validation batch.', range=(1, 4096))
     resume: bool = _f(True, 'Continue from OUT/last.safetensors if present.')
+    stand_in_mix: float = _f(0.2, 'Share of batches fused by the stand-in fusion instead of the model '
+                             '(robustness to the fusion weights).', range=(0.0, 1.0))
+    fusion_reload_every: int = _f(0, 'Re-read fusion_checkpoint every N steps when the file changed '
+                                  '(training against a fusion that is still training); 0 = never.',
+                                  range=(0, 1_000_000))
 
 
 def lr_at(step: int, cfg: TrainCorrectorConfig, minutes: float) -> float:
@@ -139,6 +144,11 @@ def train(cfg: TrainCorrectorConfig) -> Path:
         minutes_before = float(extra.get('minutes', 0.0))
         log.info('resumed from %s at step %d', state_path, step)
     sampler = MisalignedPatchSampler(pairs, cfg.patch, cfg.margin, pcfg, cfg.seed + step)
+    mix_rng = torch.Generator().manual_seed(cfg.seed + step)
+    stand_in = StandInFusion()
+    fusion_path = Path(fusion_info['checkpoint']) if fusion_info['checkpoint'] else None
+    fusion_mtime = fusion_path.stat().st_mtime if fusion_path else 0.0
+    fusion_reloads: list[dict] = []
     t_start = time.monotonic()
 
     def minutes() -> float:
@@ -150,7 +160,14 @@ def train(cfg: TrainCorrectorConfig) -> Path:
     while step < cfg.steps:
         for g in opt.param_groups:
             g['lr'] = lr_at(step, cfg, minutes())
-        b = sampler.batch(cfg.batch, fusion)
+        if (cfg.fusion_reload_every and fusion_path is not None and step % cfg.fusion_reload_every == 0
+                and fusion_path.stat().st_mtime != fusion_mtime):
+            fusion_mtime = fusion_path.stat().st_mtime
+            fusion, fusion_info = load_frozen_fusion(cfg.fusion_variant, cfg.fusion_checkpoint)
+            fusion_reloads.append({'step': step, 'sha256': fusion_info['sha256']})
+            log.info('step %d: reloaded fusion %s', step, fusion_info['sha256'][:12])
+        use_stand_in = float(torch.rand((), generator=mix_rng)) < cfg.stand_in_mix
+        b = sampler.batch(cfg.batch, stand_in if use_stand_in else fusion)
         o = model(b.fused, b.visible, b.thermal, aux=True)
         loss, terms = corrector_loss(o, b.target, b.flow, b.valid, weights)
         opt.zero_grad(set_to_none=True)
@@ -186,6 +203,7 @@ def train(cfg: TrainCorrectorConfig) -> Path:
         'perturbation': asdict(pcfg),
         'loss': asdict(weights),
         'fusion': fusion_info,
+        'fusion_reloads': fusion_reloads,
         'steps_done': step,
         'minutes': minutes(),
         'final_train_ema': ema,

@@ -74,9 +74,10 @@ def test_full_resolution_assembly_formula():
     fused, vis, th = _inputs(64, 96, seed=5)
     with torch.no_grad():
         out = m(fused, vis, th, aux=True)
-    assert torch.allclose(out.flows[-1][:, 0], torch.full_like(out.flows[-1][:, 0], 8.0), atol=1e-5)
-    assert torch.allclose(out.flow[:, 0], torch.full_like(out.flow[:, 0], 8.0), atol=1e-4)
-    assert torch.allclose(out.flow[:, 1], torch.full_like(out.flow[:, 1], -4.0), atol=1e-4)
+    # (the global affine fit of a constant field is that constant, up to its small ridge term)
+    assert torch.allclose(out.flows[-1][:, 0], torch.full_like(out.flows[-1][:, 0], 8.0), atol=0.02)
+    assert torch.allclose(out.flow[:, 0], torch.full_like(out.flow[:, 0], 8.0), atol=0.02)
+    assert torch.allclose(out.flow[:, 1], torch.full_like(out.flow[:, 1], -4.0), atol=0.02)
     m_map = out.misregistration
     assert float(m_map.min()) > 0.99
     flow = out.flow

@@ -8,11 +8,13 @@ from ros2_regionfuse.models.warp import (
     BidirectionalWarp,
     FlowWarp,
     LocalCorrelation,
+    affine_fit,
     bidirectional_warp,
     compose_flow,
     correlation_offsets,
     flow_to_grid,
     local_correlation,
+    soft_argmax_offset,
     upsample_flow,
     warp_by_flow,
 )
@@ -146,3 +148,28 @@ def test_warp_recovers_smooth_image_by_composed_flow():
     flow[:, 1] = d
     rec = warp_by_flow(shifted, flow)
     assert torch.allclose(rec[..., 8:-8, 8:-8], img[..., 8:-8, 8:-8], atol=1e-5)
+
+
+def test_soft_argmax_finds_offset():
+    torch.manual_seed(2)
+    ref = torch.randn(1, 4, 24, 24)
+    other = torch.roll(ref, shifts=(-1, 2), dims=(2, 3))      # offset (dx, dy) = (2, -1)
+    c = local_correlation(ref, other, 2)
+    off = soft_argmax_offset(c, 2, 0.05, window=3)[..., 6:-6, 6:-6].mean((2, 3))[0]
+    assert off.tolist() == pytest.approx([2.0, -1.0], abs=0.05)
+
+
+def test_affine_fit_recovers_affine_and_ignores_outliers():
+    ys, xs = torch.meshgrid(torch.arange(12.0), torch.arange(16.0), indexing='ij')
+    field = torch.stack([0.05 * xs - 0.02 * ys + 1.5, 0.03 * xs + 0.01 * ys - 2.0])[None]
+    noisy = field.clone()
+    noisy[0, :, 3:5, 4:6] += 30.0                              # a block of outliers
+    w = torch.ones(1, 1, 12, 16)
+    assert torch.allclose(affine_fit(field, w), field, atol=0.02)
+    robust = affine_fit(noisy, w, iters=3, scale=1.0)
+    assert float((robust - field).abs().max()) < 0.3
+    plain = affine_fit(noisy, w, iters=0)
+    assert float((plain - field).abs().max()) > 1.0             # least squares alone is pulled away
+    w0 = w.clone()
+    w0[0, :, 3:5, 4:6] = 0.0                                   # zero weight: exact again
+    assert torch.allclose(affine_fit(noisy, w0, iters=0), field, atol=0.02)
