@@ -50,7 +50,10 @@ Architecture (cost-driven; facts of the paper in ../shared/README.md §2):
    residual ``alpha * (Y - Y_w)`` puts back the visible detail that the warp
    moved (a fusion is locally ``~ a * Y + c * T``; warping it shifts the
    visible part too), so only IR-derived content moves. On aligned input
-   ``phi ~ 0`` and the output equals the input up to ``b ~ 0``.
+   ``phi ~ 0`` and the output equals the input up to ``b ~ 0``; a soft dead
+   zone (:func:`shift_gate`, shifts below ``min_shift`` = 1 px) scales flow,
+   M and ``b`` toward zero, so estimation noise on aligned input does not
+   resample (blur) it.
 
 ``corrector_paper`` mirrors the published configuration (two scales, 1/2 and
 1, width 16, modules at full resolution); it is a timing reference only.
@@ -105,6 +108,9 @@ class CorrectorConfig:
         windows: gMLP window sizes.
         global_affine: the coarsest flow is a robust confidence-weighted affine
             fit of the coarsest head's local estimates (image-wide evidence).
+        min_shift: dead zone (px of the input): flows much shorter than this are
+            treated as no misregistration (see :func:`shift_gate`).
+        min_shift_width: softness (px) of the dead zone.
     """
 
     stem_stride: int = 4
@@ -117,6 +123,8 @@ class CorrectorConfig:
     mrb_width: int = 16
     windows: tuple[int, ...] = (1, 3, 5)
     global_affine: bool = True
+    min_shift: float = 1.0
+    min_shift_width: float = 0.25
 
     @property
     def levels(self) -> int:
@@ -187,6 +195,34 @@ def edge_descriptor(img: torch.Tensor) -> torch.Tensor:
     energy = F.avg_pool2d(g.sum(1, keepdim=True), _EDGE_WINDOW, 1, _EDGE_WINDOW // 2, count_include_pad=False)
     e = g / (energy + _EDGE_EPS)
     return e - e.mean((2, 3), keepdim=True)
+
+
+def shift_gate(flow: torch.Tensor, min_shift: float, width: float) -> torch.Tensor:
+    """Soft dead zone on the flow length: ``sigmoid((|flow| - min_shift) / width)``.
+
+    Cross-modal shift estimates carry sub-pixel noise; resampling an aligned
+    image by such noise only blurs it. The gate scales the output flow, M and
+    the bias toward zero where the estimated shift is below ``min_shift``
+    pixels (the same threshold as the M training target), so aligned content
+    is left exactly as it is; longer shifts pass (gate > 0.98 at
+    ``min_shift + 4 * width``). ``min_shift <= 0`` disables it.
+
+    Args:
+        flow: ``(B, 2, H, W)`` pixels.
+        min_shift, width: pixels.
+
+    Returns:
+        ``(B, 1, H, W)`` in (0, 1).
+
+    Example:
+        >>> f = torch.tensor([0.2, 3.0]).view(1, 1, 1, 2).expand(1, 2, 1, 2) / 2 ** 0.5
+        >>> [round(v, 3) for v in shift_gate(f, 1.0, 0.25).flatten().tolist()]
+        [0.039, 1.0]
+    """
+    if min_shift <= 0:
+        return torch.ones_like(flow[:, :1])
+    mag = torch.sqrt((flow * flow).sum(1, keepdim=True) + 1e-12)
+    return torch.sigmoid((mag - min_shift) / width)
 
 
 def _rms_norm(f: torch.Tensor) -> torch.Tensor:
@@ -414,8 +450,9 @@ class Corrector(nn.Module):
 
         # Full resolution: one upsampling of [flow * stride, M, alpha, b], one warp of [F, Y].
         sh, sw = hp / flows[0].shape[-2], wp / flows[0].shape[-1]
-        low = torch.cat([flows[0] * torch.tensor([sw, sh], dtype=x.dtype, device=x.device).view(1, 2, 1, 1),
-                         m0, ab], 1)
+        flow_px = flows[0] * torch.tensor([sw, sh], dtype=x.dtype, device=x.device).view(1, 2, 1, 1)
+        gate = shift_gate(flow_px, cfg.min_shift, cfg.min_shift_width)
+        low = torch.cat([flow_px * gate, m0 * gate, ab[:, :1], ab[:, 1:] * gate], 1)
         if s > 1:
             low = F.interpolate(low, size=(hp, wp), mode='bilinear', align_corners=False)
         if ph or pw:
