@@ -2,7 +2,8 @@
 
 Files go next to the weights (``NAME.level3.onnx``, ``NAME.level4.onnx`` for the
 fusion network, one graph per pyramid level needed by ``--size``;
-``NAME.onnx`` for the corrector) or into ``--out DIR``. Each graph is checked
+``NAME.onnx`` for the corrector, each traced at the first ``--size`` it serves)
+or into ``--out DIR``. Each graph is checked
 against torch on random input at its traced size (above ``--tolerance`` is an
 error) and at a padded size of the same level; a graph that is not valid at
 other sizes is complemented by fixed-size graphs ``NAME.HxW.onnx`` for each
@@ -64,7 +65,7 @@ def export_model(kind: str, variant: str, checkpoint: str, sizes: list[tuple[int
         return row
 
     for key in sorted({ox.graph_key(om.model, h, w) for w, h in sizes}):
-        sample = ox.sample_size_for_key(om.model, key)
+        sample = next((h, w) for w, h in sizes if ox.graph_key(om.model, h, w) == key)
         row = write(key, sample, fixed=False)
         if not row['dynamic']:
             fixed = [(h, w) for w, h in sizes if ox.graph_key(om.model, h, w) == key and (h, w) != sample]

@@ -50,7 +50,10 @@ OPSET = 17
 """ONNX opset of the exported graphs (GridSample needs >= 16)."""
 
 EXPORT_SAMPLE_HW = (480, 640)
-"""Example input size (H, W) traced for key-0 graphs."""
+"""Example input size (H, W) traced for key-0 graphs when no size is given."""
+
+PREPARE_HW = (96, 128)
+"""Small size (H, W) whose graph a runner loads or exports when it is built (fails early, cheaply)."""
 
 DYNAMIC_CHECK_OFFSET = (9, 13)
 """The dynamic-size check runs at the traced size minus these (H, W): a size that needs padding."""
@@ -350,8 +353,13 @@ class OnnxModel:
         import onnxruntime as ort
         return ort.InferenceSession(src, session_options(self.threads), providers=self.providers)
 
-    def _load_or_export(self, key: int, size_hw: tuple[int, int] | None) -> tuple[Any, dict[str, str]]:
-        """Session and metadata of graph ``key`` (dynamic, or fixed at ``size_hw``)."""
+    def _load_or_export(self, key: int, size_hw: tuple[int, int] | None,
+                        sample: tuple[int, int] | None = None) -> tuple[Any, dict[str, str]]:
+        """Session and metadata of graph ``key`` (dynamic, or fixed at ``size_hw``).
+
+        A dynamic graph that has to be exported is traced at ``sample`` (default:
+        :func:`sample_size_for_key`), normally the first frame size it serves.
+        """
         label = f'{key}' if size_hw is None else f'{key}@{size_hw[0]}x{size_hw[1]}'
         for path in self.candidates(key, size_hw):
             if path.is_file():
@@ -361,11 +369,15 @@ class OnnxModel:
                     self.files[label] = str(path)
                     return self._session(str(path)), meta
                 log.warning('%s was not exported from %s: ignored', path, self.weights or 'this module')
-        sample = size_hw or sample_size_for_key(self.model, key)
+        sample = size_hw or sample or sample_size_for_key(self.model, key)
         log.info('%s: exporting ONNX graph %s (traced at %dx%d); `regionfuse export-onnx` stores '
                  'graphs next to the weights', self.variant, label, sample[1], sample[0])
-        data, meta = export_onnx(self.model, self.kind, sample, self.export_metadata(),
-                                 check_dynamic=size_hw is None)
+        try:
+            data, meta = export_onnx(self.model, self.kind, sample, self.export_metadata(),
+                                     check_dynamic=size_hw is None)
+        except (torch.onnx.errors.OnnxExporterError, RuntimeError) as e:
+            raise ConfigError(f'{self.variant} cannot be exported to ONNX ({str(e).splitlines()[0]}): '
+                              'use backend: torch') from e
         cache = self.candidates(key, size_hw)[-1]
         try:
             write_atomic(cache, data)
@@ -382,7 +394,7 @@ class OnnxModel:
         if sess is not None:
             return sess
         if key not in self._not_dynamic:
-            sess, meta = self._load_or_export(key, None)
+            sess, meta = self._load_or_export(key, None, sample=(h, w))
             if meta.get('dynamic_hw') == 'true':
                 self._dynamic[key] = sess
                 return sess
@@ -424,10 +436,11 @@ def build_onnx_runner(kind: str, variant: str, checkpoint: str, device: torch.de
     instead of loading weights (see :class:`OnnxModel`).
 
     Raises:
-        ConfigError: unknown kind or variant.
+        ConfigError: unknown kind or variant, or a model that does not export to ONNX.
         WeightsError: missing, corrupt or mismatching weights.
     """
     om = OnnxModel(kind, variant, checkpoint, device, threads, module)
+    om.session_for(*PREPARE_HW)  # load or export now: errors at build (node: configure) time
     card = dict(om.card)
     card.setdefault('name', f'{variant}@{om.stem if om.weights else "custom"}')
     card['backend'] = 'onnxruntime'
