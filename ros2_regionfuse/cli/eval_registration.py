@@ -145,7 +145,9 @@ def ecc_register(thermal: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, 
     Returns:
         ``(registered thermal (H, W) float32, warp (2, 3) mapping visible
         pixel coordinates to thermal ones, converged)``; on failure at a
-        level the estimate of the coarser level is kept.
+        level the estimate of the coarser level is kept; when the final fit
+        lowers the ECC criterion against the unregistered input, the identity
+        is returned.
     """
     warp = np.eye(2, 3, dtype=np.float32)
     crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_ITERS, ECC_EPS)
@@ -170,6 +172,9 @@ def ecc_register(thermal: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, 
     h, w = thermal.shape
     reg = cv2.warpAffine(thermal, warp, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                          borderMode=cv2.BORDER_REPLICATE)
+    # Safeguard (as a practitioner would): keep the identity when the fit lowers the ECC criterion.
+    if cv2.computeECC(visible, reg) < cv2.computeECC(visible, thermal):
+        return thermal.copy(), np.eye(2, 3, dtype=np.float32), False
     return reg, warp, ok
 
 
