@@ -108,8 +108,9 @@ def expert_masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     d = q.shape[-1]
     scores = torch.einsum('bend,bemd->benm', q, k) * (1.0 / math.sqrt(d))
     c = routing.mask.transpose(1, 2)  # (B, E, N)
-    pair = c[:, :, :, None] & c[:, :, None, :]  # M_e = c_e c_e^T
-    scores = scores.masked_fill(~pair, torch.finfo(scores.dtype).min)
+    # M_e = c_e c_e^T. Masking the keys not routed to e is enough: a query not routed to e
+    # has gate 0 below, so its row never contributes (same result without an N x N mask).
+    scores = scores.masked_fill(~c[:, :, None, :], torch.finfo(scores.dtype).min)
     attn = scores.softmax(-1)
     g = routing.gates.transpose(1, 2)  # (B, E, N)
     # Fold the gates into the attention rows: out[n] = sum_e g[e,n] sum_m attn[e,n,m] v[m]
