@@ -338,7 +338,7 @@ def run_bench_node(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     params: dict[str, str] = {}
     if hom is not None:
         params['align.mode'] = 'homography'
-        params['align.homography'] = '[' + ','.join(f'{v:.9g}' for v in hom.ravel()) + ']'
+        params['align.homography'] = '[' + ','.join(repr(float(v)) for v in hom.ravel()) + ']'  # all doubles
     for name in ('device', 'backend', 'threads'):
         if getattr(args, name) is not None:
             params[name] = str(getattr(args, name))
@@ -434,7 +434,7 @@ def format_report(r: dict[str, Any]) -> str:
              f"{r['pairs_published_window']} pairs)",
              f"  latency (ms)     p50 {lat['p50']:.1f}  p95 {lat['p95']:.1f}  max {lat['max']:.1f}",
              f"  node counters    {r['node_counters']}",
-             f"  drops            {r['drops'] or 'none'}",
+             f"  drops (non-zero) {({k: v for k, v in r['drops'].items() if v}) or 'none'}",
              f"  accounting       uncounted pairs {r['uncounted_pairs']}; lost in transport "
              f"{r['lost_in_transport']}; player missed {r['publish_slots_missed']} slots",
              f"  node RSS (MiB)   start {r['rss_mb']['start']:.0f}  end {r['rss_mb']['end']:.0f}  "
