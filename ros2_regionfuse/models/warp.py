@@ -255,12 +255,40 @@ def affine_fit(flow: torch.Tensor, weight: torch.Tensor, iters: int = 2, scale: 
         xw = basis[None] * wt                                         # (B, 3, N)
         a = xw @ basis.t() + ridge * wt.sum(-1, keepdim=True) * eye + 1e-6 * eye
         rhs = xw @ f.transpose(1, 2)                                  # (B, 3, 2)
-        params = torch.linalg.solve(a, rhs)                           # (B, 3, 2)
+        params = solve3x3(a, rhs)                                     # (B, 3, 2)
         fit = params.transpose(1, 2) @ basis                          # (B, 2, N)
         if it < iters:
             res = ((f - fit) ** 2).sum(1, keepdim=True)
             wt = w0 / (1.0 + res / (scale * scale))
     return fit.reshape(b, 2, h, w)
+
+
+def solve3x3(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Solve ``a @ x = b`` for batched 3x3 ``a`` by the adjugate (Cramer's rule).
+
+    Written with elementwise ops only so it exports to ONNX (``torch.linalg.solve``
+    does not); ``a`` must be well conditioned (the callers add a ridge term).
+
+    Args:
+        a: ``(B, 3, 3)``.
+        b: ``(B, 3, K)``.
+
+    Returns:
+        ``(B, 3, K)``.
+
+    Example:
+        >>> a = torch.tensor([[[4.0, 1, 0], [1, 3, 1], [0, 1, 2]]])
+        >>> b = torch.tensor([[[1.0], [2.0], [3.0]]])
+        >>> bool(torch.allclose(solve3x3(a, b), torch.linalg.solve(a, b), atol=1e-6))
+        True
+    """
+    m = [[a[:, i, j] for j in range(3)] for i in range(3)]
+    cof = [[m[(i + 1) % 3][(j + 1) % 3] * m[(i + 2) % 3][(j + 2) % 3]
+            - m[(i + 1) % 3][(j + 2) % 3] * m[(i + 2) % 3][(j + 1) % 3]
+            for j in range(3)] for i in range(3)]
+    det = m[0][0] * cof[0][0] + m[0][1] * cof[0][1] + m[0][2] * cof[0][2]
+    adj = torch.stack([torch.stack([cof[j][i] for j in range(3)], -1) for i in range(3)], -2)
+    return (adj / det[:, None, None]) @ b
 
 
 def upsample_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
