@@ -11,10 +11,12 @@ Graphs and sizes. Graphs are exported with dynamic H and W by tracing one call
 depth from the image size (:func:`fusion_net.network_level`: level 3 up to ~905
 px on the long side, 4 up to ~1810 px, ...), so one graph serves every size of
 one level (its *graph key*; models without such a choice have key 0). Every
-export is checked against torch at a second, padded size of the same key; the
-result is stored in the file (metadata ``dynamic_hw``). A graph that fails that
-check (a model whose code bakes the traced size into the graph) is used only at
-its traced size, and the runner exports one graph per input size instead
+export is checked against torch at its traced size and at two other sizes of
+the same key (one needing internal padding, one not); the result is stored in
+the file (metadata ``dynamic_hw``). In addition the runner checks a dynamic
+graph against torch the first time each input size appears (one extra run of
+both). A graph that fails (model code that bakes the traced size into the
+graph) is replaced for that size by a graph exported at exactly that size
 (``NAME.HxW.onnx``), so results are always those of torch.
 
 Files are named after the weights, next to ``NAME.safetensors``:
@@ -52,11 +54,14 @@ OPSET = 17
 EXPORT_SAMPLE_HW = (480, 640)
 """Example input size (H, W) traced for key-0 graphs when no size is given."""
 
-PREPARE_HW = (96, 128)
+PREPARE_HW = (120, 160)
 """Small size (H, W) whose graph a runner loads or exports when it is built (fails early, cheaply)."""
 
 DYNAMIC_CHECK_OFFSET = (9, 13)
-"""The dynamic-size check runs at the traced size minus these (H, W): a size that needs padding."""
+"""The first dynamic-size check runs at the traced size minus these (H, W): a size that needs padding."""
+
+DYNAMIC_ALIGN = 64
+"""The second dynamic-size check runs at the traced size rounded down to a multiple of this."""
 
 DYNAMIC_TOLERANCE = 1e-3
 """Largest max-abs difference ONNX vs torch at the check size for a graph to count as size-dynamic."""
@@ -161,26 +166,19 @@ def _torch_outputs(model: nn.Module, kind: str, xs: list[torch.Tensor]) -> list[
     return [out] if kind == 'fusion' else [out.image, out.misregistration, out.flow]
 
 
-def onnx_parity(model: nn.Module, kind: str, onnx_model: bytes | str | Path, hw: tuple[int, int],
-                seed: int = 0, threads: int = 1) -> float:
-    """Max abs difference of ONNX Runtime vs torch over all outputs, on seeded random input of size ``hw``.
+def session_parity(model: nn.Module, kind: str, sess: Any, hw: tuple[int, int], seed: int = 0) -> float:
+    """Max abs difference of an ONNX Runtime session vs torch over all outputs, on seeded random input.
 
     Args:
         model: the torch module the graph was exported from.
         kind: ``'fusion'`` or ``'corrector'``.
-        onnx_model: serialised graph or a file path.
+        sess: an ``onnxruntime.InferenceSession`` of the graph.
         hw: input ``(H, W)``.
         seed: seed of the random inputs.
-        threads: intra-op threads of the check session.
 
     Returns:
         The largest absolute difference (inf if ONNX Runtime fails at this size).
     """
-    import onnxruntime as ort
-    src = str(onnx_model) if isinstance(onnx_model, Path) else onnx_model
-    so = session_options(threads)
-    so.log_severity_level = 4  # a failure at this size is a result here, not an error to print
-    sess = ort.InferenceSession(src, so, providers=['CPUExecutionProvider'])
     gen = torch.Generator().manual_seed(seed)
     xs = [torch.rand(1, 1, *hw, generator=gen) for _ in INPUT_NAMES[kind]]
     ref = _torch_outputs(model, kind, xs)
@@ -190,6 +188,17 @@ def onnx_parity(model: nn.Module, kind: str, onnx_model: bytes | str | Path, hw:
         log.debug('ONNX Runtime failed at %s: %s', hw, e)
         return float('inf')
     return max(float((torch.from_numpy(o) - r).abs().max()) for o, r in zip(outs, ref, strict=True))
+
+
+def onnx_parity(model: nn.Module, kind: str, onnx_model: bytes | str | Path, hw: tuple[int, int],
+                seed: int = 0, threads: int = 1) -> float:
+    """:func:`session_parity` of a serialised graph or file (its own CPU session, ``threads`` threads)."""
+    import onnxruntime as ort
+    src = str(onnx_model) if isinstance(onnx_model, Path) else onnx_model
+    so = session_options(threads)
+    so.log_severity_level = 4  # a failure at this size is a result here, not an error to print
+    sess = ort.InferenceSession(src, so, providers=['CPUExecutionProvider'])
+    return session_parity(model, kind, sess, hw, seed)
 
 
 def export_onnx(model: nn.Module, kind: str, sample_hw: tuple[int, int] = EXPORT_SAMPLE_HW,
@@ -238,9 +247,14 @@ def export_onnx(model: nn.Module, kind: str, sample_hw: tuple[int, int] = EXPORT
             **(metadata or {})}
     meta['max_abs_diff'] = f'{onnx_parity(model, kind, buf.getvalue(), sample_hw):.3g}'
     if check_dynamic:
-        odd = (sample_hw[0] - DYNAMIC_CHECK_OFFSET[0], sample_hw[1] - DYNAMIC_CHECK_OFFSET[1])
-        d1 = (onnx_parity(model, kind, buf.getvalue(), odd, seed=1)
-              if min(odd) > 0 and graph_key(model, *odd) == key else float('nan'))
+        # Two other sizes of the same key: one that needs internal padding and one that needs
+        # none (a multiple of 64), so neither a baked padding nor a baked size goes unnoticed.
+        h, w = sample_hw
+        checks = [(h - DYNAMIC_CHECK_OFFSET[0], w - DYNAMIC_CHECK_OFFSET[1]),
+                  (max(DYNAMIC_ALIGN, h - h % DYNAMIC_ALIGN), max(DYNAMIC_ALIGN, w - w % DYNAMIC_ALIGN))]
+        diffs = [onnx_parity(model, kind, buf.getvalue(), hw, seed=i + 1) for i, hw in enumerate(checks)
+                 if min(hw) > 0 and hw != sample_hw and graph_key(model, *hw) == key]
+        d1 = max(diffs) if diffs else float('nan')
         meta['max_abs_diff_dynamic'] = f'{d1:.3g}'
         meta['dynamic_hw'] = 'true' if d1 <= DYNAMIC_TOLERANCE else 'false'
     proto = onnx.load_from_string(buf.getvalue())
@@ -328,8 +342,8 @@ class OnnxModel:
             self.sha = file_sha256(self.weights)
         self.threads = threads or torch.get_num_threads()
         self.providers = providers_for(device)
-        self._dynamic: dict[int, Any] = {}                 # graph key -> session
-        self._fixed: dict[tuple[int, int], Any] = {}       # (h, w) -> session
+        self._dynamic: dict[int, Any] = {}                 # graph key -> session of its dynamic graph
+        self._by_size: dict[tuple[int, int], Any] = {}     # (h, w) -> checked session serving it
         self._not_dynamic: set[int] = set()
         self.files: dict[str, str] = {}                    # 'key' or 'key@HxW' -> file used
 
@@ -378,6 +392,9 @@ class OnnxModel:
         except (torch.onnx.errors.OnnxExporterError, RuntimeError) as e:
             raise ConfigError(f'{self.variant} cannot be exported to ONNX ({str(e).splitlines()[0]}): '
                               'use backend: torch') from e
+        if not float(meta['max_abs_diff']) <= DYNAMIC_TOLERANCE:
+            raise ConfigError(f'{self.variant}: the ONNX graph differs from torch by {meta["max_abs_diff"]} '
+                              f'at {sample[1]}x{sample[0]}: use backend: torch')
         cache = self.candidates(key, size_hw)[-1]
         try:
             write_atomic(cache, data)
@@ -388,27 +405,40 @@ class OnnxModel:
         return self._session(data), meta
 
     def session_for(self, h: int, w: int) -> Any:
-        """The session that serves an ``h x w`` input (loaded or exported on first use)."""
-        key = graph_key(self.model, h, w)
-        sess = self._dynamic.get(key) or self._fixed.get((h, w))
+        """The session that serves an ``h x w`` input (loaded or exported on first use).
+
+        The first time a size is seen, the dynamic graph of its key is checked
+        against torch at that size (one extra run of each); a graph that fails
+        (code that bakes the traced size into the graph) is replaced for that
+        size by a graph exported at exactly that size.
+        """
+        sess = self._by_size.get((h, w))
         if sess is not None:
             return sess
+        key = graph_key(self.model, h, w)
         if key not in self._not_dynamic:
-            sess, meta = self._load_or_export(key, None, sample=(h, w))
-            if meta.get('dynamic_hw') == 'true':
+            if key not in self._dynamic:
+                sess, meta = self._load_or_export(key, None, sample=(h, w))
+                traced = _parse_hw(meta.get('sample_hw', ''))
                 self._dynamic[key] = sess
-                return sess
-            self._not_dynamic.add(key)
-            traced = _parse_hw(meta.get('sample_hw', ''))
-            log.warning('%s: the ONNX graph is not valid for other sizes than the traced one '
-                        '(max diff %s at a padded size): one graph per input size',
-                        self.variant, meta.get('max_abs_diff_dynamic', '?'))
-            if traced is not None:
-                self._fixed[traced] = sess
-                if traced == (h, w):
-                    return sess
+                if traced is not None:
+                    self._by_size[traced] = sess  # checked at export
+                if meta.get('dynamic_hw') == 'false':
+                    self._not_dynamic.add(key)
+                    log.warning('%s: the ONNX graph does not serve other sizes than %s (max diff %s): '
+                                'one graph per input size', self.variant, meta.get('sample_hw'),
+                                meta.get('max_abs_diff_dynamic', '?'))
+            if (h, w) in self._by_size:
+                return self._by_size[(h, w)]
+            if key not in self._not_dynamic:
+                d = session_parity(self.model, self.kind, self._dynamic[key], (h, w))
+                if d <= DYNAMIC_TOLERANCE:
+                    self._by_size[(h, w)] = self._dynamic[key]
+                    return self._dynamic[key]
+                log.warning('%s: the ONNX graph differs from torch at %dx%d (max diff %.3g): '
+                            'exporting a graph for this size', self.variant, w, h, d)
         sess, _ = self._load_or_export(key, (h, w))
-        self._fixed[(h, w)] = sess
+        self._by_size[(h, w)] = sess
         return sess
 
     def run(self, *inputs: torch.Tensor) -> list[torch.Tensor]:

@@ -198,3 +198,48 @@ def test_pipeline_fusion_only_with_onnxruntime_backend(small_fusion_model, test_
     a, b = out['torch'].fused, out['onnxruntime'].fused
     assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).max() <= 1
     assert a.std() > 5  # a real image
+
+
+class _BakesItsSize(torch.nn.Module):
+    """A model whose traced graph is only right at the traced size (a Python int from the shape)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(0.01))
+
+    def forward(self, thermal: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        w = int(thermal.shape[-1])  # becomes a constant when traced
+        return (thermal * (self.scale * w) + visible).clamp(0, 1)
+
+
+def test_runner_replaces_a_graph_that_bakes_its_size():
+    m = _BakesItsSize()
+    run, card = ox.build_onnx_runner('fusion', 'baked', '', torch.device('cpu'), 1, module=m)
+    meta_hw = ox.PREPARE_HW
+    for hw in (meta_hw, (60, 90), (50, 70), (60, 90)):
+        t, y = torch.rand(1, 1, *hw) * 0.5, torch.rand(1, 1, *hw) * 0.5
+        with torch.inference_mode():
+            ref = m(t, y)
+        assert (run(t, y) - ref).abs().max().item() < PARITY_ATOL, hw
+    # the dynamic graph failed its export check: one graph per size, each exported once
+    assert sorted(card['onnx']) == ['0', '0@50x70', '0@60x90']
+
+
+class _BakesABranch(torch.nn.Module):
+    """Right at widths % 16 in (0, 3) (all sizes of the export-time check), wrong elsewhere."""
+
+    def forward(self, thermal: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        gain = 0.5 if int(thermal.shape[-1]) % 16 in (0, 3) else 0.25  # a branch frozen by tracing
+        return thermal * gain + visible * (1 - gain)
+
+
+def test_runner_checks_each_new_size_against_torch():
+    m = _BakesABranch()
+    run, card = ox.build_onnx_runner('fusion', 'branchy', '', torch.device('cpu'), 1, module=m)
+    for hw in ((64, 96), (60, 90), (60, 90)):
+        t, y = torch.rand(1, 1, *hw), torch.rand(1, 1, *hw)
+        with torch.inference_mode():
+            ref = m(t, y)
+        assert (run(t, y) - ref).abs().max().item() < PARITY_ATOL, hw
+    # the dynamic graph passed its export check and serves 64x96; 60x90 got its own graph
+    assert sorted(card['onnx']) == ['0', '0@60x90']
