@@ -42,7 +42,12 @@ def load_model(kind: str, variant: str, checkpoint: str, device: torch.device
     card = load_weights(model, path)
     card = dict(card)
     card.setdefault('name', f'{variant}@{path.stem}')
-    return model.eval().to(device), card
+    model = model.eval().to(device)
+    if kind == 'fusion' and device.type == 'cpu':
+        # channels_last: oneDNN convolutions for the low-resolution network; measured -18 % fusion
+        # time at 640x480 on 2 CPU threads (the corrector gains nothing); see docs/performance.md
+        model = model.to(memory_format=torch.channels_last)
+    return model, card
 
 
 def _torch_runner(kind: str, model: nn.Module) -> Callable:
