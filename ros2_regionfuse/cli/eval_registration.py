@@ -64,6 +64,7 @@ ECC_LEVELS = 3
 ECC_ITERS = 100
 ECC_EPS = 1e-5
 ECC_GAUSS = 5
+ECC_MAX_MOVE = 0.25  # a fit moving an image corner by more than this share of the size has diverged
 METHODS = ('none', 'ecc', 'corrector')
 
 
@@ -146,6 +147,7 @@ def ecc_register(thermal: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, 
         ``(registered thermal (H, W) float32, warp (2, 3) mapping visible
         pixel coordinates to thermal ones, converged)``; on failure at a
         level the estimate of the coarser level is kept; when the final fit
+        diverged (a corner moves by more than ``ECC_MAX_MOVE`` of the size) or
         lowers the ECC criterion against the unregistered input, the identity
         is returned.
     """
@@ -172,8 +174,11 @@ def ecc_register(thermal: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, 
     h, w = thermal.shape
     reg = cv2.warpAffine(thermal, warp, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                          borderMode=cv2.BORDER_REPLICATE)
-    # Safeguard (as a practitioner would): keep the identity when the fit lowers the ECC criterion.
-    if cv2.computeECC(visible, reg) < cv2.computeECC(visible, thermal):
+    # Safeguards (as a practitioner would): keep the identity when the fit diverged (moves a corner
+    # by more than ECC_MAX_MOVE of the image size) or lowers the ECC criterion.
+    corners = np.array([[0, 0, 1], [w - 1, 0, 1], [0, h - 1, 1], [w - 1, h - 1, 1]], np.float32)
+    moved = np.abs(corners @ warp.T - corners[:, :2]).max()
+    if moved > ECC_MAX_MOVE * min(h, w) or cv2.computeECC(visible, reg) < cv2.computeECC(visible, thermal):
         return thermal.copy(), np.eye(2, 3, dtype=np.float32), False
     return reg, warp, ok
 
