@@ -138,6 +138,19 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def code_sha256() -> str:
+    """Hex SHA-256 over the sources of ``ros2_regionfuse/models`` (the traced code).
+
+    Stored in exported graphs and in cache names: a graph traced from other
+    model code is never reused, even with the same weights.
+    """
+    h = hashlib.sha256()
+    for src in sorted(Path(__file__).resolve().parent.glob('*.py')):
+        h.update(src.name.encode())
+        h.update(src.read_bytes())
+    return h.hexdigest()
+
+
 def state_sha256(model: nn.Module) -> str:
     """Hex SHA-256 over a module's state dict (names, shapes and values)."""
     h = hashlib.sha256()
@@ -340,6 +353,7 @@ class OnnxModel:
             # Loads strictly (clear WeightsError for missing/corrupt files) and gives the card.
             self.model, self.card = load_model(kind, variant, str(self.weights), torch.device('cpu'))
             self.sha = file_sha256(self.weights)
+        self.code = code_sha256()
         self.threads = threads or torch.get_num_threads()
         self.providers = providers_for(device)
         self._dynamic: dict[int, Any] = {}                 # graph key -> session of its dynamic graph
@@ -355,13 +369,13 @@ class OnnxModel:
     def candidates(self, key: int, size_hw: tuple[int, int] | None = None) -> list[Path]:
         """Files that may hold a graph: next to the weights, then the user cache."""
         name = onnx_filename(self.stem, key, size_hw)
-        cached = _cache_dir() / f'{self.variant}-{self.sha[:16]}.{name}'
+        cached = _cache_dir() / f'{self.variant}-{self.sha[:16]}-{self.code[:8]}.{name}'
         return [self.weights.with_name(name), cached] if self.weights else [cached]
 
     def export_metadata(self) -> dict[str, str]:
         """Metadata stored in exported files (variant, weights file and hash)."""
         return {'variant': self.variant, 'weights': self.weights.name if self.weights else 'custom',
-                'weights_sha256': self.sha, 'torch': torch.__version__}
+                'weights_sha256': self.sha, 'code_sha256': self.code, 'torch': torch.__version__}
 
     def _session(self, src: bytes | str) -> Any:
         import onnxruntime as ort
@@ -378,11 +392,12 @@ class OnnxModel:
         for path in self.candidates(key, size_hw):
             if path.is_file():
                 meta = onnx_metadata(path)
-                if meta.get('weights_sha256') == self.sha:
+                if meta.get('weights_sha256') == self.sha and meta.get('code_sha256') == self.code:
                     log.info('%s: ONNX graph %s', self.variant, path)
                     self.files[label] = str(path)
                     return self._session(str(path)), meta
-                log.warning('%s was not exported from %s: ignored', path, self.weights or 'this module')
+                log.warning('%s was not exported from %s with this version of the model code: ignored '
+                            '(re-run `regionfuse export-onnx`)', path, self.weights or 'this module')
         sample = size_hw or sample or sample_size_for_key(self.model, key)
         log.info('%s: exporting ONNX graph %s (traced at %dx%d); `regionfuse export-onnx` stores '
                  'graphs next to the weights', self.variant, label, sample[1], sample[0])

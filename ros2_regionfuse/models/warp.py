@@ -61,9 +61,21 @@ def flow_to_grid(flow: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(B, H, W, 2)`` normalised sampling positions of ``p + flow(p)``.
     """
+    if torch.jit.is_tracing():
+        return _traced_grid(flow)
     _, _, h, w = flow.shape
     scale = torch.tensor([2.0 / w, 2.0 / h], device=flow.device, dtype=flow.dtype)
     return base_grid(h, w, flow.device, flow.dtype) + flow.permute(0, 2, 3, 1) * scale
+
+
+def _traced_grid(flow: torch.Tensor) -> torch.Tensor:
+    """:func:`flow_to_grid` from tensor ops only, so a traced (ONNX) graph serves every size."""
+    ones = torch.ones_like(flow[:, :1])
+    w = ones.sum(3, keepdim=True)
+    h = ones.sum(2, keepdim=True)
+    gx = (2.0 * ones.cumsum(3) - 1.0 + 2.0 * flow[:, :1]) / w - 1.0
+    gy = (2.0 * ones.cumsum(2) - 1.0 + 2.0 * flow[:, 1:]) / h - 1.0
+    return torch.cat([gx, gy], 1).permute(0, 2, 3, 1)
 
 
 def warp_by_flow(img: torch.Tensor, flow: torch.Tensor, padding_mode: str = 'border') -> torch.Tensor:
@@ -116,11 +128,16 @@ def bidirectional_warp(img: torch.Tensor, flow: torch.Tensor, m: torch.Tensor) -
         True
     """
     _, _, h, w = flow.shape
+    if torch.jit.is_tracing():   # tensor ops only: the traced graph serves every size
+        grid = torch.cat([_traced_grid(flow), _traced_grid(-flow)], 2)
+        fwd, bwd = F.grid_sample(img, grid, mode='bilinear', padding_mode='border',
+                                 align_corners=False).chunk(2, -1)
+        return torch.lerp(bwd, fwd, m)
     scale = torch.tensor([2.0 / w, 2.0 / h], device=flow.device, dtype=flow.dtype)
     g = flow.permute(0, 2, 3, 1) * scale
     base = base_grid(h, w, flow.device, flow.dtype)
     # Both sampling grids side by side: one grid_sample call, no copy of the image.
-    if g.requires_grad or torch.jit.is_tracing():
+    if g.requires_grad:
         grid = torch.cat([base + g, base - g], 2)
     else:  # eager inference: write both halves in place (saves a full-resolution copy)
         grid = torch.empty(g.shape[0], h, 2 * w, 2, device=g.device, dtype=g.dtype)
@@ -241,11 +258,12 @@ def affine_fit(flow: torch.Tensor, weight: torch.Tensor, iters: int = 2, scale: 
         >>> bool(torch.allclose(affine_fit(f, torch.ones(1, 1, 6, 8)), f, atol=1e-2))
         True
     """
-    b, _, h, w = flow.shape
-    ys = torch.linspace(-1.0, 1.0, h, dtype=flow.dtype, device=flow.device)
-    xs = torch.linspace(-1.0, 1.0, w, dtype=flow.dtype, device=flow.device)
-    gy, gx = torch.meshgrid(ys, xs, indexing='ij')
-    basis = torch.stack([gx.reshape(-1), gy.reshape(-1), torch.ones_like(gx).reshape(-1)])  # (3, N)
+    b = flow.shape[0]
+    ones = torch.ones_like(flow[0, 0])
+    # linspace(-1, 1) along x and y from tensor ops (a traced graph then serves every size)
+    gx = (ones.cumsum(1) - 1.0) * 2.0 / (ones.sum(1, keepdim=True) - 1.0).clamp_min(1.0) - 1.0
+    gy = (ones.cumsum(0) - 1.0) * 2.0 / (ones.sum(0, keepdim=True) - 1.0).clamp_min(1.0) - 1.0
+    basis = torch.stack([gx.reshape(-1), gy.reshape(-1), ones.reshape(-1)])  # (3, N)
     f = flow.reshape(b, 2, -1)
     w0 = weight.reshape(b, 1, -1)
     wt = w0
@@ -260,7 +278,7 @@ def affine_fit(flow: torch.Tensor, weight: torch.Tensor, iters: int = 2, scale: 
         if it < iters:
             res = ((f - fit) ** 2).sum(1, keepdim=True)
             wt = w0 / (1.0 + res / (scale * scale))
-    return fit.reshape(b, 2, h, w)
+    return fit.reshape(flow.shape)
 
 
 def solve3x3(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ class CorrectorLossWeights:
     fft: float = 0.1
     lap: float = 1.0
     sobel: float = 0.5
-    flow: float = 0.02
+    flow: float = 0.05
     mask: float = 0.05
     eps: float = 1e-3
     m_thresh: float = 1.0   # px: ground-truth M is |phi*| above this

@@ -93,6 +93,18 @@ def test_reference_dense_has_published_size():
     assert out.shape == x.shape and 0.0 <= out.min() and out.max() <= 1.0
 
 
+def test_corrector_paper_has_published_size():
+    """The timing reference costs what the published width-16 FusionRegister costs (233 GFLOPs)."""
+    m = build_corrector('corrector_paper').eval()
+    assert 0.55e6 < profiling.count_params(m) < 0.8e6            # published: 0.77 M
+    x = torch.rand(1, 1, 96, 128)
+    gflops_640 = profiling.count_flops(lambda a: m(a, a, a), x) * (640 * 480) / (128 * 96) / 1e9
+    assert 220.0 < gflops_640 < 250.0
+    fast = build_corrector('corrector_fast').eval()
+    fast_flops = profiling.count_flops(lambda a: fast(a, a, a), x)
+    assert fast_flops * 100 < profiling.count_flops(lambda a: m(a, a, a), x)
+
+
 def test_frames_from_folder_and_bag(test_data):
     fr = bench.frames_from_folder(test_data, 2)
     assert len(fr.rgb) == len(fr.thermal) == 2

@@ -38,7 +38,7 @@ def test_shapes_odd_sizes(h, w):
     assert isinstance(out, CorrectorOutput)
     assert out.image.shape == (2, 1, h, w) and out.misregistration.shape == (2, 1, h, w)
     assert out.flow.shape == (2, 2, h, w)
-    assert len(out.flows) == len(out.masks) == len(out.warped) == TINY.levels
+    assert len(out.flows) == len(out.masks) == len(out.warped) == len(TINY.stages)
     assert 0.0 <= float(out.image.min()) and float(out.image.max()) <= 1.0
     assert 0.0 <= float(out.misregistration.min()) and float(out.misregistration.max()) <= 1.0
 
@@ -50,7 +50,7 @@ def test_fast_variant_shapes_and_aux_levels():
         out = m(fused, vis, th)
         aux = m(fused, vis, th, aux=True)
     assert out.warped == []                              # no aux work in eval mode by default
-    assert [f.shape[-2:] for f in aux.flows] == [(12, 20), (6, 10), (3, 5)]
+    assert [f.shape[-2:] for f in aux.flows] == [(6, 10), (3, 5), (3, 5)]   # 1/8, then two stages at 1/16
 
 
 def test_untrained_corrector_is_identity():
@@ -66,7 +66,7 @@ def test_untrained_corrector_is_identity():
 def test_full_resolution_assembly_formula():
     """A constant coarse flow composes to stride * flow and the output follows the documented formula."""
     m = build_corrector('corrector_fast').eval()
-    coarsest = m.heads[-1].out
+    coarsest = m.heads[0].out     # heads run coarsest stage first
     with torch.no_grad():
         coarsest.bias[0] = 0.5      # x, pixels of the 1/16 level -> 8 px at full resolution
         coarsest.bias[1] = -0.25    # y -> -4 px
