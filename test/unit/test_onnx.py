@@ -124,7 +124,9 @@ def test_corrector_runner_matches_torch_on_real_pair(corrector_model, small_fusi
         outs, refs = run_onnx(f, y, t), run_torch(f, y, t)
         for o, r, name in zip(outs, refs, ('image', 'misregistration', 'flow'), strict=True):
             assert o.shape == r.shape, name
-            tol = PARITY_ATOL * 10 if name == 'flow' else PARITY_ATOL * 5  # pixels / [0, 1]
+            # pixels / [0, 1]; the random weights here give flows of hundreds of pixels, where float32
+            # summation order alone moves the last digits: relative 1e-5 on top of the absolute part
+            tol = PARITY_ATOL * 10 + 1e-5 * r.abs().max().item() if name == 'flow' else PARITY_ATOL * 5
             assert (o - r).abs().max().item() < tol, name
         sizes.add(tuple(t.shape[-2:]))
     assert len(sizes) >= 2
