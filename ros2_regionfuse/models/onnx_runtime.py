@@ -30,6 +30,7 @@ memory and caches the file under ``$XDG_CACHE_HOME/ros2_regionfuse/onnx``
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import io
 import logging
@@ -138,6 +139,7 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+@functools.cache
 def code_sha256() -> str:
     """Hex SHA-256 over the sources of ``ros2_regionfuse/models`` (the traced code).
 

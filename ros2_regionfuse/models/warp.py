@@ -127,24 +127,23 @@ def bidirectional_warp(img: torch.Tensor, flow: torch.Tensor, m: torch.Tensor) -
         >>> bool(torch.allclose(bidirectional_warp(x, f, torch.full((1, 1, 4, 4), 0.3)), x))
         True
     """
-    _, _, h, w = flow.shape
-    if torch.jit.is_tracing():   # tensor ops only: the traced graph serves every size
-        grid = torch.cat([_traced_grid(flow), _traced_grid(-flow)], 2)
-        fwd, bwd = F.grid_sample(img, grid, mode='bilinear', padding_mode='border',
-                                 align_corners=False).chunk(2, -1)
-        return torch.lerp(bwd, fwd, m)
-    scale = torch.tensor([2.0 / w, 2.0 / h], device=flow.device, dtype=flow.dtype)
-    g = flow.permute(0, 2, 3, 1) * scale
-    base = base_grid(h, w, flow.device, flow.dtype)
-    # Both sampling grids side by side: one grid_sample call, no copy of the image.
-    if g.requires_grad:
-        grid = torch.cat([base + g, base - g], 2)
-    else:  # eager inference: write both halves in place (saves a full-resolution copy)
-        grid = torch.empty(g.shape[0], h, 2 * w, 2, device=g.device, dtype=g.dtype)
-        torch.add(base, g, out=grid[:, :, :w])
-        torch.sub(base, g, out=grid[:, :, w:])
+    if torch.jit.is_tracing():   # tensor ops only (flow_to_grid): the traced graph serves every size
+        grid = torch.cat([flow_to_grid(flow), flow_to_grid(-flow)], 2)
+    else:
+        _, _, h, w = flow.shape
+        scale = torch.tensor([2.0 / w, 2.0 / h], device=flow.device, dtype=flow.dtype)
+        g = flow.permute(0, 2, 3, 1) * scale
+        base = base_grid(h, w, flow.device, flow.dtype)
+        # Both sampling grids side by side: one grid_sample call, no copy of the image.
+        if g.requires_grad:
+            grid = torch.cat([base + g, base - g], 2)
+        else:  # eager inference: write both halves in place (saves a full-resolution copy)
+            grid = torch.empty(g.shape[0], h, 2 * w, 2, device=g.device, dtype=g.dtype)
+            torch.add(base, g, out=grid[:, :, :w])
+            torch.sub(base, g, out=grid[:, :, w:])
     both = F.grid_sample(img, grid, mode='bilinear', padding_mode='border', align_corners=False)
-    return torch.lerp(both[..., w:], both[..., :w], m)
+    fwd, bwd = both.chunk(2, -1)
+    return torch.lerp(bwd, fwd, m)
 
 
 class BidirectionalWarp(nn.Module):
