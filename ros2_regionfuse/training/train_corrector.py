@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from ..core.config import _f
-from ..core.weights import WEIGHTS_DIR, save_weights
+from ..core.weights import WEIGHTS_DIR, load_weights, save_weights
 from ..models.registry import build_corrector
 from .checkpoint import load_state, save_state
 from .corrector_data import MisalignedPatchSampler, PatchBatch, StandInFusion, load_frozen_fusion
@@ -75,6 +75,8 @@ class TrainCorrectorConfig:
                             range=(0.1, 100_000.0))
     val_samples: int = _f(32, 'Size of the fixed synthetic validation batch.', range=(1, 4096))
     resume: bool = _f(True, 'Continue from OUT/last.safetensors if present.')
+    init: str = _f('', 'Start from these corrector weights (fine-tuning: fresh optimizer and schedule); '
+                   'ignored when resuming. Their model card history is carried over.')
     stand_in_mix: float = _f(0.2, 'Share of batches fused by the stand-in fusion instead of the model '
                              '(robustness to the fusion weights).', range=(0.0, 1.0))
     fusion_reload_every: int = _f(0, 'Re-read fusion_checkpoint every N steps when the file changed '
@@ -139,10 +141,19 @@ def train(cfg: TrainCorrectorConfig) -> Path:
            for i in range(0, cfg.val_samples, cfg.batch)]
     step, minutes_before = 0, 0.0
     state_path = out / 'last.safetensors'
+    history: list = []
     if cfg.resume and state_path.is_file():
         step, extra = load_state(state_path, model, opt)
         minutes_before = float(extra.get('minutes', 0.0))
+        history = list(extra.get('history', []))
         log.info('resumed from %s at step %d', state_path, step)
+    elif cfg.init:
+        init_card = load_weights(model, cfg.init)
+        history = list(init_card.get('history', [])) + [
+            f"initialised from {cfg.init} ({init_card.get('name', '?')}, {init_card.get('steps_done', '?')} "
+            f"steps, {float(init_card.get('minutes', 0.0)):.0f} min, validation recovered "
+            f"{float(init_card.get('validation', {}).get('recovered', float('nan'))):.3f})"]
+        log.info('initialised from %s', cfg.init)
     sampler = MisalignedPatchSampler(pairs, cfg.patch, cfg.margin, pcfg, cfg.seed + step)
     mix_rng = torch.Generator().manual_seed(cfg.seed + step)
     stand_in = StandInFusion()
@@ -187,7 +198,7 @@ def train(cfg: TrainCorrectorConfig) -> Path:
         bar.set_postfix(loss=f"{ema['loss']:.4f}", epe=f"{ema['epe']:.2f}", charb=f"{ema['charb']:.4f}")
         over = minutes() > cfg.max_minutes
         if step % cfg.save_every == 0 or step == cfg.steps or over:
-            save_state(state_path, model, opt, step, {'minutes': minutes(), 'ema': ema})
+            save_state(state_path, model, opt, step, {'minutes': minutes(), 'ema': ema, 'history': history})
         if over:
             log.warning('time budget of %.0f min reached at step %d', cfg.max_minutes, step)
             break
@@ -210,6 +221,7 @@ def train(cfg: TrainCorrectorConfig) -> Path:
         'validation': metrics,
         'seed': cfg.seed,
         'command': ' '.join(shlex.quote(a) for a in sys.argv),
+        'history': history,
         'git_revision': git_revision(),
         'data': [n for n, _, _ in files],
         'data_licences': {'RoadScene': 'none stated', 'TNO': 'CC BY 4.0', 'LLVIP': 'non-commercial only',
