@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import struct
+import sys
 import tempfile
 import threading
 import time
@@ -170,7 +171,7 @@ class Player:
         self.rclpy = rclpy
         self.meas = meas
         self.ctx = rclpy.Context()
-        rclpy.init(context=self.ctx)
+        rclpy.init(args=[sys.argv[0]], context=self.ctx)   # our CLI flags are not ROS arguments
         self.node = rclpy.create_node('regionfuse_bench_node', context=self.ctx)
         self.pub_t = self.node.create_publisher(Image, demo.INPUT_TOPICS['thermal'], qos_profile_sensor_data)
         self.pub_r = self.node.create_publisher(Image, demo.INPUT_TOPICS['rgb'], qos_profile_sensor_data)

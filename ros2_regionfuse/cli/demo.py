@@ -244,7 +244,7 @@ class RosSide:
         from sensor_msgs.msg import CameraInfo, Image
         self.rclpy = rclpy
         self.ctx = rclpy.Context()
-        rclpy.init(context=self.ctx)
+        rclpy.init(args=[sys.argv[0]], context=self.ctx)   # our CLI flags are not ROS arguments
         self.node = rclpy.create_node('regionfuse_demo', context=self.ctx)
         info_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.pubs = {INPUT_TOPICS['thermal']: self.node.create_publisher(Image, INPUT_TOPICS['thermal'],

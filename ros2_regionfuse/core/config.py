@@ -95,7 +95,8 @@ class PipelineConfig:
                      choices=('auto', 'cpu', 'cuda'), read_only=True)
     backend: str = _f('torch', 'Inference runtime: torch or onnxruntime.',
                       choices=('torch', 'onnxruntime'), read_only=True)
-    threads: int = _f(0, 'CPU threads for inference (0 = library default).',
+    threads: int = _f(0, 'CPU threads for inference (0 = automatic: all cores, split between the '
+                      'two stages when the node runs with overlap_stages).',
                       range=(0, 256), read_only=True)
     thermal: ThermalConfig = field(default_factory=ThermalConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
@@ -170,6 +171,11 @@ class NodeConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    overlap_stages: bool = _f(True, 'Run preprocessing + fusion of the next pair on one thread while '
+                              'the corrector, postprocessing and publishing of the current pair run on '
+                              'another: higher output rate on multi-core CPUs and with a GPU, the same '
+                              'latency per pair. With threads: 0 the stages split the cores.',
+                              read_only=True)
     autostart: bool = _f(True, 'Configure and activate the (lifecycle) node at start; false: stay '
                          'unconfigured until a lifecycle transition is requested.', read_only=True)
 

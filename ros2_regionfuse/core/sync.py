@@ -379,6 +379,83 @@ class LatestMailbox(Generic[T]):
         return int(self._full)
 
 
+class HandoffSlot(Generic[T]):
+    """A one-slot, blocking hand-over between two worker stages.
+
+    Unlike :class:`LatestMailbox`, :meth:`put` waits until the consumer has
+    taken the previous item (back-pressure: work already done is never
+    thrown away; the producer stalls and the input mailbox drops instead).
+
+    Example:
+        >>> slot = HandoffSlot()
+        >>> slot.put('a', timeout=0.0), slot.put('b', timeout=0.0), slot.get(timeout=0.0)
+        (True, False, 'a')
+        >>> slot.wait_empty(timeout=0.0)
+        True
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item: T | None = None
+        self._full = False
+        self._closed = False
+
+    def put(self, item: T, timeout: float | None = None) -> bool:
+        """Store ``item`` once the slot is free, waiting up to ``timeout`` s.
+
+        Returns:
+            True when stored; False on timeout or when closed (the caller
+            still owns ``item``).
+        """
+        with self._cond:
+            if not self._cond.wait_for(lambda: not self._full or self._closed, timeout):
+                return False
+            if self._closed:
+                return False
+            self._item, self._full = item, True
+            self._cond.notify_all()
+            return True
+
+    def get(self, timeout: float | None = None) -> T | None:
+        """Take the item, waiting up to ``timeout`` s; None on timeout or when closed and empty.
+
+        An item stored before :meth:`close` is still handed out (so it can be
+        finished or counted).
+        """
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._full or self._closed, timeout):
+                return None
+            if not self._full:
+                return None
+            item, self._item, self._full = self._item, None, False
+            self._cond.notify_all()
+            return item
+
+    def wait_empty(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` s until the consumer has taken the item; True when empty.
+
+        A producer that waits here before starting new work keeps at most one
+        item per stage in flight, so no finished item ages in the slot.
+        """
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._full, timeout)
+
+    def close(self) -> None:
+        """Refuse further items and wake both sides."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
+
+    def __len__(self) -> int:
+        """1 while an item waits, else 0."""
+        return int(self._full)
+
+
 class DropCounter:
     """Thread-safe counter of events by reason (processed pairs, dropped pairs...).
 

@@ -17,6 +17,13 @@ and reported, never raised), pair frames by stamp
 pair in a one-slot :class:`~ros2_regionfuse.core.sync.LatestMailbox`; a
 worker thread runs the pipeline and publishes. Callbacks never wait for
 inference; an overwritten pair is counted as dropped (``mailbox_overwrite``).
+With ``overlap_stages`` (default) the work is split over two threads: one
+preprocesses and fuses, hands the frame over
+(:class:`~ros2_regionfuse.core.sync.HandoffSlot`, blocking, so finished
+work is never discarded) and, once the other has taken it, fuses the newest
+pair while the other runs the corrector, postprocesses and publishes; on a
+multi-core CPU (or with a GPU) the output rate rises toward one pair per
+stage time, with at most one pair per stage in flight.
 Topics, parameters and diagnostics are documented in docs/node.md.
 """
 from __future__ import annotations
@@ -26,7 +33,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rclpy
@@ -49,6 +56,7 @@ from ..core.sync import (
     ApproximateTimeSync,
     DropCounter,
     Frame,
+    HandoffSlot,
     LatestMailbox,
     Pair,
     seconds_to_ns,
@@ -63,6 +71,9 @@ from .diagnostics import (
     diagnostic_array,
 )
 from .params import ParameterValidator, declare_parameters, read_parameters
+
+if TYPE_CHECKING:
+    from ..core.pipeline import FusedFrame
 
 NODE_NAME = 'regionfuse'
 #: Seconds between two identical warnings (bad frames, pipeline errors).
@@ -124,7 +135,8 @@ class RegionFuseNode(LifecycleNode):
         self._subs: list[Any] = []
         self._mf_sync: Any = None
         self._timer: Any = None
-        self._worker: threading.Thread | None = None
+        self._workers: list[threading.Thread] = []
+        self._handoff: HandoffSlot | None = None
         self._infos: dict[str, CameraInfo | None] = {THERMAL: None, RGB: None}
         self._plane_key: tuple | None = None
         self._last_rx: dict[str, float | None] = {THERMAL: None, RGB: None}
@@ -149,13 +161,16 @@ class RegionFuseNode(LifecycleNode):
             log.error('sync.backend=message_filters needs the ROS message_filters package, which '
                       'is not installed here; use sync.backend: internal')
             return TransitionCallbackReturn.FAILURE
-        from ..core.pipeline import FusionPipeline
+        from ..core.pipeline import FusionPipeline, stage_threads
         try:
             self.pipeline = FusionPipeline(self.cfg.pipeline)
         except (RegionFuseError, ImportError) as e:
             log.error(f'cannot load the models: {e} (set fusion.checkpoint / corrector.checkpoint '
                       'to a .safetensors file, or corrector.enabled:=false)')
             return TransitionCallbackReturn.FAILURE
+        if self.cfg.overlap_stages and self.cfg.pipeline.threads == 0:
+            import torch
+            torch.set_num_threads(stage_threads(2))   # the two stages share the cores
         self._plane_key = None          # a new pipeline: plane mode recomputes its homography
         self._update_plane_homography()
         c = self.cfg.sync
@@ -177,10 +192,15 @@ class RegionFuseNode(LifecycleNode):
     @_transition
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.mailbox = LatestMailbox()
+        self._handoff = HandoffSlot() if self.cfg.overlap_stages else None
         self._since = time.monotonic()
         self._subscribe()
-        self._worker = threading.Thread(target=self._work, name='regionfuse-worker', daemon=True)
-        self._worker.start()
+        self._workers = [threading.Thread(target=self._work, name='regionfuse-worker', daemon=True)]
+        if self._handoff is not None:
+            self._workers.append(threading.Thread(target=self._work_finish, name='regionfuse-finish',
+                                                  daemon=True))
+        for w in self._workers:
+            w.start()
         self._start_timer()
         self._active = True
         self.get_logger().info(
@@ -220,11 +240,16 @@ class RegionFuseNode(LifecycleNode):
         left = self.mailbox.close()
         if left is not None:
             self.pair_drops.add('shutdown')
-        if self._worker is not None:
-            self._worker.join(timeout=WORKER_JOIN_S)
-            if self._worker.is_alive():
-                self.get_logger().warn(f'inference worker still busy after {WORKER_JOIN_S} s')
-            self._worker = None
+        # first stage first: its last frame is still handed over and finished by the second
+        for i, w in enumerate(self._workers):
+            if i == 1 and self._handoff is not None:
+                self._handoff.close()
+            w.join(timeout=WORKER_JOIN_S)
+            if w.is_alive():
+                self.get_logger().warn(f'{w.name} still busy after {WORKER_JOIN_S} s')
+        if self._handoff is not None:
+            self._handoff.close()
+        self._workers = []
 
     def _cleanup(self) -> None:
         for pub in self._pubs.values():
@@ -340,30 +365,72 @@ class RegionFuseNode(LifecycleNode):
 
     # -- worker -------------------------------------------------------------------------------------
     def _work(self) -> None:
-        box = self.mailbox
+        """First (or only) worker: take the newest pair, fuse it, then finish it or hand it over."""
+        box, handoff = self.mailbox, self._handoff
         while True:
             pair = box.get(timeout=WORKER_POLL_S)
             if pair is None:
                 if box.closed:
                     return
                 continue
-            try:
-                self._process(pair)
-            except Exception as e:  # noqa: BLE001 - one bad pair must never stop the worker
-                if not self._active or not rclpy.ok(context=self.context):
-                    return
-                self.pair_drops.add('internal_error')
-                self.get_logger().error(f'internal error while processing a pair: {type(e).__name__}: {e}',
-                                        throttle_duration_sec=LOG_THROTTLE_S)
+            frame = self._guarded(self._fuse, pair)
+            if frame is None:
+                continue
+            if handoff is None:
+                self._guarded(self._finish, pair, frame)
+                continue
+            while not handoff.put((pair, frame), timeout=WORKER_POLL_S):
+                if handoff.closed:
+                    self.pair_drops.add('shutdown')
+                    break
+            # Take the next pair only when the second stage has started on this one: a pair fused
+            # earlier would wait in the slot (latency) while a fresher one arrives.
+            while not handoff.wait_empty(timeout=WORKER_POLL_S) and not handoff.closed:
+                pass
 
-    def _process(self, pair: Pair) -> None:
-        cfg = self.cfg
-        (_, thermal), (r_hdr, rgb) = pair.thermal.payload, pair.rgb.payload
-        if cfg.pipeline.align.mode == 'plane' and self.pipeline.homography() is None:
+    def _work_finish(self) -> None:
+        """Second worker (``overlap_stages``): corrector, postprocessing and publishing."""
+        handoff = self._handoff
+        assert handoff is not None
+        while True:
+            item = handoff.get(timeout=WORKER_POLL_S)
+            if item is None:
+                if handoff.closed:
+                    return
+                continue
+            self._guarded(self._finish, *item)
+
+    def _guarded(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run one stage; an unexpected exception is counted and logged, never raised."""
+        try:
+            return fn(*args)
+        except Exception as e:  # noqa: BLE001 - one bad pair must never stop a worker
+            if not self._active or not rclpy.ok(context=self.context):
+                return None
+            self.pair_drops.add('internal_error')
+            self.get_logger().error(f'internal error while processing a pair: {type(e).__name__}: {e}',
+                                    throttle_duration_sec=LOG_THROTTLE_S)
+            return None
+
+    def _fuse(self, pair: Pair) -> FusedFrame | None:
+        """Preprocess and fuse one pair; None (counted, logged) when the pipeline rejects it."""
+        (_, thermal), (_, rgb) = pair.thermal.payload, pair.rgb.payload
+        if self.cfg.pipeline.align.mode == 'plane' and self.pipeline.homography() is None:
             self.get_logger().warn('align.mode=plane: waiting for thermal/camera_info and rgb/camera_info; '
                                    'resizing only', throttle_duration_sec=LOG_THROTTLE_S)
         try:
-            res = self.pipeline.process(thermal, rgb, out_size=outputs.output_size(cfg.output, rgb.shape))
+            return self.pipeline.fuse(thermal, rgb, out_size=outputs.output_size(self.cfg.output, rgb.shape))
+        except RegionFuseError as e:
+            self.pair_drops.add('pipeline_error')
+            self.get_logger().warn(f'pair dropped: {e}', throttle_duration_sec=LOG_THROTTLE_S)
+            return None
+
+    def _finish(self, pair: Pair, frame: FusedFrame) -> None:
+        """Corrector, postprocessing and publishing of one fused pair."""
+        cfg = self.cfg
+        r_hdr = pair.rgb.payload[0]
+        try:
+            res = self.pipeline.finish(frame)
         except RegionFuseError as e:
             self.pair_drops.add('pipeline_error')
             self.get_logger().warn(f'pair dropped: {e}', throttle_duration_sec=LOG_THROTTLE_S)

@@ -2,6 +2,8 @@
 
 One node serves the whole module (tests run in file order and share its
 counters, so every check works on deltas); the last test stops it with SIGINT.
+The module runs twice: with ``overlap_stages`` (two worker threads, the
+default) and with one worker.
 Models: an untrained regionfuse_tiny checkpoint written to tmp (and an
 untrained corrector_fast one when that model exists). Loopback-only DDS and an
 own ROS_DOMAIN_ID come from test/conftest.py.
@@ -97,11 +99,12 @@ def reference(weights):
     return FusionPipeline(cfg)
 
 
-@pytest.fixture(scope='module')
-def node(weights, tmp_path_factory):
+@pytest.fixture(scope='module', params=[True, False], ids=['overlap_stages', 'one_worker'])
+def node(request, weights, tmp_path_factory):
+    """The node with two overlapped worker stages (default) and with one worker: same behaviour."""
     d = tmp_path_factory.mktemp('node')
     overrides = {'/**': {'ros__parameters': {
-        'device': 'cpu', 'threads': 1,
+        'device': 'cpu', 'threads': 1, 'overlap_stages': request.param,
         'fusion': {'checkpoint': weights['fusion']},
         'corrector': {'enabled': False, 'checkpoint': weights['corrector']},
         'diagnostics': {'period': 0.25, 'stale_timeout': 1.0, 'error_timeout': 3.0},

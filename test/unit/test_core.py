@@ -116,6 +116,35 @@ def test_pipeline_shapes_sizes_and_dtypes(pipeline: FusionPipeline,
     assert small.fused.shape == (48, 64, 3)
 
 
+def test_fuse_then_finish_equals_process(rng: np.random.Generator) -> None:
+    import torch
+
+    from ros2_regionfuse.models.registry import build_corrector
+    torch.manual_seed(0)
+    cfg = PipelineConfig(device='cpu')
+    pipe = FusionPipeline(cfg, fusion=build_fusion('regionfuse_tiny'),
+                          corrector=build_corrector('corrector_fast'))
+    thermal = rng.integers(7000, 9000, (60, 80)).astype(np.uint16)
+    rgb = rng.integers(0, 256, (72, 96, 3)).astype(np.uint8)
+    whole = pipe.process(thermal, rgb)
+    frame = pipe.fuse(thermal, rgb)
+    cfg.corrector.enabled = False            # resolved at fuse(): the pair is still corrected
+    halves = pipe.finish(frame)
+    assert frame.correct and halves.flow is not None
+    for name in ('fused', 'fused_raw', 'thermal', 'misregistration', 'flow'):
+        assert np.array_equal(getattr(whole, name), getattr(halves, name)), name
+    assert halves.timings_ms['preprocess'] == frame.timings_ms['preprocess']
+    assert halves.timings_ms['total'] == pytest.approx(sum(
+        halves.timings_ms[k] for k in ('preprocess', 'fusion', 'corrector', 'postprocess')))
+    assert pipe.finish(pipe.fuse(thermal, rgb)).flow is None   # now off for new pairs
+
+
+def test_stage_threads_split_the_cores() -> None:
+    from ros2_regionfuse.core.pipeline import stage_threads
+    assert [stage_threads(2, c) for c in (1, 2, 3, 8)] == [1, 1, 1, 4]
+    assert stage_threads(1, 6) == 6 and stage_threads(2) >= 1
+
+
 def test_pipeline_gray_rgb_gives_gray_output(pipeline: FusionPipeline,
                                              rng: np.random.Generator) -> None:
     res = pipeline.process(rng.integers(0, 256, (40, 40)).astype(np.uint8),

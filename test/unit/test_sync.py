@@ -13,6 +13,7 @@ from ros2_regionfuse.core.sync import (
     UNPAIRED_REASONS,
     ApproximateTimeSync,
     DropCounter,
+    HandoffSlot,
     LatestMailbox,
     seconds_to_ns,
 )
@@ -260,6 +261,41 @@ def test_mailbox_wakes_waiting_worker() -> None:
     box.close()
     t2.join(timeout=10.0)
     assert not t2.is_alive() and got[-1] is None
+
+
+def test_handoff_slot_blocks_until_taken_and_drains_on_close() -> None:
+    slot: HandoffSlot[int] = HandoffSlot()
+    assert slot.put(1, timeout=0.0) and len(slot) == 1
+    assert not slot.put(2, timeout=0.01)         # full: the producer waits, nothing is overwritten
+    done: list[bool] = []
+    t = threading.Thread(target=lambda: done.append(slot.put(2, timeout=10.0)))
+    t.start()
+    assert slot.get(timeout=1.0) == 1            # taking 1 frees the slot: the waiting put stores 2
+    t.join(timeout=10.0)
+    assert done == [True] and slot.get(timeout=1.0) == 2
+    assert slot.get(timeout=0.01) is None        # empty: times out
+    slot.put(3, timeout=0.0)
+    slot.close()
+    assert slot.closed and not slot.put(4, timeout=0.0)
+    assert slot.get(timeout=0.0) == 3            # stored before close: still handed out
+    assert slot.get(timeout=0.0) is None
+
+
+def test_handoff_slot_close_wakes_both_sides() -> None:
+    slot: HandoffSlot[str] = HandoffSlot()
+    slot.put('a', timeout=0.0)
+    res: list = []
+    producer = threading.Thread(target=lambda: res.append(slot.put('b', timeout=10.0)))
+    producer.start()
+    slot.close()
+    producer.join(timeout=10.0)
+    assert not producer.is_alive() and res == [False]
+    empty: HandoffSlot[str] = HandoffSlot()
+    consumer = threading.Thread(target=lambda: res.append(empty.get(timeout=10.0)))
+    consumer.start()
+    empty.close()
+    consumer.join(timeout=10.0)
+    assert not consumer.is_alive() and res[-1] is None
 
 
 def test_drop_counter() -> None:
