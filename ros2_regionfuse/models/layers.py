@@ -14,12 +14,14 @@ class LayerNorm2d(nn.Module):
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
         self.eps = eps
+        self.shape = (channels,)   # a Python int: the ONNX export keeps it static
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mu = x.mean(1, keepdim=True)
-        var = (x - mu).pow(2).mean(1, keepdim=True)
-        x = (x - mu) * torch.rsqrt(var + self.eps)
-        return x * self.weight[:, None, None] + self.bias[:, None, None]
+        # One fused kernel over the channel-last view (contiguous for channels_last inputs, as the
+        # fusion model runs on the CPU): ~10 % less fusion time at 640x480 than the per-op
+        # mean/var/normalise form, same values to ~2e-7 (docs/performance.md).
+        y = F.layer_norm(x.permute(0, 2, 3, 1), self.shape, self.weight, self.bias, self.eps)
+        return y.permute(0, 3, 1, 2)
 
 
 def to_regions(x: torch.Tensor, r: int) -> torch.Tensor:

@@ -39,3 +39,24 @@ def test_region_split_matches_unfold_fold():
     assert torch.equal(t, F.unfold(x, 4, stride=4).transpose(1, 2))
     assert torch.equal(from_regions(t, 3, 8, 12, 4),
                        F.fold(t.transpose(1, 2), output_size=(8, 12), kernel_size=4, stride=4))
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_layer_norm_2d_equals_channel_formula_with_gradients(channels_last):
+    from ros2_regionfuse.models.layers import LayerNorm2d
+    gen = torch.Generator().manual_seed(2)
+    ln = LayerNorm2d(6)
+    with torch.no_grad():
+        ln.weight.copy_(torch.randn(6, generator=gen))
+        ln.bias.copy_(torch.randn(6, generator=gen))
+    x = (3 * torch.randn(2, 6, 5, 7, generator=gen) + 1).requires_grad_()
+    xin = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    y = ln(xin)
+    mu = x.mean(1, keepdim=True)
+    var = (x - mu).pow(2).mean(1, keepdim=True)
+    ref = (x - mu) / torch.sqrt(var + 1e-5) * ln.weight[:, None, None] + ln.bias[:, None, None]
+    assert y.shape == x.shape and torch.allclose(y, ref, atol=1e-5)
+    w = torch.randn(x.shape, generator=gen)
+    ga, = torch.autograd.grad((y * w).sum(), x)
+    gb, = torch.autograd.grad((ref * w).sum(), x)
+    assert torch.allclose(ga, gb, atol=1e-4)
