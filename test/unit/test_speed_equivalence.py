@@ -60,3 +60,29 @@ def test_layer_norm_2d_equals_channel_formula_with_gradients(channels_last):
     ga, = torch.autograd.grad((y * w).sum(), x)
     gb, = torch.autograd.grad((ref * w).sum(), x)
     assert torch.allclose(ga, gb, atol=1e-4)
+
+
+def test_corrector_stem_strided_conv_equals_unshuffle_then_1x1():
+    from ros2_regionfuse.models.registry import build_corrector
+    torch.manual_seed(4)
+    m = build_corrector('corrector_fast')
+    s = m.cfg.stem_stride
+    conv = m.stem[0]
+    x = torch.rand(2, 3, 4 * s, 6 * s, requires_grad=True)
+    ref = m.stem(F.pixel_unshuffle(x, s))     # the patch-embedding definition
+    got = m.stem[1:](F.conv2d(x, conv.weight.view(conv.out_channels, 1, s, s), conv.bias, stride=s, groups=3))
+    assert torch.allclose(got, ref, atol=1e-5)
+    w = torch.randn(ref.shape)
+    ga, = torch.autograd.grad((got * w).sum(), x)
+    gb, = torch.autograd.grad((ref * w).sum(), x)
+    assert torch.allclose(ga, gb, atol=1e-5)
+    # and the model's forward uses it: its finest features equal the definition's
+    feats = {}
+    def keep(mod, inp, out):
+        feats['stem'] = inp[0]         # returns None: the output is left as it is
+    m.down[0].register_forward_hook(keep)
+    with torch.no_grad():
+        img = torch.rand(1, 1, 4 * m.cfg.multiple, 4 * m.cfg.multiple)
+        m(img, img * 0.5, img.flip(-1))
+        x3 = torch.cat([img * 0.5, img, img.flip(-1)], 1)   # streams [visible, fused, thermal]
+        assert torch.allclose(feats['stem'], m.stem(F.pixel_unshuffle(x3, s)), atol=1e-5)
