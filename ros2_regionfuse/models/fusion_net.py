@@ -149,11 +149,11 @@ class RegionFuseNet(nn.Module):
 
     # ------------------------------------------------------------------------
     def _features(self, x: torch.Tensor, g_net: torch.Tensor, g_fine: torch.Tensor,
-                  details: list[torch.Tensor], ln: int) -> torch.Tensor:
+                  abs_details: list[torch.Tensor], ln: int) -> torch.Tensor:
         energies = []
         for lvl in range(ln - 3, ln):
             lv = max(lvl, 0)
-            d = details[lv].abs()
+            d = abs_details[lv]
             # level lv is exactly 2**(ln - lv) times larger than the network level:
             # a plain average pool equals adaptive pooling here and exports with dynamic H/W
             f = 2 ** (ln - lv)
@@ -177,7 +177,8 @@ class RegionFuseNet(nn.Module):
             g_fine = g_net
             g_net = down2(g_net)
         b = thermal.shape[0]
-        feats = self._features(x, g_net, g_fine, details, ln)
+        abs_details = [d.abs() for d in details]   # shared by the energies and the selection below
+        feats = self._features(x, g_net, g_fine, abs_details, ln)
         ft, fy = self.embed_t(feats[:b]), self.embed_y(feats[b:])
         ft, fy = self.enc_t(ft), self.enc_y(fy)
         stats = region_stats(g_net[:b], g_net[b:], cfg.region)
@@ -201,11 +202,11 @@ class RegionFuseNet(nn.Module):
             band = min(ln - lvl, BANDS - 1)
             dt, dy = d[:b], d[b:]
             pl = up_to(p[:, (2 + band, 2 + BANDS + band)], dt.shape[-2:])
-            at = box_mean3(dt.abs())  # = F.avg_pool2d(., 3, 1, 1), bit-identical, faster
-            ay = box_mean3(dy.abs())
+            a = box_mean3(abs_details[lvl])  # = F.avg_pool2d(., 3, 1, 1), bit-identical, faster
+            at, ay = a[:b], a[b:]
             s = torch.sigmoid(temps[band] * (at - ay) / (at + ay + 1e-3) + pl[:, :1])
             gain = F.softplus(pl[:, 1:2])
-            fused_details.append(gain * (dy + s * (dt - dy)))
+            fused_details.append(gain * torch.lerp(dy, dt, s))   # dy + s * (dt - dy) in one op
         out = reconstruct(fused_details, fused_base)[..., :h, :w]
         return out.clamp(0.0, 1.0)
 
