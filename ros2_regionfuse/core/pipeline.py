@@ -30,7 +30,8 @@ class FusionResult:
 
     Attributes:
         fused: ``(H, W, 3)`` uint8 RGB, corrected when the corrector ran.
-        fused_raw: ``(H, W, 3)`` uint8 RGB, the fusion before correction.
+        fused_raw: ``(H, W, 3)`` uint8 RGB, the fusion before correction
+            (a property: built on first access, as only some callers need it).
         thermal: ``(H, W)`` float32 in [0, 1], thermal after AGC and alignment.
         misregistration: ``(H, W)`` float32 probability in [0, 1], or None
             when the corrector is off.
@@ -41,11 +42,25 @@ class FusionResult:
     """
 
     fused: np.ndarray
-    fused_raw: np.ndarray
     thermal: np.ndarray
     misregistration: np.ndarray | None = None
     flow: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    #: ``(rgb (H, W, 3) float32, raw fused luminance (H, W) float32, contrast bounds)`` from which
+    #: :attr:`fused_raw` is built; None: ``fused_raw`` is ``fused`` (no correction ran).
+    raw_source: tuple[np.ndarray, np.ndarray, tuple[float, float]] | None = field(default=None, repr=False)
+    _raw: np.ndarray | None = field(default=None, init=False, repr=False)
+
+    @property
+    def fused_raw(self) -> np.ndarray:
+        """``(H, W, 3)`` uint8 RGB: the fusion before correction, with the output's contrast."""
+        if self.raw_source is None:
+            return self.fused
+        if self._raw is None:
+            rgb, y, bounds = self.raw_source
+            y_out = convert.apply_contrast(y, bounds)
+            self._raw = convert.unit_to_uint8(convert.replace_luminance(rgb, y_out))
+        return self._raw
 
     @property
     def misaligned_fraction(self) -> float:
@@ -292,15 +307,10 @@ class FusionPipeline:
         fy = convert.to_numpy(fused_y)
         out_y = convert.to_numpy(corr_y) if frame.correct else fy
         bounds = convert.contrast_bounds(out_y, fcfg.contrast, fcfg.contrast_percentiles)
-        raw = convert.unit_to_uint8(convert.replace_luminance(rgb_u, convert.apply_contrast(fy, bounds)))
-        if frame.correct:
-            fused = convert.unit_to_uint8(
-                convert.replace_luminance(rgb_u, convert.apply_contrast(out_y, bounds)))
-        else:
-            fused = raw
+        fused = convert.unit_to_uint8(convert.replace_luminance(rgb_u, convert.apply_contrast(out_y, bounds)))
         t4 = time.perf_counter()
         ms = dict(frame.timings_ms)
         ms.update({'corrector': (t3 - t2) * 1e3, 'postprocess': (t4 - t3) * 1e3})
         ms['total'] = ms['preprocess'] + ms['fusion'] + ms['corrector'] + ms['postprocess']
-        return FusionResult(fused=fused, fused_raw=raw, thermal=frame.thermal, misregistration=misreg,
-                            flow=flow, timings_ms=ms)
+        return FusionResult(fused=fused, thermal=frame.thermal, misregistration=misreg, flow=flow,
+                            timings_ms=ms, raw_source=(rgb_u, fy, bounds) if frame.correct else None)

@@ -136,7 +136,14 @@ def test_fuse_then_finish_equals_process(rng: np.random.Generator) -> None:
     assert halves.timings_ms['preprocess'] == frame.timings_ms['preprocess']
     assert halves.timings_ms['total'] == pytest.approx(sum(
         halves.timings_ms[k] for k in ('preprocess', 'fusion', 'corrector', 'postprocess')))
-    assert pipe.finish(pipe.fuse(thermal, rgb)).flow is None   # now off for new pairs
+    off = pipe.finish(pipe.fuse(thermal, rgb))   # now off for new pairs
+    assert off.flow is None and off.fused_raw is off.fused
+    # fused_raw (built on first access): the uncorrected fusion with the output's contrast bounds
+    corrected_y = convert.to_numpy(pipe._corrector(frame.fused_t, frame.visible_t, frame.thermal_t)[0])
+    bounds = convert.contrast_bounds(corrected_y, cfg.fusion.contrast, cfg.fusion.contrast_percentiles)
+    raw_y = convert.apply_contrast(convert.to_numpy(frame.fused_t), bounds)
+    expected = convert.unit_to_uint8(convert.replace_luminance(frame.rgb, raw_y))
+    assert np.array_equal(halves.fused_raw, expected) and halves.fused_raw is halves.fused_raw
 
 
 def test_stage_threads_split_the_cores() -> None:
