@@ -173,8 +173,9 @@ class NodeConfig:
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     overlap_stages: bool = _f(True, 'Run preprocessing + fusion of the next pair on one thread while '
                               'the corrector, postprocessing and publishing of the current pair run on '
-                              'another: higher output rate on multi-core CPUs and with a GPU, the same '
-                              'latency per pair. With threads: 0 the stages split the cores.',
+                              'another: a higher output rate on multi-core CPUs and with a GPU, at a '
+                              'somewhat higher latency per pair where the stages share few cores '
+                              '(false: one worker). With threads: 0 the stages split the cores.',
                               read_only=True)
     autostart: bool = _f(True, 'Configure and activate the (lifecycle) node at start; false: stay '
                          'unconfigured until a lifecycle transition is requested.', read_only=True)
