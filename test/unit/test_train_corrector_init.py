@@ -1,20 +1,23 @@
 """``train-corrector --init``: fine-tuning starts from given weights and keeps their history."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
-import pytest
 import torch
 
 from ros2_regionfuse.core.weights import load_weights, save_weights
 from ros2_regionfuse.models.registry import build_corrector
 from ros2_regionfuse.training.train_corrector import TrainCorrectorConfig, train
 
-DATA = Path(__file__).resolve().parents[2].parent / 'shared' / 'data' / 'ivif'
+TEST_DATA = Path(__file__).resolve().parents[1] / 'data'
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason='needs ../shared/data/ivif')
 def test_init_loads_weights_and_carries_history(tmp_path):
+    data = tmp_path / 'ivif'                      # a one-pair data set from the bundled test pairs
+    for mod in ('ir', 'vi'):
+        (data / 'RoadScene' / mod).mkdir(parents=True)
+        shutil.copy(TEST_DATA / mod / 'FLIR_05005.png', data / 'RoadScene' / mod / 'FLIR_05005.png')
     torch.manual_seed(3)
     start = build_corrector('corrector_fast')
     with torch.no_grad():
@@ -23,7 +26,7 @@ def test_init_loads_weights_and_carries_history(tmp_path):
     init = tmp_path / 'init.safetensors'
     save_weights(start, init, {'name': 'start@test', 'steps_done': 7, 'minutes': 3.0,
                                'validation': {'recovered': 0.25}, 'history': ['first run']})
-    cfg = TrainCorrectorConfig(data=str(DATA), out=str(tmp_path / 'run'),
+    cfg = TrainCorrectorConfig(data=str(data), out=str(tmp_path / 'run'),
                                weights=str(tmp_path / 'w.safetensors'), init=str(init), steps=1,
                                batch=1, patch=32, margin=0, lr=0.0,
                                weight_decay=0.0, val_samples=1, stand_in_fusion=True, stand_in_mix=0.0)
