@@ -162,15 +162,17 @@ class RegionFuseNode(LifecycleNode):
                       'is not installed here; use sync.backend: internal')
             return TransitionCallbackReturn.FAILURE
         from ..core.pipeline import FusionPipeline, stage_threads
+        if self.cfg.overlap_stages and self.cfg.pipeline.threads == 0:
+            import torch
+            # The two stages share the cores. Set before the models are built: the ONNX Runtime
+            # backend sizes its sessions from torch's thread count when threads is 0.
+            torch.set_num_threads(stage_threads(2))
         try:
             self.pipeline = FusionPipeline(self.cfg.pipeline)
         except (RegionFuseError, ImportError) as e:
             log.error(f'cannot load the models: {e} (set fusion.checkpoint / corrector.checkpoint '
                       'to a .safetensors file, or corrector.enabled:=false)')
             return TransitionCallbackReturn.FAILURE
-        if self.cfg.overlap_stages and self.cfg.pipeline.threads == 0:
-            import torch
-            torch.set_num_threads(stage_threads(2))   # the two stages share the cores
         self._plane_key = None          # a new pipeline: plane mode recomputes its homography
         self._update_plane_homography()
         c = self.cfg.sync
@@ -186,7 +188,9 @@ class RegionFuseNode(LifecycleNode):
         pc = self.cfg.pipeline
         log.info(f'configured: device {p.device}, backend {pc.backend}, fusion {p.fusion_name}, '
                  f'corrector {p.corrector_name or "(not loaded)"} {"on" if pc.corrector.enabled else "off"}, '
-                 f'align {pc.align.mode}')
+                 f'align {pc.align.mode}, '
+                 f'{"two overlapped stages" if self.cfg.overlap_stages else "one worker"} '
+                 f'with {_intra_op_threads()} thread(s) each')
         return TransitionCallbackReturn.SUCCESS
 
     @_transition
@@ -512,6 +516,11 @@ class RegionFuseNode(LifecycleNode):
         if 'diagnostics.period' in changed and self._timer is not None:
             self._start_timer()
         self.get_logger().info('parameters changed: ' + ', '.join(sorted(changed)))
+
+
+def _intra_op_threads() -> int:
+    import torch
+    return torch.get_num_threads()
 
 
 def _message_filters_available() -> bool:

@@ -131,6 +131,7 @@ def node(request, weights, tmp_path_factory):
             'thermal_info': client.publisher(CameraInfo, f'{NS}/thermal/camera_info'),
             'rgb_info': client.publisher(CameraInfo, f'{NS}/rgb/camera_info')}
     h = Harness(proc, client, pubs)
+    h.overlap, h.log = request.param, d / 'node.log'
     try:
         up = client.collector.wait(lambda: client.collector.msgs['diag'] or proc.poll() is not None,
                                    STARTUP_S)
@@ -274,6 +275,12 @@ def test_outputs_header_encoding_size_values(node, pair, reference) -> None:
     assert np.isnan(st.misaligned_fraction)
     assert st.total_ms >= st.fusion_ms > 0.0
     assert node.col.by_stamp('mis', sec) is None and node.col.by_stamp('flow', sec) is None
+
+
+def test_worker_layout_is_logged(node) -> None:
+    text = node.log.read_text(errors='replace')
+    layout = 'two overlapped stages' if node.overlap else 'one worker'
+    assert f'{layout} with 1 thread(s) each' in text, text[-2000:]     # threads: 1 in the fixture
 
 
 def test_output_size_and_camera_info_follow_parameters(node, pair) -> None:
