@@ -279,8 +279,6 @@ class FusionPipeline:
         fused_y = self.fusion(th_t, y_t)
         t2 = time.perf_counter()
         do_correct = self.cfg.corrector.enabled if correct is None else correct
-        if do_correct:
-            self._ensure_corrector()
         return FusedFrame(thermal=th, rgb=rgb_u, thermal_t=th_t, visible_t=y_t, fused_t=fused_y,
                           correct=do_correct,
                           timings_ms={'preprocess': (t1 - t0) * 1e3, 'fusion': (t2 - t1) * 1e3})

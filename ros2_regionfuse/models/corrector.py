@@ -437,9 +437,9 @@ class Corrector(nn.Module):
             # The 1x1 grouped conv over pixel-unshuffled s x s blocks is an s x s stride-s grouped
             # conv on the image: same weights viewed as (out, 1, s, s), same values, no
             # full-resolution reshuffle (2.5 -> 0.7 ms at 640x480).
-            conv = self.stem[0]
+            conv, act = self.stem   # stride > 1: exactly [conv, act]
             w_stem = conv.weight.view(conv.out_channels, 1, s, s)
-            feats = [self.stem[1:](F.conv2d(x, w_stem, conv.bias, stride=s, groups=3))]
+            feats = [act(F.conv2d(x, w_stem, conv.bias, stride=s, groups=3))]
         else:
             feats = [self.stem(x)]
         for d in self.down:

@@ -244,16 +244,19 @@ class RegionFuseNode(LifecycleNode):
         left = self.mailbox.close()
         if left is not None:
             self.pair_drops.add('shutdown')
-        # first stage first: its last frame is still handed over and finished by the second
-        for i, w in enumerate(self._workers):
-            if i == 1 and self._handoff is not None:
-                self._handoff.close()
-            w.join(timeout=WORKER_JOIN_S)
-            if w.is_alive():
-                self.get_logger().warn(f'{w.name} still busy after {WORKER_JOIN_S} s')
+        # First stage first: its last frame is still handed over and finished by the second.
+        for w in self._workers[:1]:
+            self._join(w)
         if self._handoff is not None:
             self._handoff.close()
+        for w in self._workers[1:]:
+            self._join(w)
         self._workers = []
+
+    def _join(self, worker: threading.Thread) -> None:
+        worker.join(timeout=WORKER_JOIN_S)
+        if worker.is_alive():
+            self.get_logger().warn(f'{worker.name} still busy after {WORKER_JOIN_S} s')
 
     def _cleanup(self) -> None:
         for pub in self._pubs.values():
