@@ -38,7 +38,8 @@ def export_model(kind: str, variant: str, checkpoint: str, sizes: list[tuple[int
 
     Returns:
         One dict per file: ``path``, ``key``, ``sample``, ``bytes``, ``dynamic``,
-        ``max_abs_diff`` (traced size) and ``max_abs_diff_dynamic`` (a padded size).
+        ``max_abs_diff`` (traced size) and ``max_abs_diff_dynamic`` (a padded size), both
+        :func:`~ros2_regionfuse.models.onnx_runtime.session_parity` differences.
 
     Raises:
         WeightsError: missing or corrupt weights.
