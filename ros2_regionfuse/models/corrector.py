@@ -40,6 +40,12 @@ Architecture (cost-driven; facts of the paper in ../shared/README.md §2):
    ``phi_fine = head + 2 * up(phi_coarse)`` (:func:`compose_flow`). The
    coarsest heads see global context (image-mean features) so flat regions
    inherit the shift of their surroundings.
+   With ``global_align`` (:mod:`.global_align`), the coarsest stage starts
+   from a global similarity registration of the thermal image (rotation,
+   scale, translation; Gauss-Newton on edge descriptors at 1/8 and 1/4, no
+   learned weights, gated by its own confidence) instead of zero flow: the
+   image-wide evidence fixes the bulk of a rig's misalignment, which local
+   cross-modal matching in low-texture thermal images gets mostly wrong.
 3. **Modality Retention Block** (at the finest level): p=1 correlations of
    the bidirectionally warped fused features with visible and warped thermal
    features, a 3x3 conv, a multi-window gMLP (windows 1/3/5, spatial gating
@@ -74,6 +80,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .global_align import GlobalAlignConfig, similarity_flow
 from .registry import register_corrector
 from .warp import (
     affine_fit,
@@ -124,6 +131,13 @@ class CorrectorConfig:
         blocks: extra residual 3x3 conv blocks per encoder level (0 for the
             fast variant; the ``paper`` timing reference uses them to reach
             the published cost).
+        global_align: start from a global similarity registration of the
+            thermal image (:mod:`.global_align`, no learned weights) instead
+            of zero flow.
+        refine: the learned stages add flow residuals to that start; False
+            keeps the global estimate as the flow (the learned stages then
+            only give M and the Modality Retention Block its input).
+        align: settings of the global registration.
     """
 
     stem_stride: int = 8
@@ -140,6 +154,9 @@ class CorrectorConfig:
     min_shift_width: float = 0.25
     coarse_iters: int = 2
     blocks: int = 0
+    global_align: bool = False
+    refine: bool = True
+    align: GlobalAlignConfig = GlobalAlignConfig()
 
     @property
     def stages(self) -> list[int]:
@@ -418,12 +435,33 @@ class Corrector(nn.Module):
         self.log_temp = nn.Parameter(torch.full((len(heads),), math.log(_SOFTARGMAX_TEMP)))
         self.mrb = ModalityRetentionBlock(w[0], cfg.mrb_width, cfg.windows)
 
+    def _start_flow(self, visible: torch.Tensor, thermal: torch.Tensor, init_flow: torch.Tensor | None,
+                    like: torch.Tensor, padded_hw: tuple[int, int]) -> torch.Tensor:
+        """Flow the coarsest stage starts from, ``(B, 2, h_l, w_l)`` in pixels of that level."""
+        h, w = visible.shape[-2:]
+        hl, wl = like.shape[-2:]
+        stride = padded_hw[0] // hl
+        if init_flow is not None:
+            ph, pw = padded_hw[0] - h, padded_hw[1] - w
+            ip = F.pad(init_flow, (0, pw, 0, ph), mode='replicate') if ph or pw else init_flow
+            return F.avg_pool2d(ip, stride) / stride
+        # The field evaluated at the level's cell centres (padding is at the bottom/right, so
+        # cell i is centred on input pixel coordinate (i + 0.5) * stride).
+        with torch.no_grad():   # no learned weights: nothing to train through
+            return similarity_flow(visible, thermal, self.cfg.align, size=(hl, wl), cell=stride) / stride
+
     def config_dict(self) -> dict:
         """Hyper-parameters as a plain dict (for model cards)."""
         return asdict(self.cfg)
 
     def forward(self, fused: torch.Tensor, visible: torch.Tensor, thermal: torch.Tensor,
-                aux: bool = False) -> CorrectorOutput:
+                aux: bool = False, init_flow: torch.Tensor | None = None) -> CorrectorOutput:
+        """Correct ``fused``; see the class docstring for shapes.
+
+        ``init_flow`` (``(B, 2, H, W)``, pixels) replaces the start of the
+        coarsest stage (zero, or the global registration when
+        ``cfg.global_align``); used by tests and experiments.
+        """
         cfg = self.cfg
         h, w = fused.shape[-2:]
         mult = cfg.multiple
@@ -466,12 +504,15 @@ class Corrector(nn.Module):
             fv, ff, ft = feats[i].chunk(3, 1)
             ev, et = edges[i]
             c = fv.shape[1]
-            if k == 0:
+            if k == 0 and init_flow is None and not cfg.global_align:
                 phi0 = torch.zeros_like(fv[:, :2])
                 lg0 = torch.zeros_like(fv[:, :1])
                 ff_w, ft_w, et_w = ff, ft, et
             else:
-                if i == prev_lvl:
+                if k == 0:
+                    phi0 = self._start_flow(visible, thermal, init_flow, fv, (hp, wp))
+                    lg0 = torch.zeros_like(fv[:, :1])
+                elif i == prev_lvl:
                     phi0, lg0 = flows[j + 1], logits[j + 1]
                 else:
                     size = tuple(fv.shape[-2:])
@@ -492,8 +533,12 @@ class Corrector(nn.Module):
             if k:
                 parts += [phi0 * _FLOW_INPUT_SCALE, lg0, ctx]
             dphi, dlg, ctx = self.heads[k](torch.cat(parts, 1))
-            flows[j] = phi0 + dphi
             logits[j] = lg0 + dlg[:, :1]
+            if not cfg.refine and (cfg.global_align or init_flow is not None):
+                flows[j] = phi0
+                prev_lvl = i
+                continue
+            flows[j] = phi0 + dphi
             if i == coarsest and cfg.global_affine:
                 flows[j] = affine_fit(flows[j], torch.sigmoid(dlg[:, 1:2]), _AFFINE_ITERS, _AFFINE_SCALE)
             prev_lvl = i
@@ -560,3 +605,9 @@ def corrector_paper() -> Corrector:
                                      head_in_kernel=(3, 3), dilations=((1, 1), (1, 1)), mrb_width=16,
                                      windows=(1, 3, 5), global_affine=False, coarse_iters=1,
                                      blocks=PAPER_BLOCKS))
+
+
+@register_corrector('corrector_fast_ga')
+def corrector_fast_ga() -> Corrector:
+    """``corrector_fast`` started from the global similarity registration (:mod:`.global_align`)."""
+    return Corrector(CorrectorConfig(global_align=True))

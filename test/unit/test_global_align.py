@@ -1,0 +1,126 @@
+"""Global similarity registration (models/global_align.py) and its use in the corrector."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ros2_regionfuse.core import convert
+from ros2_regionfuse.core.imageio import read_gray, read_rgb
+from ros2_regionfuse.models.corrector import Corrector, CorrectorConfig
+from ros2_regionfuse.models.global_align import (
+    GlobalAlignConfig,
+    centred_coords,
+    estimate_similarity,
+    gain_gate,
+    moment_basis,
+    normal_equations,
+    similarity_field,
+    similarity_flow,
+    solve_spd,
+)
+from ros2_regionfuse.models.warp import warp_by_flow
+
+
+def _pair(test_data, stem: str) -> tuple[torch.Tensor, torch.Tensor]:
+    th = read_gray(test_data / 'ir' / f'{stem}.png', as_uint8=True).astype(np.float32) / 255.0
+    vis = convert.luminance(convert.rgb_to_unit(read_rgb(test_data / 'vi' / f'{stem}.png')))
+    return convert.to_tensor(vis), convert.to_tensor(th)
+
+
+def _field(params: list[float], h: int, w: int) -> torch.Tensor:
+    u, v = centred_coords(h, w, h, w, torch.zeros(1))
+    return similarity_field(torch.tensor([params]), u, v)
+
+
+def test_solve_spd_matches_linalg():
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(3, 4, 4, generator=g)
+    a = m @ m.transpose(1, 2) + 0.5 * torch.eye(4)
+    b = torch.randn(3, 4, generator=g)
+    expected = torch.linalg.solve(a, b.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(solve_spd(a, b), expected, atol=1e-4)
+
+
+def test_normal_equations_equal_explicit_jacobian():
+    g = torch.Generator().manual_seed(1)
+    jx, jy, r = (torch.randn(2, 3, 5, 7, generator=g, dtype=torch.float64) for _ in range(3))
+    u, v = centred_coords(5, 7, 40, 56, jx)
+    hess, grad = normal_equations(jx, jy, r, moment_basis(u, v))
+    jac = torch.stack([jx, jy, jx * u + jy * v, jy * u - jx * v], -1).reshape(2, -1, 4)
+    assert torch.allclose(hess, jac.transpose(1, 2) @ jac, rtol=1e-9, atol=1e-9)
+    assert torch.allclose(grad, (jac * r.reshape(2, -1, 1)).sum(1), rtol=1e-9, atol=1e-9)
+
+
+def test_similarity_field_is_rotation_scale_translation():
+    # centre pixel of a 5x5 image has u = v = 0 (coordinates of pixel centres, origin at the image centre)
+    f = _field([2.0, -1.0, 0.1, 0.05], 5, 5)
+    assert f[0, :, 2, 2].tolist() == pytest.approx([2.0, -1.0])
+    # one pixel right of the centre (u = 1, v = 0): + (a, b)
+    assert f[0, :, 2, 3].tolist() == pytest.approx([2.1, -0.95])
+    # one pixel below (u = 0, v = 1): + (-b, a)
+    assert f[0, :, 3, 2].tolist() == pytest.approx([1.95, -0.9])
+
+
+@pytest.mark.parametrize('stem', ['tno17', 'FLIR_05005', '00537D'])
+def test_recovers_known_similarity_on_real_pair(test_data, stem):
+    vis, th = _pair(test_data, stem)
+    h, w = vis.shape[-2:]
+    truth = _field([6.0, -4.0, 0.02, 0.015], h, w)
+    # thermal content that belongs at p is found at p + truth(p) (the corrector's convention)
+    moved = warp_by_flow(th, -truth)
+    with torch.no_grad():
+        params, gain = estimate_similarity(vis, moved)
+        _, gain_aligned = estimate_similarity(vis, th)
+        est = similarity_flow(vis, moved)
+    shift = float(torch.linalg.vector_norm(truth, dim=1).mean())
+    err = float(torch.linalg.vector_norm(est - truth, dim=1).mean())
+    assert params[0, :2].tolist() == pytest.approx([6.0, -4.0], abs=1.5)
+    assert err < 0.35 * shift, (err, shift)
+    # the misaligned pair's descriptor difference drops far more than the aligned pair's
+    assert float(gain) > float(gain_aligned) + 0.1
+    assert float(gain) > GlobalAlignConfig().gain_high   # not gated away
+
+
+def test_flat_input_gives_zero_without_nan():
+    flat = torch.full((1, 1, 64, 96), 0.4)
+    params, gain = estimate_similarity(flat, flat)
+    assert torch.isfinite(params).all() and torch.isfinite(gain).all()
+    assert params.abs().max() < 1e-3
+    assert float(similarity_flow(flat, flat).abs().max()) < 1e-3
+    tiny = torch.rand(1, 1, 8, 8)
+    assert estimate_similarity(tiny, tiny)[0].abs().max() == 0.0   # below the minimum size
+
+
+def test_gain_gate_ramps():
+    cfg = GlobalAlignConfig(gain_low=0.1, gain_high=0.3)
+    assert gain_gate(torch.tensor([0.0, 0.1, 0.2, 0.3, 0.9]), cfg).tolist() == pytest.approx(
+        [0.0, 0.0, 0.5, 1.0, 1.0])
+
+
+@pytest.mark.parametrize('h,w', [(134, 256), (120, 150)])
+def test_corrector_starts_from_global_flow(test_data, h, w):
+    """refine=False: the corrector's flow is the gated similarity field, through padding and
+    upsampling (no dead zone: min_shift 0)."""
+    vis, th = _pair(test_data, 'FLIR_05005')
+    vis, th = vis[..., :h, :w], th[..., :h, :w]
+    truth = _field([5.0, 3.0, 0.01, -0.01], h, w)
+    moved = warp_by_flow(th, -truth)
+    model = Corrector(CorrectorConfig(global_align=True, refine=False, min_shift=0.0)).eval()
+    with torch.no_grad():
+        out = model(vis, vis, moved)
+        ref = similarity_flow(vis, moved)
+    inner = (slice(None), slice(None), slice(16, h - 16), slice(16, w - 16))
+    assert float(ref.abs().max()) > 3.0
+    assert torch.allclose(out.flow[inner], ref[inner], atol=0.05)
+
+
+def test_corrector_init_flow_replaces_start():
+    model = Corrector(CorrectorConfig(refine=False, min_shift=0.0)).eval()
+    x = torch.rand(1, 1, 64, 96, generator=torch.Generator().manual_seed(3))
+    init = _field([4.0, -2.0, 0.0, 0.0], 64, 96)
+    with torch.no_grad():
+        out = model(x, x, x, init_flow=init)
+        zero = model(x, x, x)
+    assert torch.allclose(out.flow, init, atol=1e-4)
+    assert float(zero.flow.abs().max()) < 1e-6   # untrained heads, no global start: zero flow
