@@ -157,8 +157,11 @@ def align_descriptor(img: torch.Tensor) -> torch.Tensor:
 
 def centred_coords(h: int, w: int, full_h: int, full_w: int, like: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Input-pixel coordinates ``(u, v)`` of the cell centres of an ``h x w`` grid over an
-    ``full_h x full_w`` image, relative to the image centre; each ``(1, 1, h, w)``."""
+    """Centred input-pixel coordinates ``(u, v)`` of the cell centres of a grid.
+
+    The ``h x w`` grid spans a ``full_h x full_w`` image; coordinates are
+    relative to the image centre; each ``(1, 1, h, w)``.
+    """
     ys = (torch.arange(h, dtype=like.dtype, device=like.device) + 0.5) * (full_h / h) - full_h / 2
     xs = (torch.arange(w, dtype=like.dtype, device=like.device) + 0.5) * (full_w / w) - full_w / 2
     return xs.view(1, 1, 1, w).expand(1, 1, h, w), ys.view(1, 1, h, 1).expand(1, 1, h, w)
@@ -269,7 +272,6 @@ def _translation_search(dv: torch.Tensor, dt: torch.Tensor, radius: int, down: i
     takes the best (integer cells; zero unless another offset scores higher);
     ``(B, 4)`` with the translation in input px.
     """
-    b = dv.shape[0]
     h, w = dv.shape[-2:]
     r = radius
     pad = F.pad(dt, (r, r, r, r))
@@ -349,8 +351,9 @@ def estimate_similarity(visible: torch.Tensor, thermal: torch.Tensor,
 
 
 def gain_gate(gain: torch.Tensor, cfg: GlobalAlignConfig) -> torch.Tensor:
-    """Weight in [0, 1] of an estimate with confidence ``gain``: linear ramp
-    from ``cfg.gain_low`` to ``cfg.gain_high``.
+    """Weight in [0, 1] of an estimate with confidence ``gain``.
+
+    A linear ramp from 0 at ``cfg.gain_low`` to 1 at ``cfg.gain_high``.
 
     Example:
         >>> gain_gate(torch.tensor([0.0, 0.04, 0.5]), GlobalAlignConfig()).tolist()
