@@ -8,6 +8,9 @@ exactly by ``--mean-shift``, one or more levels) or read from
 * ``none``: fusion of (visible, misaligned thermal);
 * ``ecc``: OpenCV ECC affine registration of thermal to visible
   (``cv2.findTransformECC``, 3-level pyramid), then fusion;
+* ``similarity``: the corrector's global start alone as a register-then-fuse
+  baseline (:mod:`ros2_regionfuse.models.global_align`: similarity transform
+  from edge descriptors, gated by its confidence), then fusion;
 * ``corrector``: fusion, then the post-registration corrector.
 
 Reported per level: PSNR and SSIM against the reference, the share of the
@@ -54,7 +57,9 @@ from ..core.imageio import (
     restrict_pairs,
 )
 from ..core.metrics import ssim
+from ..models.global_align import similarity_flow
 from ..models.runtime import load_model
+from ..models.warp import warp_by_flow
 from ..training.corrector_data import load_frozen_fusion
 from ..training.perturb import PerturbConfig, apply_perturbation, sample_perturbation
 
@@ -65,7 +70,7 @@ ECC_ITERS = 100
 ECC_EPS = 1e-5
 ECC_GAUSS = 5
 ECC_MAX_MOVE = 0.25  # a fit moving an image corner by more than this share of the size has diverged
-METHODS = ('none', 'ecc', 'corrector')
+METHODS = ('none', 'ecc', 'similarity', 'corrector')
 
 
 @dataclass
@@ -102,6 +107,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--corrector-variant', default='corrector_fast')
     p.add_argument('--corrector-checkpoint', default='', help='empty = shipped weights')
     p.add_argument('--no-ecc', action='store_true', help='skip the ECC baseline')
+    p.add_argument('--no-similarity', action='store_true',
+                   help='skip the global-similarity register-then-fuse baseline')
     p.add_argument('--threads', type=int, default=2, help='torch and OpenCV threads')
     p.add_argument('--max-pairs', type=int, default=0, help='use only the first N pairs (0 = all)')
     p.add_argument('--json', default='', help='also write the summary and per-frame results here')
@@ -181,6 +188,24 @@ def ecc_register(thermal: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, 
     if moved > ECC_MAX_MOVE * min(h, w) or cv2.computeECC(visible, reg) < cv2.computeECC(visible, thermal):
         return thermal.copy(), np.eye(2, 3, dtype=np.float32), False
     return reg, warp, ok
+
+
+@torch.inference_mode()
+def similarity_register(thermal: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Register thermal to visible by the gated global similarity estimate.
+
+    Args:
+        thermal, visible: ``(H, W)`` float32 in [0, 1].
+
+    Returns:
+        ``(registered thermal (H, W), flow (H, W, 2) px in the corrector's convention, ms)``.
+    """
+    t, v = convert.to_tensor(thermal), convert.to_tensor(visible)
+    t0 = time.perf_counter()
+    flow = similarity_flow(v, t)
+    reg = warp_by_flow(t, flow)
+    ms = (time.perf_counter() - t0) * 1e3
+    return convert.to_numpy(reg), convert.to_numpy(flow), ms
 
 
 def fusion_psnr(fused: np.ndarray, visible: np.ndarray, thermal: np.ndarray) -> float:
@@ -315,6 +340,11 @@ def evaluate(args: argparse.Namespace) -> dict:
                 if gt is not None:
                     fe = affine_flow(warp, h, w)
                     fr.epe['ecc'] = float(np.hypot(*(fe - gt).transpose(2, 0, 1))[valid].mean())
+            if not args.no_similarity:
+                reg, flow_s, fr.ms['similarity'] = similarity_register(tw, vis)
+                outs['similarity'], _ = models.fuse(reg, vis)
+                if gt is not None:
+                    fr.epe['similarity'] = float(np.hypot(*(flow_s - gt).transpose(2, 0, 1))[valid].mean())
             corr, _, flow, ms_c = models.correct(fused, vis, tw)
             outs['corrector'] = corr
             fr.ms['corrector'] = ms_c
