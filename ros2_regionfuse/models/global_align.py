@@ -74,6 +74,10 @@ class GlobalAlignConfig:
         search: radius (cells of the coarsest level) of the exhaustive
             image-wide translation search that starts the solver (0 = start at
             zero); 4 at 1/8 covers +-32 px.
+        margin: border band (fraction of each side) left out of the measure:
+            thermal cameras often frame the image (a dark or bright border,
+            a shutter edge) that has no visible counterpart and would pull
+            the estimate toward a spurious scale change.
     """
 
     coarse_cells: int = 80
@@ -95,6 +99,7 @@ class GlobalAlignConfig:
     gain_low: float = 0.02
     gain_high: float = 0.06
     search: int = 4
+    margin: float = 0.05
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -265,6 +270,12 @@ def normal_equations(jx: torch.Tensor, jy: torch.Tensor, r: torch.Tensor, basis:
     return hess, grad
 
 
+def _inner_mask(u: torch.Tensor, v: torch.Tensor, big: int, bigw: int, margin: float) -> torch.Tensor:
+    """``(1, 1, h, w)`` 1 inside, 0 within ``margin`` (fraction of the size) of the image border."""
+    inside = (u.abs() < bigw * (0.5 - margin)) & (v.abs() < big * (0.5 - margin))
+    return inside.to(u.dtype)
+
+
 def _translation_search(dv: torch.Tensor, dt: torch.Tensor, radius: int, down: int) -> torch.Tensor:
     """Start parameters from an exhaustive search of the image-wide translation.
 
@@ -328,16 +339,18 @@ def estimate_similarity(visible: torch.Tensor, thermal: torch.Tensor,
         c = dt.shape[1]
         stack = torch.cat([dt, gx, gy], 1)
         scale = 1.0 / down   # input px -> cells of this level
+        mask = _inner_mask(u, v, big, bigw, cfg.margin)
         if down == cfg.factors(bigw)[0] and cfg.search > 0:
-            params = _translation_search(dv, dt, cfg.search, down)
+            params = _translation_search(dv * mask, dt, cfg.search, down)
         err = None
         for it in range(iters + 1):
             ws = warp_by_flow(stack, similarity_field(params, u, v) * scale)
-            r = ws[:, :c] - dv
+            r = (ws[:, :c] - dv) * mask
             if it == iters:
                 err = (r * r).mean((1, 2, 3))
                 break
-            jx, jy = ws[:, c:2 * c] * scale, ws[:, 2 * c:] * scale   # d r / d phi (per input px)
+            # d r / d phi (per input px)
+            jx, jy = ws[:, c:2 * c] * (scale * mask), ws[:, 2 * c:] * (scale * mask)
             hess, grad = normal_equations(jx, jy, r, basis)
             hess = hess + cfg.damping * hess * eye + 1e-9 * eye
             if torch.jit.is_tracing():
@@ -345,7 +358,7 @@ def estimate_similarity(visible: torch.Tensor, thermal: torch.Tensor,
             else:   # same result, one call instead of ~60 small ops
                 step = torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
             params = params - step
-        at_zero = ((dt - dv) ** 2).mean((1, 2, 3))
+        at_zero = (((dt - dv) * mask) ** 2).mean((1, 2, 3))
         gain = 1.0 - err / at_zero.clamp_min(1e-12)
     return params, gain
 
