@@ -535,12 +535,12 @@ class Corrector(nn.Module):
             dphi, dlg, ctx = self.heads[k](torch.cat(parts, 1))
             logits[j] = lg0 + dlg[:, :1]
             if not cfg.refine and (cfg.global_align or init_flow is not None):
-                flows[j] = phi0
-                prev_lvl = i
-                continue
-            flows[j] = phi0 + dphi
-            if i == coarsest and cfg.global_affine:
-                flows[j] = affine_fit(flows[j], torch.sigmoid(dlg[:, 1:2]), _AFFINE_ITERS, _AFFINE_SCALE)
+                flows[j] = phi0   # the start is the flow; the heads give M and context only
+            else:
+                flows[j] = phi0 + dphi
+                if i == coarsest and cfg.global_affine:
+                    flows[j] = affine_fit(flows[j], torch.sigmoid(dlg[:, 1:2]), _AFFINE_ITERS,
+                                          _AFFINE_SCALE)
             prev_lvl = i
 
         fv, ff, ft = feats[0].chunk(3, 1)
