@@ -581,11 +581,11 @@ class Corrector(nn.Module):
 
 @register_corrector('corrector_fast')
 def corrector_fast() -> Corrector:
-    """Fast variant: levels at 1/8 and 1/16 (two stages at 1/16).
+    """Fast variant: global similarity start, then levels at 1/8 and 1/16 (two stages at 1/16).
 
     Full resolution sees only one upsampling and one warp.
     """
-    return Corrector(CorrectorConfig())
+    return Corrector(CorrectorConfig(global_align=True))
 
 
 # Extra encoder blocks of the paper reference: with them its cost at 640x480 (234.7 GFLOPs,
@@ -605,9 +605,3 @@ def corrector_paper() -> Corrector:
                                      head_in_kernel=(3, 3), dilations=((1, 1), (1, 1)), mrb_width=16,
                                      windows=(1, 3, 5), global_affine=False, coarse_iters=1,
                                      blocks=PAPER_BLOCKS))
-
-
-@register_corrector('corrector_fast_ga')
-def corrector_fast_ga() -> Corrector:
-    """``corrector_fast`` started from the global similarity registration (:mod:`.global_align`)."""
-    return Corrector(CorrectorConfig(global_align=True))

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..core.checks import ConfigError
@@ -59,10 +60,11 @@ PREPARE_HW = (120, 160)
 """Small size (H, W) whose graph a runner loads or exports when it is built (fails early, cheaply)."""
 
 DYNAMIC_CHECK_OFFSET = (9, 13)
-"""The first dynamic-size check runs at the traced size minus these (H, W): a size that needs padding."""
+"""The first dynamic-size check runs at the traced size minus (else plus) these (H, W): a size that
+needs padding."""
 
 DYNAMIC_ALIGN = 64
-"""The second dynamic-size check runs at the traced size rounded down to a multiple of this."""
+"""The second dynamic-size check runs at the traced size rounded down (else up) to a multiple of this."""
 
 DYNAMIC_TOLERANCE = 1e-3
 """Largest :func:`session_parity` difference ONNX vs torch for a graph to be used (at its traced size)
@@ -86,17 +88,27 @@ class _CorrectorGraph(nn.Module):
 
 
 def graph_key(model: nn.Module, h: int, w: int) -> int:
-    """Which dynamic graph serves an ``h x w`` input: the fusion network's level, else 0.
+    """Which dynamic graph serves an ``h x w`` input, else 0 (one graph for all sizes).
+
+    The fusion network's pyramid level; for a corrector with a global start,
+    the downsampling factor of the start's coarsest level (pooling sizes are
+    fixed in a graph).
 
     Example:
         >>> from ros2_regionfuse.models.fusion_net import regionfuse_tiny
+        >>> from ros2_regionfuse.models.corrector import Corrector, CorrectorConfig
         >>> m = regionfuse_tiny()
         >>> graph_key(m, 480, 640), graph_key(m, 1024, 1280), graph_key(nn.Identity(), 9, 9)
         (3, 4, 0)
+        >>> graph_key(Corrector(CorrectorConfig(global_align=True)), 480, 640)
+        8
     """
+    from .corrector import Corrector
     from .fusion_net import RegionFuseNet, network_level
     if isinstance(model, RegionFuseNet):
         return network_level(h, w, model.cfg.base_size)
+    if isinstance(model, Corrector) and model.cfg.global_align:
+        return model.cfg.align.factors(w)[0]
     return 0
 
 
@@ -108,10 +120,14 @@ def sample_size_for_key(model: nn.Module, key: int) -> tuple[int, int]:
         >>> sample_size_for_key(regionfuse_tiny(), 4)
         (960, 1280)
     """
+    from .corrector import Corrector
     if key == 0:
         return EXPORT_SAMPLE_HW
-    base = getattr(getattr(model, 'cfg', None), 'base_size', EXPORT_SAMPLE_HW[1])
-    w = int(base * 2 ** (key - 3))
+    if isinstance(model, Corrector):
+        w = key * model.cfg.align.coarse_cells
+    else:
+        base = getattr(getattr(model, 'cfg', None), 'base_size', EXPORT_SAMPLE_HW[1])
+        w = int(base * 2 ** (key - 3))
     h = w * 3 // 4
     if graph_key(model, h, w) != key:
         raise ConfigError(f'no input size maps to graph {key} of {type(model).__name__}')
@@ -182,8 +198,26 @@ def _torch_outputs(model: nn.Module, kind: str, xs: list[torch.Tensor]) -> list[
     return [out] if kind == 'fusion' else [out.image, out.misregistration, out.flow]
 
 
+def parity_inputs(kind: str, hw: tuple[int, int], seed: int = 0) -> list[torch.Tensor]:
+    """Seeded image-like inputs ``(1, 1, H, W)`` in [0, 1] for parity checks.
+
+    Smooth random structure (bilinear upsampling of an 8x coarser random
+    image) plus fine noise: white noise alone is a pathological input for
+    the corrector's registration (no structure, so every estimate is equally
+    good and float rounding decides), real frames are not.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    h, w = hw
+    out = []
+    for _ in INPUT_NAMES[kind]:
+        coarse = torch.rand(1, 1, max(2, h // 8 + 1), max(2, w // 8 + 1), generator=gen)
+        smooth = F.interpolate(coarse, size=hw, mode='bilinear', align_corners=False)
+        out.append((0.85 * smooth + 0.15 * torch.rand(1, 1, h, w, generator=gen)).clamp(0.0, 1.0))
+    return out
+
+
 def session_parity(model: nn.Module, kind: str, sess: Any, hw: tuple[int, int], seed: int = 0) -> float:
-    """Largest difference of an ONNX Runtime session vs torch over all outputs, on seeded random input.
+    """Largest difference of an ONNX Runtime session vs torch over all outputs, on seeded random images.
 
     Each output's max abs difference is divided by ``max(1, max |torch output|)``: absolute for
     outputs within [-1, 1] (images, M), relative for flows in pixels, whose float32 rounding grows
@@ -195,13 +229,12 @@ def session_parity(model: nn.Module, kind: str, sess: Any, hw: tuple[int, int], 
         kind: ``'fusion'`` or ``'corrector'``.
         sess: an ``onnxruntime.InferenceSession`` of the graph.
         hw: input ``(H, W)``.
-        seed: seed of the random inputs.
+        seed: seed of the random inputs (:func:`parity_inputs`).
 
     Returns:
         The largest scaled difference (inf if ONNX Runtime fails at this size).
     """
-    gen = torch.Generator().manual_seed(seed)
-    xs = [torch.rand(1, 1, *hw, generator=gen) for _ in INPUT_NAMES[kind]]
+    xs = parity_inputs(kind, hw, seed)
     ref = _torch_outputs(model, kind, xs)
     try:
         outs = sess.run(None, {n: x.numpy() for n, x in zip(INPUT_NAMES[kind], xs, strict=True)})
@@ -221,6 +254,34 @@ def onnx_parity(model: nn.Module, kind: str, onnx_model: bytes | str | Path, hw:
     so.log_severity_level = 4  # a failure at this size is a result here, not an error to print
     sess = ort.InferenceSession(src, so, providers=['CPUExecutionProvider'])
     return session_parity(model, kind, sess, hw, seed)
+
+
+def dynamic_check_sizes(model: nn.Module, sample_hw: tuple[int, int]) -> list[tuple[int, int]]:
+    """Two other input sizes served by the same graph as ``sample_hw`` (same :func:`graph_key`).
+
+    One needs internal padding (the traced size minus, else plus,
+    ``DYNAMIC_CHECK_OFFSET``), one needs none (rounded down, else up, to a
+    multiple of ``DYNAMIC_ALIGN``), so neither a baked padding nor a baked
+    size goes unnoticed. Candidates of another key are skipped; fewer than two
+    sizes are returned when none qualifies.
+
+    Example:
+        >>> dynamic_check_sizes(nn.Identity(), (480, 640))
+        [(471, 627), (448, 640)]
+    """
+    h, w = sample_hw
+    dh, dw = DYNAMIC_CHECK_OFFSET
+    a = DYNAMIC_ALIGN
+    key = graph_key(model, h, w)
+    groups = [[(h - dh, w - dw), (h + dh, w + dw)],
+              [(max(a, h - h % a), max(a, w - w % a)), (h + (-h) % a, w + (-w) % a)]]
+    out = []
+    for group in groups:
+        for hw in group:
+            if min(hw) > 0 and hw != sample_hw and graph_key(model, *hw) == key:
+                out.append(hw)
+                break
+    return out
 
 
 def export_onnx(model: nn.Module, kind: str, sample_hw: tuple[int, int] = EXPORT_SAMPLE_HW,
@@ -252,8 +313,7 @@ def export_onnx(model: nn.Module, kind: str, sample_hw: tuple[int, int] = EXPORT
         raise ConfigError(f'unknown model kind {kind!r}')
     model = model.eval().cpu()
     graph = _CorrectorGraph(model) if kind == 'corrector' else model
-    gen = torch.Generator().manual_seed(0)
-    args = tuple(torch.rand(1, 1, *sample_hw, generator=gen) for _ in INPUT_NAMES[kind])
+    args = tuple(parity_inputs(kind, sample_hw))
     names_in, names_out = INPUT_NAMES[kind], OUTPUT_NAMES[kind]
     dyn = {n: {2: 'height', 3: 'width'} for n in names_in + names_out}
     buf = io.BytesIO()
@@ -269,13 +329,8 @@ def export_onnx(model: nn.Module, kind: str, sample_hw: tuple[int, int] = EXPORT
             **(metadata or {})}
     meta['max_abs_diff'] = f'{onnx_parity(model, kind, buf.getvalue(), sample_hw):.3g}'
     if check_dynamic:
-        # Two other sizes of the same key: one that needs internal padding and one that needs
-        # none (a multiple of 64), so neither a baked padding nor a baked size goes unnoticed.
-        h, w = sample_hw
-        checks = [(h - DYNAMIC_CHECK_OFFSET[0], w - DYNAMIC_CHECK_OFFSET[1]),
-                  (max(DYNAMIC_ALIGN, h - h % DYNAMIC_ALIGN), max(DYNAMIC_ALIGN, w - w % DYNAMIC_ALIGN))]
-        diffs = [onnx_parity(model, kind, buf.getvalue(), hw, seed=i + 1) for i, hw in enumerate(checks)
-                 if min(hw) > 0 and hw != sample_hw and graph_key(model, *hw) == key]
+        checks = dynamic_check_sizes(model, sample_hw)
+        diffs = [onnx_parity(model, kind, buf.getvalue(), hw, seed=i + 1) for i, hw in enumerate(checks)]
         d1 = max(diffs) if diffs else float('nan')
         meta['max_abs_diff_dynamic'] = f'{d1:.3g}'
         meta['dynamic_hw'] = 'true' if d1 <= DYNAMIC_TOLERANCE else 'false'

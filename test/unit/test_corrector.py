@@ -53,9 +53,13 @@ def test_fast_variant_shapes_and_aux_levels():
     assert [f.shape[-2:] for f in aux.flows] == [(6, 10), (3, 5), (3, 5)]   # 1/8, then two stages at 1/16
 
 
+# corrector_fast without its global start (tests of the learned path alone)
+LEARNED_ONLY = CorrectorConfig(global_align=False)
+
+
 def test_untrained_corrector_is_identity():
     """Zero-initialised heads: flow 0, so the output equals the fused input."""
-    m = build_corrector('corrector_fast').eval()
+    m = Corrector(LEARNED_ONLY).eval()
     fused, vis, th = _inputs(40, 56, seed=3)
     with torch.no_grad():
         out = m(fused, vis, th)
@@ -65,7 +69,7 @@ def test_untrained_corrector_is_identity():
 
 def test_full_resolution_assembly_formula():
     """A constant coarse flow composes to stride * flow and the output follows the documented formula."""
-    m = build_corrector('corrector_fast').eval()
+    m = Corrector(LEARNED_ONLY).eval()
     coarsest = m.heads[0].out     # heads run coarsest stage first
     with torch.no_grad():
         coarsest.bias[0] = 0.5      # x, pixels of the 1/16 level -> 8 px at full resolution
@@ -84,6 +88,19 @@ def test_full_resolution_assembly_formula():
     expect = (m_map * warp_by_flow(fused, flow) + (1 - m_map) * warp_by_flow(fused, -flow)
               + 0.5 * (vis - (m_map * warp_by_flow(vis, flow) + (1 - m_map) * warp_by_flow(vis, -flow))))
     assert torch.allclose(out.image, expect.clamp(0, 1), atol=1e-4)
+
+
+def test_untrained_fast_corrector_leaves_a_real_aligned_image_alone(test_data):
+    """With its global start: identical visible and thermal images give a zero start, so the
+    untrained corrector (zero-initialised heads) returns its input."""
+    th, _ = _real_pair(test_data, 'FLIR_05005')
+    x = convert.to_tensor(th)
+    m = build_corrector('corrector_fast').eval()
+    assert m.cfg.global_align
+    with torch.no_grad():
+        out = m(x, x, x)
+    assert float(out.flow.abs().max()) < 1e-3
+    assert float((out.image - x).abs().max()) < 1e-4
 
 
 def test_gradients_flow_to_all_heads():
