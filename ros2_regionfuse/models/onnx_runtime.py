@@ -396,26 +396,31 @@ class OnnxModel:
             pipeline sets from ``cfg.threads``).
         module: export this module (e.g. untrained, for timing) instead of
             loading ``checkpoint``; its graphs are cached by a hash of its state.
+        global_start: False switches a corrector's global start off (its graphs
+            then have graph key 0).
 
     Raises:
         ConfigError, WeightsError: unknown variant, missing/corrupt weights.
     """
 
     def __init__(self, kind: str, variant: str, checkpoint: str, device: torch.device,
-                 threads: int = 0, module: nn.Module | None = None) -> None:
-        from .runtime import load_model
+                 threads: int = 0, module: nn.Module | None = None, global_start: bool = True) -> None:
+        from .runtime import load_model, without_global_start
         if kind not in INPUT_NAMES:
             raise ConfigError(f'unknown model kind {kind!r}')
         self.kind, self.variant, self.device = kind, variant, device
         self.weights: Path | None
         if module is not None:
             self.model = copy.deepcopy(module).eval().cpu()
+            if not global_start:
+                without_global_start(self.model)
             self.card: dict[str, Any] = {'name': f'{variant}@custom'}
             self.weights, self.sha = None, state_sha256(self.model)
         else:
             self.weights = Path(checkpoint) if checkpoint else shipped_weights(variant)
             # Loads strictly (clear WeightsError for missing/corrupt files) and gives the card.
-            self.model, self.card = load_model(kind, variant, str(self.weights), torch.device('cpu'))
+            self.model, self.card = load_model(kind, variant, str(self.weights), torch.device('cpu'),
+                                               global_start=global_start)
             self.sha = file_sha256(self.weights)
         self.code = code_sha256()
         self.threads = threads or torch.get_num_threads()
@@ -535,7 +540,7 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def build_onnx_runner(kind: str, variant: str, checkpoint: str, device: torch.device,
-                      threads: int = 0, module: nn.Module | None = None
+                      threads: int = 0, module: nn.Module | None = None, global_start: bool = True
                       ) -> tuple[Callable, dict[str, Any]]:
     """Return ``(runner, card)`` running ``variant`` with ONNX Runtime.
 
@@ -548,7 +553,7 @@ def build_onnx_runner(kind: str, variant: str, checkpoint: str, device: torch.de
         ConfigError: unknown kind or variant, or a model that does not export to ONNX.
         WeightsError: missing, corrupt or mismatching weights.
     """
-    om = OnnxModel(kind, variant, checkpoint, device, threads, module)
+    om = OnnxModel(kind, variant, checkpoint, device, threads, module, global_start)
     om.session_for(*PREPARE_HW)  # load or export now: errors at build (node: configure) time
     card = dict(om.card)
     card.setdefault('name', f'{variant}@{om.stem if om.weights else "custom"}')

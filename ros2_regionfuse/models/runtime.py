@@ -7,7 +7,9 @@ All tensors are ``(1, C, H, W)`` float32 on the pipeline's device, images in
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +22,12 @@ from ..core.weights import load_weights, shipped_weights
 from .registry import build_corrector, build_fusion
 
 
-def load_model(kind: str, variant: str, checkpoint: str, device: torch.device
-               ) -> tuple[nn.Module, dict[str, Any]]:
+def load_model(kind: str, variant: str, checkpoint: str, device: torch.device,
+               global_start: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     """Build ``variant`` and load ``checkpoint`` (empty: the shipped weights) strictly.
+
+    ``global_start=False`` switches a corrector's global similarity start off
+    (:func:`without_global_start`).
 
     Returns:
         ``(model in eval mode on device, model card)``; the card gains a
@@ -42,12 +47,23 @@ def load_model(kind: str, variant: str, checkpoint: str, device: torch.device
     card = load_weights(model, path)
     card = dict(card)
     card.setdefault('name', f'{variant}@{path.stem}')
+    if kind == 'corrector' and not global_start:
+        without_global_start(model)
+        card['global_start'] = False
     model = model.eval().to(device)
     if kind == 'fusion' and device.type == 'cpu':
         # channels_last: oneDNN convolutions for the low-resolution network; measured -18 % fusion
         # time at 640x480 on 2 CPU threads (the corrector gains nothing); see docs/performance.md
         model = model.to(memory_format=torch.channels_last)
     return model, card
+
+
+def without_global_start(model: nn.Module) -> nn.Module:
+    """Switch a corrector's global similarity start off in place (no-op for other models)."""
+    from .corrector import Corrector
+    if isinstance(model, Corrector) and model.cfg.global_align:
+        model.cfg = replace(model.cfg, global_align=False)
+    return model
 
 
 def _torch_runner(kind: str, model: nn.Module) -> Callable:
@@ -73,11 +89,14 @@ def build_runner(kind: str, cfg: PipelineConfig, device: torch.device,
     ``backend: onnxruntime`` it is exported and run by ONNX Runtime).
     """
     sub = cfg.fusion if kind == 'fusion' else cfg.corrector
+    start = kind != 'corrector' or cfg.corrector.global_start
     if cfg.backend == 'onnxruntime':
         from .onnx_runtime import build_onnx_runner
         return build_onnx_runner(kind, sub.variant, sub.checkpoint, device, threads=cfg.threads,
-                                 module=module)
+                                 module=module, global_start=start)
     if module is not None:
+        if not start:
+            module = without_global_start(copy.deepcopy(module))
         return _torch_runner(kind, module.eval().to(device)), {'name': f'{sub.variant}@custom'}
-    model, card = load_model(kind, sub.variant, sub.checkpoint, device)
+    model, card = load_model(kind, sub.variant, sub.checkpoint, device, global_start=start)
     return _torch_runner(kind, model), card

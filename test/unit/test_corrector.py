@@ -174,3 +174,13 @@ def test_identity_on_real_pair_with_shipped_weights(test_data, stem):
     assert float(mag.mean()) < 1.0
     mse = float(((out.image - fused) ** 2).mean())
     assert 10 * np.log10(1.0 / max(mse, 1e-12)) > 35.0
+
+
+def test_load_model_can_switch_the_global_start_off():
+    from ros2_regionfuse.models.runtime import load_model
+    on, card_on = load_model('corrector', 'corrector_fast', '', torch.device('cpu'))
+    off, card_off = load_model('corrector', 'corrector_fast', '', torch.device('cpu'), global_start=False)
+    assert on.cfg.global_align and not off.cfg.global_align
+    assert card_off['global_start'] is False and 'global_start' not in card_on
+    for a, b in zip(on.state_dict().values(), off.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

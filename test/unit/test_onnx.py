@@ -251,3 +251,27 @@ def test_runner_checks_each_new_size_against_torch():
         assert (run(t, y) - ref).abs().max().item() < PARITY_ATOL, hw
     # the dynamic graph passed its export check and serves 64x96; 60x90 got its own graph
     assert sorted(card['onnx']) == ['0', '0@60x90']
+
+
+def test_corrector_global_start_switch(corrector_model, small_fusion_model, real_pairs):
+    """corrector.global_start: false runs the learned stages only, on both backends (key-0 graph)."""
+    from ros2_regionfuse.models.corrector import Corrector, CorrectorConfig
+    _stem, t, y = real_pairs[0]
+    with torch.inference_mode():
+        f = small_fusion_model(t, y)
+        expected = Corrector(CorrectorConfig(global_align=False))
+        expected.load_state_dict(corrector_model.state_dict())
+        ref = expected.eval()(f, y, t)
+        with_start = corrector_model(f, y, t)
+    assert float((ref.flow - with_start.flow).abs().max()) > 0.1   # the switch matters on this pair
+    off = PipelineConfig()
+    off.corrector.global_start = False
+    run_torch, _ = build_runner('corrector', off, torch.device('cpu'), corrector_model)
+    assert corrector_model.cfg.global_align   # the caller's module is not changed
+    image, _m, flow = run_torch(f, y, t)
+    assert torch.equal(flow, ref.flow) and torch.equal(image, ref.image)
+    off.backend, off.threads = 'onnxruntime', 1
+    run_onnx, card = _onnx_corrector_or_xfail(off, corrector_model)
+    image_o, _m, flow_o = run_onnx(f, y, t)
+    assert float((flow_o - ref.flow).abs().max()) < PARITY_ATOL * 10 + 1e-5 * float(ref.flow.abs().max())
+    assert list(card['onnx']) == ['0']
