@@ -335,7 +335,7 @@ def estimate_similarity(visible: torch.Tensor, thermal: torch.Tensor,
     if min(big, bigw) < 16 and not torch.jit.is_tracing():
         return params, gain
     eye = torch.eye(PARAMS, dtype=visible.dtype, device=visible.device)
-    for down, iters in zip(cfg.factors(bigw), cfg.iters):
+    for lvl, (down, iters) in enumerate(zip(cfg.factors(bigw), cfg.iters)):
         dv, dt = _level_descriptors(visible, thermal, down, cfg.blur)
         h, w = dv.shape[-2:]
         u, v = centred_coords(h, w, big, bigw, dv)
@@ -345,15 +345,11 @@ def estimate_similarity(visible: torch.Tensor, thermal: torch.Tensor,
         stack = torch.cat([dt, gx, gy], 1)
         scale = 1.0 / down   # input px -> cells of this level
         mask = _inner_mask(u, v, big, bigw, cfg.margin)
-        if down == cfg.factors(bigw)[0] and cfg.search > 0:
+        if lvl == 0 and cfg.search > 0:
             params = _translation_search(dv * mask, dt, cfg.search, down)
-        err = None
-        for it in range(iters + 1):
+        for _ in range(iters):
             ws = warp_by_flow(stack, similarity_field(params, u, v) * scale)
             r = (ws[:, :c] - dv) * mask
-            if it == iters:
-                err = (r * r).mean((1, 2, 3))
-                break
             # d r / d phi (per input px)
             jx, jy = ws[:, c:2 * c] * (scale * mask), ws[:, 2 * c:] * (scale * mask)
             hess, grad = normal_equations(jx, jy, r, basis)
@@ -363,8 +359,10 @@ def estimate_similarity(visible: torch.Tensor, thermal: torch.Tensor,
             else:   # same result, one call instead of ~60 small ops
                 step = torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
             params = params - step
-        at_zero = (((dt - dv) * mask) ** 2).mean((1, 2, 3))
-        gain = 1.0 - err / at_zero.clamp_min(1e-12)
+    # Confidence at the finest level: descriptor difference at the estimate vs at phi = 0.
+    r = (warp_by_flow(dt, similarity_field(params, u, v) * scale) - dv) * mask
+    at_zero = (((dt - dv) * mask) ** 2).mean((1, 2, 3))
+    gain = 1.0 - (r * r).mean((1, 2, 3)) / at_zero.clamp_min(1e-12)
     return params, gain
 
 
