@@ -396,8 +396,8 @@ class OnnxModel:
             pipeline sets from ``cfg.threads``).
         module: export this module (e.g. untrained, for timing) instead of
             loading ``checkpoint``; its graphs are cached by a hash of its state.
-        global_start: False switches a corrector's global start off (its graphs
-            then have graph key 0).
+        global_start: False switches the loaded corrector's global start off
+            (its graphs then have graph key 0); ``module`` is used as given.
 
     Raises:
         ConfigError, WeightsError: unknown variant, missing/corrupt weights.
@@ -405,15 +405,13 @@ class OnnxModel:
 
     def __init__(self, kind: str, variant: str, checkpoint: str, device: torch.device,
                  threads: int = 0, module: nn.Module | None = None, global_start: bool = True) -> None:
-        from .runtime import load_model, without_global_start
+        from .runtime import load_model
         if kind not in INPUT_NAMES:
             raise ConfigError(f'unknown model kind {kind!r}')
         self.kind, self.variant, self.device = kind, variant, device
         self.weights: Path | None
         if module is not None:
             self.model = copy.deepcopy(module).eval().cpu()
-            if not global_start:
-                without_global_start(self.model)
             self.card: dict[str, Any] = {'name': f'{variant}@custom'}
             self.weights, self.sha = None, state_sha256(self.model)
         else:

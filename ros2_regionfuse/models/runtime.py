@@ -90,13 +90,13 @@ def build_runner(kind: str, cfg: PipelineConfig, device: torch.device,
     """
     sub = cfg.fusion if kind == 'fusion' else cfg.corrector
     start = kind != 'corrector' or cfg.corrector.global_start
+    if module is not None and not start:
+        module = without_global_start(copy.deepcopy(module))   # the caller's module is left as it is
     if cfg.backend == 'onnxruntime':
         from .onnx_runtime import build_onnx_runner
         return build_onnx_runner(kind, sub.variant, sub.checkpoint, device, threads=cfg.threads,
                                  module=module, global_start=start)
     if module is not None:
-        if not start:
-            module = without_global_start(copy.deepcopy(module))
         return _torch_runner(kind, module.eval().to(device)), {'name': f'{sub.variant}@custom'}
     model, card = load_model(kind, sub.variant, sub.checkpoint, device, global_start=start)
     return _torch_runner(kind, model), card
