@@ -59,3 +59,46 @@ def test_eval_registration_cli_reports_every_method(test_data, tmp_path, capsys)
     # the global similarity estimate gets the bulk of a 10 px misalignment on these pairs
     assert methods['similarity']['epe_ratio'] < 0.6
     assert res['aligned']['pairs'] == 3
+    # consistent EPE: per method, against the known shift composed with its aligned-pair flow
+    for m in ('ecc', 'similarity', 'corrector'):
+        assert methods[m]['epe_consistent'] == pytest.approx(
+            np.mean([f['epe_consistent'][m] for f in frames]))
+    assert methods['similarity']['epe_consistent_ratio'] < 0.6
+    check = res['aligned']['reference_check']
+    assert check['pairs'] == 3 and 0 <= check['mi_raised_by_registration'] <= check['moved'] <= 3
+    assert 'Reference check: on' in text
+
+
+def test_consistent_target_composes_displacements():
+    from ros2_regionfuse.cli.eval_registration import consistent_target
+    h, w = 24, 32
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    gt = np.stack([0.1 * xs, np.full_like(xs, -2.0)], -1)        # varies along x
+    phi0 = np.zeros((h, w, 2), np.float32)
+    phi0[..., 0] = 3.0                                           # 3 px right
+    tgt = consistent_target(gt, phi0)
+    inner = (slice(4, -4), slice(4, -8))
+    # phi0(p) + gt(p + phi0(p)): x = 3 + 0.1 (x + 3), y = -2
+    assert np.allclose(tgt[inner][..., 0], 3.0 + 0.1 * (xs[inner] + 3.0), atol=1e-4)
+    assert np.allclose(tgt[inner][..., 1], -2.0, atol=1e-5)
+    # zero phi0: the known displacement itself
+    assert np.allclose(consistent_target(gt, np.zeros_like(phi0)), gt, atol=1e-5)
+
+
+def test_reference_check_sees_a_misregistered_reference(test_data):
+    """A 'reference' pair whose thermal image is really 4 px off: registering it by the true flow
+    raises the mutual information, a same-size translation the other way does not."""
+    from ros2_regionfuse.cli.eval_registration import reference_check, summarise_reference_check
+    th, vis = _pair(test_data, 'FLIR_05005')
+    true = torch.zeros(1, 2, *th.shape)
+    true[:, 0] = 4.0
+    off = convert.to_numpy(warp_by_flow(convert.to_tensor(th), -true))   # thermal 4 px off
+    flow = convert.to_numpy(true)
+    checks = [reference_check(off, vis, flow, np.random.default_rng(s)) for s in range(4)]
+    for c in checks:
+        assert c['shift'] == pytest.approx(4.0)
+        assert c['mi_registered'] > c['mi'] + 0.02
+        assert c['mi_control'] < c['mi_registered']
+    summ = summarise_reference_check(checks + [dict(checks[0], shift=0.1)])
+    assert summ['pairs'] == 5 and summ['moved'] == 4 and summ['mi_raised_by_registration'] == 4
+    assert summ['mi_gain_mean'] > 0.02

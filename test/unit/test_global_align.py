@@ -13,7 +13,6 @@ from ros2_regionfuse.models.global_align import (
     centred_coords,
     estimate_similarity,
     gain_gate,
-    moment_basis,
     normal_equations,
     similarity_field,
     similarity_flow,
@@ -42,14 +41,20 @@ def test_solve_spd_matches_linalg():
     assert torch.allclose(solve_spd(a, b), expected, atol=1e-4)
 
 
-def test_normal_equations_equal_explicit_jacobian():
+def test_normal_equations_match_autograd_jacobian():
+    """J^T J and J^T r of the linearised residual r(p) = r0 + jx phi_x(p) + jy phi_y(p),
+    with J from autograd through similarity_field (independent of the closed form)."""
     g = torch.Generator().manual_seed(1)
     jx, jy, r = (torch.randn(2, 3, 5, 7, generator=g, dtype=torch.float64) for _ in range(3))
     u, v = centred_coords(5, 7, 40, 56, jx)
-    hess, grad = normal_equations(jx, jy, r, moment_basis(u, v))
-    jac = torch.stack([jx, jy, jx * u + jy * v, jy * u - jx * v], -1).reshape(2, -1, 4)
-    assert torch.allclose(hess, jac.transpose(1, 2) @ jac, rtol=1e-9, atol=1e-9)
-    assert torch.allclose(grad, (jac * r.reshape(2, -1, 1)).sum(1), rtol=1e-9, atol=1e-9)
+    hess, grad = normal_equations(jx, jy, r, u, v)
+    for i in range(2):
+        def residual(p: torch.Tensor, i: int = i) -> torch.Tensor:
+            phi = similarity_field(p.view(1, 4), u, v)
+            return (r[i] + jx[i] * phi[0, 0] + jy[i] * phi[0, 1]).reshape(-1)
+        jac = torch.autograd.functional.jacobian(residual, torch.zeros(4, dtype=torch.float64))
+        assert torch.allclose(hess[i], jac.t() @ jac, rtol=1e-9, atol=1e-9)
+        assert torch.allclose(grad[i], jac.t() @ r[i].reshape(-1), rtol=1e-9, atol=1e-9)
 
 
 def test_similarity_field_is_rotation_scale_translation():
@@ -124,3 +129,19 @@ def test_corrector_init_flow_replaces_start():
         zero = model(x, x, x)
     assert torch.allclose(out.flow, init, atol=1e-4)
     assert float(zero.flow.abs().max()) < 1e-6   # untrained heads, no global start: zero flow
+
+
+def test_translation_search_finds_integer_shift_per_batch_item():
+    from ros2_regionfuse.models.global_align import _translation_search
+    g = torch.Generator().manual_seed(5)
+    dv = torch.nn.functional.avg_pool2d(torch.rand(2, 4, 40, 48, generator=g), 3, 1, 1)
+    shifts = [(2, -3), (-1, 4)]   # (dx, dy) cells: dt(p + d) = dv(p)
+    dt = torch.stack([torch.roll(dv[i], (dy, dx), (1, 2)) for i, (dx, dy) in enumerate(shifts)])
+    inner = torch.zeros(1, 1, 40, 48)
+    inner[..., 6:-6, 6:-6] = 1.0   # leave the wrapped-around border out, as the solver's margin does
+    start = _translation_search(dv * inner, dt, radius=4, down=8)
+    assert start[:, :2].tolist() == [[16.0, -24.0], [-8.0, 32.0]]
+    assert start[:, 2:].abs().max() == 0.0
+    # no evidence (flat descriptors): zero, not the first offset
+    flat = torch.zeros(1, 4, 40, 48)
+    assert _translation_search(flat, flat, radius=4, down=8).abs().max() == 0.0

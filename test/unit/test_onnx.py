@@ -7,7 +7,6 @@ import torch
 
 from ros2_regionfuse.cli.main import main
 from ros2_regionfuse.core import convert
-from ros2_regionfuse.core.checks import ConfigError
 from ros2_regionfuse.core.config import PipelineConfig
 from ros2_regionfuse.core.imageio import read_gray, read_rgb
 from ros2_regionfuse.core.pipeline import FusionPipeline
@@ -64,13 +63,9 @@ def real_pairs(test_data):
     return pairs
 
 
-def _onnx_corrector_or_xfail(cfg: PipelineConfig, model: torch.nn.Module):
-    """The corrector's ONNX runner; a corrector that does not export yet is an expected failure."""
-    try:
-        return build_runner('corrector', cfg, torch.device('cpu'), model)
-    except ConfigError as e:
-        assert 'cannot be exported to ONNX' in str(e) and 'backend: torch' in str(e)
-        pytest.xfail(f'the corrector does not export to ONNX yet: {e}')
+def _onnx_corrector(cfg: PipelineConfig, model: torch.nn.Module):
+    """The corrector's ONNX runner (the corrector exports: a failure here is a regression)."""
+    return build_runner('corrector', cfg, torch.device('cpu'), model)
 
 
 def _ort(data: bytes):
@@ -115,7 +110,7 @@ def test_fusion_runner_matches_torch_runner(small_fusion_model, real_pairs):
 
 def test_corrector_runner_matches_torch_on_real_pair(corrector_model, small_fusion_model, real_pairs):
     cfg = PipelineConfig(backend='onnxruntime', threads=1)
-    run_onnx, card = _onnx_corrector_or_xfail(cfg, corrector_model)
+    run_onnx, card = _onnx_corrector(cfg, corrector_model)
     run_torch, _ = build_runner('corrector', PipelineConfig(), torch.device('cpu'), corrector_model)
     sizes = set()
     for _stem, t, y in real_pairs:
@@ -174,7 +169,7 @@ def test_pipeline_with_onnxruntime_backend(small_fusion_model, corrector_model, 
     thermal = read_gray(next((test_data / 'ir').glob('*.png')), as_uint8=True)
     rgb = read_rgb(test_data / 'vi' / next((test_data / 'ir').glob('*.png')).name)
     res = {}
-    _onnx_corrector_or_xfail(PipelineConfig(backend='onnxruntime', threads=1), corrector_model)
+    _onnx_corrector(PipelineConfig(backend='onnxruntime', threads=1), corrector_model)
     for backend in ('torch', 'onnxruntime'):
         cfg = PipelineConfig(backend=backend, device='cpu', threads=1)
         pipe = FusionPipeline(cfg, fusion=small_fusion_model, corrector=corrector_model)
@@ -271,7 +266,7 @@ def test_corrector_global_start_switch(corrector_model, small_fusion_model, real
     image, _m, flow = run_torch(f, y, t)
     assert torch.equal(flow, ref.flow) and torch.equal(image, ref.image)
     off.backend, off.threads = 'onnxruntime', 1
-    run_onnx, card = _onnx_corrector_or_xfail(off, corrector_model)
+    run_onnx, card = _onnx_corrector(off, corrector_model)
     image_o, _m, flow_o = run_onnx(f, y, t)
     assert float((flow_o - ref.flow).abs().max()) < PARITY_ATOL * 10 + 1e-5 * float(ref.flow.abs().max())
     assert list(card['onnx']) == ['0']
