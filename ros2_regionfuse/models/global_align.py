@@ -42,11 +42,13 @@ its time.
 **Confidence.** ``gain`` is the relative reduction of the descriptor
 difference between ``phi = 0`` and the estimate at the finest level;
 :func:`gain_gate` scales the field toward zero when it is small (featureless
-or unrelated images). On aligned real pairs the solver still drifts by a few
-pixels inside the flat optimum of a cross-modal measure (median 4 px of field
-on the evaluation pairs) with gains that overlap those of misaligned pairs,
-so the gate cannot tell them apart; the corrector's learned stages, trained
-with this start, remove most of that drift.
+or unrelated images). On well-registered pairs (RoadScene) the estimate
+stays within about 1 px, which the corrector's 2 px dead zone absorbs. On
+the TNO/MSRS evaluation pairs it moves the "aligned" thermal images by
+4.5 px on average, consistently (the same answer, within about a quarter of
+the shift, after a synthetic 8 or 16 px misalignment), and registering by it
+raises the pairs' mutual information: most of that is the dataset's own
+residual misregistration (README, evaluation of the corrector).
 """
 from __future__ import annotations
 

@@ -58,14 +58,6 @@ def next_sec() -> int:
     return next(_stamps)
 
 
-def corrector_available() -> bool:
-    try:
-        from ros2_regionfuse.models.registry import build_corrector
-        build_corrector('corrector_fast')
-    except Exception:  # noqa: BLE001 - model file not written yet, or not buildable
-        return False
-    return True
-
 
 # -- fixtures --------------------------------------------------------------------------------------
 
@@ -76,11 +68,10 @@ def weights(tmp_path_factory) -> dict[str, str]:
     from ros2_regionfuse.models.registry import build_corrector, build_fusion
     d = tmp_path_factory.mktemp('weights')
     torch.manual_seed(0)
-    out = {'fusion': str(d / 'regionfuse_tiny.safetensors'), 'corrector': ''}
+    out = {'fusion': str(d / 'regionfuse_tiny.safetensors'),
+           'corrector': str(d / 'corrector_fast.safetensors')}
     save_weights(build_fusion('regionfuse_tiny'), out['fusion'], {'variant': 'regionfuse_tiny'})
-    if corrector_available():
-        out['corrector'] = str(d / 'corrector_fast.safetensors')
-        save_weights(build_corrector('corrector_fast'), out['corrector'], {'variant': 'corrector_fast'})
+    save_weights(build_corrector('corrector_fast'), out['corrector'], {'variant': 'corrector_fast'})
     return out
 
 
@@ -516,9 +507,6 @@ def test_silent_camera_warn_error_and_recovery(node, pair) -> None:
 def test_corrector_enable_at_run_time(node, pair, weights) -> None:
     thermal, rgb = pair
     res = node.set_params(corrector__enabled=True)
-    if not weights['corrector']:
-        assert not res[0].successful and 'corrector' in res[0].reason
-        pytest.skip('corrector_fast is not available yet: enabling it is refused with a reason')
     assert res[0].successful, res[0].reason
     try:
         sec, img = node.fused(pair)

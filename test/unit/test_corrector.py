@@ -145,14 +145,11 @@ def _real_pair(test_data, stem: str) -> tuple[np.ndarray, np.ndarray]:
     return th, vis
 
 
-# 00537D (160x120) is left out on purpose: at that size the coarsest level has 10x7 cells and the
-# shipped corrector reports a false shift of ~1.5 px there (a known limitation, see the README).
-@pytest.mark.parametrize('stem', ['tno17', 'FLIR_05005'])
+@pytest.mark.parametrize('stem', ['tno17', 'FLIR_05005', '00537D'])
 def test_identity_on_real_pair_with_shipped_weights(test_data, stem):
     """Aligned real input: M ~ 0, |flow| small, image nearly unchanged (trained weights)."""
     path = shipped_weights('corrector_fast')
-    if not path.is_file():
-        pytest.skip('shipped corrector weights not present yet')
+    assert path.is_file(), f'shipped corrector weights missing: {path}'
     from ros2_regionfuse.training.corrector_data import StandInFusion, load_frozen_fusion
     try:
         fusion, _ = load_frozen_fusion('regionfuse_tiny')
