@@ -268,17 +268,25 @@ def _import_references() -> None:
 # ---------------------------------------------------------------------------
 
 def time_pipeline(pipe: Any, thermal: list[np.ndarray], rgb: list[np.ndarray], repeats: int,
-                  warmup: int) -> dict[str, dict[str, float]]:
-    """Run ``pipe.process`` over the frames (cycling) and summarise each stage's timings."""
+                  warmup: int) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+    """Run ``pipe.process`` over the frames (cycling) and summarise each stage's timings.
+
+    Returns:
+        ``(stage summaries, unchanged)``; ``unchanged`` = ``{'frames', 'of'}``:
+        the timed frames the corrector left unchanged (M = 0 everywhere:
+        skipped as aligned, so its time is that of the global check alone).
+    """
     n = len(rgb)
     for i in range(warmup):
         pipe.process(thermal[i % n], rgb[i % n])
     samples: dict[str, list[float]] = {k: [] for k in STAGES}
+    unchanged = 0
     for i in range(repeats):
         res = pipe.process(thermal[i % n], rgb[i % n])
         for k in STAGES:
             samples[k].append(res.timings_ms.get(k, 0.0))
-    return {k: profiling.summarize_ms(v) for k, v in samples.items()}
+        unchanged += int(res.misregistration is not None and not res.misregistration.any())
+    return {k: profiling.summarize_ms(v) for k, v in samples.items()}, {'frames': unchanged, 'of': repeats}
 
 
 def time_reference(kind: str, variant: str, inputs: list[torch.Tensor], device: torch.device,
@@ -362,9 +370,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         rgb, hom = frames_at(frames, size)
         pipe.cfg.align.homography = hom.ravel().tolist()
         log.info('bench %s: pipeline, %d warm-up + %d timed runs', key, args.warmup, args.repeats)
-        stages = time_pipeline(pipe, frames.thermal, rgb, args.repeats, args.warmup)
+        stages, unchanged = time_pipeline(pipe, frames.thermal, rgb, args.repeats, args.warmup)
         results[key] = {
             'stages_ms': stages,
+            'corrector_unchanged': unchanged,
             'cost': {'fusion': model_cost('fusion', cfg.fusion.variant, size),
                      'corrector': model_cost('corrector', cfg.corrector.variant, size)},
         }
@@ -463,6 +472,10 @@ def format_report(rep: dict[str, Any]) -> str:
             lines.append(f'  {"stage":<12s} {"median":>9s} {"p95":>9s}')
             for k in STAGES:
                 lines.append(f'  {k:<12s} {st[k]["median"]:9.2f} {st[k]["p95"]:9.2f}')
+            u = res.get('corrector_unchanged')
+            if u:
+                lines.append(f'  (corrector left {u["frames"]} of {u["of"]} timed frames unchanged: found '
+                             'aligned, learned stages skipped)')
             for kind, cost in res['cost'].items():
                 lines.append(f'  {kind:<12s} {cost["gflops"]:9.2f} GFLOPs {cost["params"]:>9,d} params')
         for name, r in res.get('references', {}).items():

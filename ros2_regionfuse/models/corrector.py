@@ -84,7 +84,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .global_align import GlobalAlignConfig, similarity_flow
+from .global_align import GlobalAlignConfig, field_on_grid, gated_similarity, max_shift
 from .registry import register_corrector
 from .warp import (
     affine_fit,
@@ -142,6 +142,13 @@ class CorrectorConfig:
             keeps the global estimate as the flow (the learned stages then
             only give M and the Modality Retention Block its input).
         align: settings of the global registration.
+        skip_aligned: with the global registration as the flow (``global_align``
+            and not ``refine``), a frame whose gated field stays below the dead
+            zone everywhere (``max_shift <= min_shift - 4 * min_shift_width``,
+            gate < 0.02) returns the input unchanged with M = 0 and flow = 0
+            without running the learned stages (eager inference only; a traced
+            graph always runs them). The full path would move such a frame by
+            less than 0.02 of a pixel.
     """
 
     stem_stride: int = 8
@@ -161,6 +168,7 @@ class CorrectorConfig:
     global_align: bool = False
     refine: bool = True
     align: GlobalAlignConfig = GlobalAlignConfig()
+    skip_aligned: bool = True
 
     @property
     def stages(self) -> list[int]:
@@ -192,6 +200,9 @@ class CorrectorOutput(NamedTuple):
         warped: per stage, finest first: ``(B, 1, h_l, w_l)`` the fused image
             average-pooled to the stage's level and warped bidirectionally by
             that stage's flow and M (empty unless training or ``aux=True``).
+
+    A frame skipped as aligned (``CorrectorConfig.skip_aligned``) has the input
+    as ``image``, zero ``misregistration`` and ``flow`` and empty lists.
     """
 
     image: torch.Tensor
@@ -439,10 +450,14 @@ class Corrector(nn.Module):
         self.log_temp = nn.Parameter(torch.full((len(heads),), math.log(_SOFTARGMAX_TEMP)))
         self.mrb = ModalityRetentionBlock(w[0], cfg.mrb_width, cfg.windows)
 
-    def _start_flow(self, visible: torch.Tensor, thermal: torch.Tensor, init_flow: torch.Tensor | None,
-                    like: torch.Tensor, padded_hw: tuple[int, int]) -> torch.Tensor:
-        """Flow the coarsest stage starts from, ``(B, 2, h_l, w_l)`` in pixels of that level."""
-        h, w = visible.shape[-2:]
+    def _start_flow(self, image_hw: tuple[int, int], params: torch.Tensor | None,
+                    init_flow: torch.Tensor | None, like: torch.Tensor, padded_hw: tuple[int, int]
+                    ) -> torch.Tensor:
+        """Flow the coarsest stage starts from, ``(B, 2, h_l, w_l)`` in pixels of that level.
+
+        From ``init_flow`` if given, else from the gated similarity ``params``.
+        """
+        h, w = image_hw
         hl, wl = like.shape[-2:]
         stride = padded_hw[0] // hl
         if init_flow is not None:
@@ -451,8 +466,16 @@ class Corrector(nn.Module):
             return F.avg_pool2d(ip, stride) / stride
         # The field evaluated at the level's cell centres (padding is at the bottom/right, so
         # cell i is centred on input pixel coordinate (i + 0.5) * stride).
-        with torch.no_grad():   # no learned weights: nothing to train through
-            return similarity_flow(visible, thermal, self.cfg.align, size=(hl, wl), cell=stride) / stride
+        return field_on_grid(params, (h, w), size=(hl, wl), cell=stride) / stride
+
+    def skips(self, params: torch.Tensor, image_hw: tuple[int, int]) -> bool:
+        """Whether a frame with gated similarity ``params`` is returned unchanged (``skip_aligned``)."""
+        cfg = self.cfg
+        if not (cfg.skip_aligned and cfg.global_align and not cfg.refine and cfg.min_shift > 0):
+            return False
+        if self.training or torch.jit.is_tracing():
+            return False
+        return bool((max_shift(params, image_hw) <= cfg.min_shift - 4 * cfg.min_shift_width).all())
 
     def config_dict(self) -> dict:
         """Hyper-parameters as a plain dict (for model cards)."""
@@ -468,6 +491,13 @@ class Corrector(nn.Module):
         """
         cfg = self.cfg
         h, w = fused.shape[-2:]
+        params = None
+        if cfg.global_align and init_flow is None:
+            with torch.no_grad():   # no learned weights: nothing to train through
+                params = gated_similarity(visible, thermal, cfg.align)
+            if self.skips(params, (h, w)):
+                zero = torch.zeros_like(fused)
+                return CorrectorOutput(fused, zero, torch.cat([zero, zero], 1), [], [], [])
         mult = cfg.multiple
         ph, pw = (-h) % mult, (-w) % mult
         x = torch.cat([visible, fused, thermal], 1)
@@ -514,7 +544,7 @@ class Corrector(nn.Module):
                 ff_w, ft_w, et_w = ff, ft, et
             else:
                 if k == 0:
-                    phi0 = self._start_flow(visible, thermal, init_flow, fv, (hp, wp))
+                    phi0 = self._start_flow((h, w), params, init_flow, fv, (hp, wp))
                     lg0 = torch.zeros_like(fv[:, :1])
                 elif i == prev_lvl:
                     phi0, lg0 = flows[j + 1], logits[j + 1]

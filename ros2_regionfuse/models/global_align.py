@@ -367,6 +367,53 @@ def gain_gate(gain: torch.Tensor, cfg: GlobalAlignConfig) -> torch.Tensor:
     return ((gain - cfg.gain_low) / max(cfg.gain_high - cfg.gain_low, 1e-9)).clamp(0.0, 1.0)
 
 
+def gated_similarity(visible: torch.Tensor, thermal: torch.Tensor, cfg: GlobalAlignConfig | None = None
+                     ) -> torch.Tensor:
+    """Similarity parameters scaled by their confidence gate (:func:`gain_gate`), ``(B, 4)``."""
+    cfg = cfg or GlobalAlignConfig()
+    params, gain = estimate_similarity(visible, thermal, cfg)
+    return params * gain_gate(gain, cfg).view(-1, 1)
+
+
+def field_on_grid(params: torch.Tensor, image_hw: tuple[int, int], size: tuple[int, int] | None = None,
+                  cell: float | None = None) -> torch.Tensor:
+    """Similarity field of ``params`` for an ``image_hw`` input, evaluated on a grid.
+
+    Args:
+        params: ``(B, 4)`` as in :func:`similarity_field`.
+        image_hw: ``(H, W)`` of the input the parameters belong to.
+        size: ``(h, w)`` grid (values still in **input pixels**); default ``(H, W)``.
+        cell: input pixels per grid cell; default ``H / h`` (the grid spans
+            the image). Set it when the grid covers a padded image.
+
+    Returns:
+        ``(B, 2, h, w)`` pixels of the input (x, y).
+    """
+    big, bigw = image_hw
+    h, w = size or (big, bigw)
+    c = cell if cell is not None else big / h
+    u, v = centred_coords(h, w, h * c, w * c, params)
+    u, v = u + (w * c - bigw) / 2, v + (h * c - big) / 2
+    return similarity_field(params, u, v)
+
+
+def max_shift(params: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
+    """Largest displacement (px) of the similarity field over an ``(H, W)`` image, ``(B,)``.
+
+    The field is affine, so its length is largest at a corner of the image
+    (the outermost pixel centres).
+
+    Example:
+        >>> max_shift(torch.tensor([[3.0, 4.0, 0.0, 0.0]]), (10, 20)).tolist()
+        [5.0]
+    """
+    big, bigw = image_hw
+    hx, hy = (bigw - 1) / 2, (big - 1) / 2
+    u = torch.tensor([-hx, hx, -hx, hx], dtype=params.dtype, device=params.device).view(1, 1, 1, 4)
+    v = torch.tensor([-hy, -hy, hy, hy], dtype=params.dtype, device=params.device).view(1, 1, 1, 4)
+    return torch.linalg.vector_norm(similarity_field(params, u, v), dim=1).flatten(1).amax(1)
+
+
 def similarity_flow(visible: torch.Tensor, thermal: torch.Tensor, cfg: GlobalAlignConfig | None = None,
                     size: tuple[int, int] | None = None, cell: float | None = None) -> torch.Tensor:
     """Gated similarity flow registering ``thermal`` to ``visible``.
@@ -374,19 +421,9 @@ def similarity_flow(visible: torch.Tensor, thermal: torch.Tensor, cfg: GlobalAli
     Args:
         visible, thermal: ``(B, 1, H, W)`` in [0, 1].
         cfg: solver settings.
-        size: ``(h, w)`` grid to evaluate the field on (values still in
-            **input pixels**); default ``(H, W)``.
-        cell: input pixels per grid cell; default ``H / h`` (the grid spans
-            the image). Set it when the grid covers a padded image.
+        size, cell: the grid to evaluate the field on (:func:`field_on_grid`).
 
     Returns:
         ``(B, 2, h, w)`` pixels of the input (x, y).
     """
-    cfg = cfg or GlobalAlignConfig()
-    params, gain = estimate_similarity(visible, thermal, cfg)
-    big, bigw = visible.shape[-2:]
-    h, w = size or (big, bigw)
-    c = cell if cell is not None else big / h
-    u, v = centred_coords(h, w, h * c, w * c, visible)
-    u, v = u + (w * c - bigw) / 2, v + (h * c - big) / 2
-    return similarity_field(params * gain_gate(gain, cfg).view(-1, 1), u, v)
+    return field_on_grid(gated_similarity(visible, thermal, cfg), tuple(visible.shape[-2:]), size, cell)

@@ -43,6 +43,7 @@ def test_bench_stage_numbers_are_sane(report, size):
     res = report['sizes'][size]
     st = res['stages_ms']
     assert set(st) == set(bench.STAGES)
+    assert res['corrector_unchanged']['of'] == 3 and 0 <= res['corrector_unchanged']['frames'] <= 3
     for k, s in st.items():
         assert s['n'] == 3, k
         assert 0.0 <= s['min'] <= s['median'] <= s['p95'] <= s['max'], k

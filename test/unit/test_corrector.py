@@ -181,3 +181,55 @@ def test_load_model_can_switch_the_global_start_off():
     assert card_off['global_start'] is False and 'global_start' not in card_on
     for a, b in zip(on.state_dict().values(), off.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def _shipped_with(**changes) -> Corrector:
+    from dataclasses import replace
+    model = build_corrector('corrector_fast')
+    load_weights(model, shipped_weights('corrector_fast'))
+    model.cfg = replace(model.cfg, **changes)
+    return model.eval()
+
+
+def test_aligned_frame_is_skipped_and_matches_the_full_path(test_data):
+    """00537D (aligned MSRS crop): the global check finds it aligned, the corrector returns the
+    input with M = 0 and flow = 0, and the full path (skip off) differs from that by almost nothing."""
+    th, vis = _real_pair(test_data, '00537D')
+    t, v = convert.to_tensor(th), convert.to_tensor(vis)
+    fused = (0.5 * (t + v)).clamp(0, 1)
+    fast, full = _shipped_with(), _shipped_with(skip_aligned=False)
+    with torch.no_grad():
+        a, b = fast(fused, v, t), full(fused, v, t)
+    assert a.image is fused and a.flows == []                       # skipped: nothing ran
+    assert float(a.misregistration.abs().max()) == 0.0 and float(a.flow.abs().max()) == 0.0
+    assert b.flows != []                                            # the full path ran
+    assert float((a.image - b.image).abs().max()) < 2e-3
+    assert float((a.flow - b.flow).abs().max()) < 0.02              # px
+    assert float(b.misregistration.max()) < 0.02
+
+
+def test_misaligned_frame_is_not_skipped(test_data):
+    th, vis = _real_pair(test_data, '00537D')
+    t, v = convert.to_tensor(th), convert.to_tensor(vis)
+    shift = torch.zeros(1, 2, *th.shape)
+    shift[:, 0] = 5.0
+    moved = warp_by_flow(t, -shift)        # thermal content 5 px to the right of where it belongs
+    fused = (0.5 * (moved + v)).clamp(0, 1)
+    fast, full = _shipped_with(), _shipped_with(skip_aligned=False)
+    with torch.no_grad():
+        a, b = fast(fused, v, moved), full(fused, v, moved)
+    assert a.flows != []
+    assert torch.equal(a.image, b.image) and torch.equal(a.flow, b.flow)
+    inner = (slice(None), 0, slice(16, -16), slice(16, -16))
+    assert float(a.flow[inner].median()) == pytest.approx(5.0, abs=1.5)
+
+
+def test_skip_needs_the_global_flow_and_eval_mode():
+    model = _shipped_with()
+    params = torch.zeros(1, 4)
+    assert model.skips(params, (48, 64))
+    assert not model.skips(torch.tensor([[1.5, 0.0, 0.0, 0.0]]), (48, 64))   # beyond min_shift - 4 w
+    assert not _shipped_with(refine=True).skips(params, (48, 64))       # learned flow may differ
+    assert not _shipped_with(skip_aligned=False).skips(params, (48, 64))
+    model.train()
+    assert not model.skips(params, (48, 64))
