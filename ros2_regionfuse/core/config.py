@@ -85,10 +85,14 @@ class CorrectorConfig:
     variant: str = _f('corrector_fast', 'Corrector variant.', read_only=True)
     checkpoint: str = _f('', 'Corrector weights (.safetensors); empty = the shipped weights.',
                          read_only=True)
-    global_start: bool = _f(True, "Start from the variant's global similarity registration of the "
-                            'thermal image (recovers much more of a coarse calibration error; '
-                            'about 13 ms at 640x480 on 2 CPU cores); false = learned stages only.',
-                            read_only=True)
+    global_start: bool = _f(True, "Use the variant's global similarity registration of the thermal "
+                            'image (corrector_fast: it is the flow; recovers much more of a coarse '
+                            'calibration error; 7-11 ms at 640x480 on 2 CPU cores); false = the '
+                            'learned stages estimate the flow alone.', read_only=True)
+    skip_aligned: bool = _f(True, 'Return a frame unchanged (M = 0, flow = 0) without the learned '
+                            'stages when the global registration finds it aligned to within 1 px '
+                            '(torch backend; a calibrated rig then costs only the global check); '
+                            'false = always run the whole corrector.', read_only=True)
 
 
 @dataclass

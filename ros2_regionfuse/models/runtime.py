@@ -23,11 +23,12 @@ from .registry import build_corrector, build_fusion
 
 
 def load_model(kind: str, variant: str, checkpoint: str, device: torch.device,
-               global_start: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+               global_start: bool = True, skip_aligned: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     """Build ``variant`` and load ``checkpoint`` (empty: the shipped weights) strictly.
 
     ``global_start=False`` switches a corrector's global similarity start off
-    (:func:`without_global_start`).
+    (:func:`without_global_start`); ``skip_aligned=False`` makes it run the
+    whole corrector on every frame (:func:`set_skip_aligned`).
 
     Returns:
         ``(model in eval mode on device, model card)``; the card gains a
@@ -50,6 +51,9 @@ def load_model(kind: str, variant: str, checkpoint: str, device: torch.device,
     if kind == 'corrector' and not global_start:
         without_global_start(model)
         card['global_start'] = False
+    if kind == 'corrector' and not skip_aligned:
+        set_skip_aligned(model, False)
+        card['skip_aligned'] = False
     model = model.eval().to(device)
     if kind == 'fusion' and device.type == 'cpu':
         # channels_last: oneDNN convolutions for the low-resolution network; measured -18 % fusion
@@ -63,6 +67,14 @@ def without_global_start(model: nn.Module) -> nn.Module:
     from .corrector import Corrector
     if isinstance(model, Corrector) and model.cfg.global_align:
         model.cfg = replace(model.cfg, global_align=False)
+    return model
+
+
+def set_skip_aligned(model: nn.Module, skip: bool) -> nn.Module:
+    """Set a corrector's aligned-frame skip in place (no-op for other models)."""
+    from .corrector import Corrector
+    if isinstance(model, Corrector) and model.cfg.skip_aligned != skip:
+        model.cfg = replace(model.cfg, skip_aligned=skip)
     return model
 
 
@@ -90,13 +102,18 @@ def build_runner(kind: str, cfg: PipelineConfig, device: torch.device,
     """
     sub = cfg.fusion if kind == 'fusion' else cfg.corrector
     start = kind != 'corrector' or cfg.corrector.global_start
-    if module is not None and not start:
-        module = without_global_start(copy.deepcopy(module))   # the caller's module is left as it is
+    skip = kind != 'corrector' or cfg.corrector.skip_aligned
+    if module is not None and (not start or not skip):
+        module = copy.deepcopy(module)   # the caller's module is left as it is
+        if not start:
+            without_global_start(module)
+        if not skip:
+            set_skip_aligned(module, False)
     if cfg.backend == 'onnxruntime':
         from .onnx_runtime import build_onnx_runner
         return build_onnx_runner(kind, sub.variant, sub.checkpoint, device, threads=cfg.threads,
                                  module=module, global_start=start)
     if module is not None:
         return _torch_runner(kind, module.eval().to(device)), {'name': f'{sub.variant}@custom'}
-    model, card = load_model(kind, sub.variant, sub.checkpoint, device, global_start=start)
+    model, card = load_model(kind, sub.variant, sub.checkpoint, device, global_start=start, skip_aligned=skip)
     return _torch_runner(kind, model), card

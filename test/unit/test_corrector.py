@@ -224,6 +224,26 @@ def test_misaligned_frame_is_not_skipped(test_data):
     assert float(a.flow[inner].median()) == pytest.approx(5.0, abs=1.5)
 
 
+def test_skip_aligned_switch_reaches_the_model(test_data):
+    from ros2_regionfuse.core.config import PipelineConfig
+    from ros2_regionfuse.models.runtime import build_runner, load_model
+    off, card = load_model('corrector', 'corrector_fast', '', torch.device('cpu'), skip_aligned=False)
+    assert not off.cfg.skip_aligned and card['skip_aligned'] is False
+    th, vis = _real_pair(test_data, '00537D')
+    t, v = convert.to_tensor(th), convert.to_tensor(vis)
+    fused = (0.5 * (t + v)).clamp(0, 1)
+    cfg = PipelineConfig()
+    cfg.corrector.skip_aligned = False
+    module = _shipped_with()
+    run_full, _ = build_runner('corrector', cfg, torch.device('cpu'), module)
+    run_fast, _ = build_runner('corrector', PipelineConfig(), torch.device('cpu'), module)
+    assert module.cfg.skip_aligned   # the caller's module is left as it is
+    _, m_full, _ = run_full(fused, v, t)
+    image, m_fast, _ = run_fast(fused, v, t)
+    assert float(m_fast.abs().max()) == 0.0 and torch.equal(image, fused)
+    assert float(m_full.max()) > 0.0   # the whole corrector ran: a (small) M everywhere
+
+
 def test_skip_needs_the_global_flow_and_eval_mode():
     model = _shipped_with()
     params = torch.zeros(1, 4)
