@@ -476,9 +476,11 @@ def summarise(frames: list[Frame], aligned: list[dict], fuse_ms: list[float], mo
                 r['epe_consistent_ratio'] = r['epe_consistent'] / applied if applied > 0 else float('nan')
             row[m] = r
         summary[lv] = {'frames': len(fs), 'applied_mean_shift': applied, 'methods': row}
-    al = {'pairs': len(aligned),
-          'psnr_vs_uncorrected_mean': float(np.mean([a['psnr_vs_uncorrected'] for a in aligned])),
-          'psnr_vs_uncorrected_min': float(np.min([a['psnr_vs_uncorrected'] for a in aligned])),
+    changed = [a['psnr_vs_uncorrected'] for a in aligned if np.isfinite(a['psnr_vs_uncorrected'])]
+    al = {'pairs': len(aligned), 'unchanged': len(aligned) - len(changed),
+          # over the pairs the corrector changed at all (an unchanged pair has infinite PSNR)
+          'psnr_vs_uncorrected_mean': float(np.mean(changed)) if changed else float('inf'),
+          'psnr_vs_uncorrected_min': float(np.min(changed)) if changed else float('inf'),
           'fusion_psnr_change_mean_abs': float(np.mean([abs(a['fusion_psnr_change']) for a in aligned])),
           'fusion_psnr_change_max_abs': float(np.max([abs(a['fusion_psnr_change']) for a in aligned])),
           'mean_m': float(np.mean([a['mean_m'] for a in aligned])),
@@ -524,8 +526,9 @@ def to_markdown(res: dict) -> str:
             lines.append(f"| {shift} | {m} | {r['psnr']:.2f} | {r['ssim']:.4f} | {rec} | {epe} | {ratio} "
                          f"| {cons} | {ms} |")
     a = res['aligned']
-    lines += ['', f"Aligned input ({a['pairs']} pairs): corrector output vs uncorrected PSNR "
-              f"{a['psnr_vs_uncorrected_mean']:.2f} dB (min {a['psnr_vs_uncorrected_min']:.2f}); "
+    lines += ['', f"Aligned input ({a['pairs']} pairs, {a['unchanged']} returned unchanged): corrector "
+              f"output vs uncorrected PSNR over the changed ones {a['psnr_vs_uncorrected_mean']:.2f} dB "
+              f"(min {a['psnr_vs_uncorrected_min']:.2f}); "
               f"fusion-PSNR change mean {a['fusion_psnr_change_mean_abs']:.3f} dB, "
               f"max {a['fusion_psnr_change_max_abs']:.3f} dB; mean M {a['mean_m']:.3f}, "
               f"mean |flow| {a['mean_flow_px']:.2f} px.",

@@ -40,7 +40,7 @@ def test_eval_registration_cli_reports_every_method(test_data, tmp_path, capsys)
                '--mean-shift', '10', '--threads', '1', '--json', str(out)])
     assert rc == 0
     text = capsys.readouterr().out
-    for name in ('| ecc |', '| similarity |', '| corrector |', 'Aligned input (3 pairs)'):
+    for name in ('| ecc |', '| similarity |', '| corrector |', 'Aligned input (3 pairs, '):
         assert name in text
     res = json.loads(out.read_text())
     level = res['levels']['10']
@@ -59,6 +59,10 @@ def test_eval_registration_cli_reports_every_method(test_data, tmp_path, capsys)
     # the global similarity estimate gets the bulk of a 10 px misalignment on these pairs
     assert methods['similarity']['epe_ratio'] < 0.6
     assert res['aligned']['pairs'] == 3
+    al = res['aligned']
+    assert 0 <= al['unchanged'] <= 3
+    if al['unchanged'] < 3:   # the mean is over the changed pairs: finite
+        assert np.isfinite(al['psnr_vs_uncorrected_mean'])
     # consistent EPE: per method, against the known shift composed with its aligned-pair flow
     for m in ('ecc', 'similarity', 'corrector'):
         assert methods[m]['epe_consistent'] == pytest.approx(
