@@ -192,7 +192,7 @@ def train(cfg: TrainCorrectorConfig) -> Path:
             continue
         opt.step()
         step += 1
-        terms['loss'] = float(loss)
+        terms["loss"] = float(loss.detach())
         ema = {k: v if k not in ema else 0.98 * ema[k] + 0.02 * v for k, v in terms.items()}
         bar.update(1)
         bar.set_postfix(loss=f"{ema['loss']:.4f}", epe=f"{ema['epe']:.2f}", charb=f"{ema['charb']:.4f}")
