@@ -236,6 +236,12 @@ def fusion_psnr(fused: np.ndarray, visible: np.ndarray, thermal: np.ndarray) -> 
     return psnr_from_mse(0.5 * (masked_mse(fused, visible, full) + masked_mse(fused, thermal, full)))
 
 
+def _warp(img: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """:func:`warp_by_flow` on arrays: ``(H, W)`` or ``(H, W, C)`` by ``(H, W, 2)`` px, float32."""
+    return convert.to_numpy(warp_by_flow(convert.to_tensor(np.asarray(img, np.float32)),
+                                         convert.to_tensor(np.asarray(flow, np.float32))))
+
+
 def _mean_epe(flow: np.ndarray, target: np.ndarray, valid: np.ndarray) -> float:
     """Mean end-point error (px) of ``(H, W, 2)`` flows over ``valid`` pixels."""
     return float(np.hypot(*(flow - target).transpose(2, 0, 1))[valid].mean())
@@ -261,9 +267,7 @@ def consistent_target(gt: np.ndarray, phi0: np.ndarray) -> np.ndarray:
         >>> consistent_target(gt, phi0)[1, 1].tolist()
         [4.0, 3.0]
     """
-    g = convert.to_tensor(np.ascontiguousarray(gt, np.float32))
-    f0 = convert.to_tensor(np.ascontiguousarray(phi0, np.float32))
-    return phi0 + convert.to_numpy(warp_by_flow(g, f0))
+    return phi0 + _warp(gt, phi0)
 
 
 def inner_mi(a: np.ndarray, b: np.ndarray, border: float = 0.1) -> float:
@@ -291,15 +295,13 @@ def reference_check(thermal: np.ndarray, visible: np.ndarray, flow: np.ndarray,
         warping by flow, 'mi_control': after a translation of the same mean
         size in a random direction}`` (MI in bits).
     """
-    t = convert.to_tensor(thermal)
     mag = float(np.hypot(flow[..., 0], flow[..., 1]).mean())
     ang = rng.uniform(0.0, 2.0 * np.pi)
     ctrl = np.empty_like(flow)
     ctrl[..., 0], ctrl[..., 1] = mag * np.cos(ang), mag * np.sin(ang)
-    reg = convert.to_numpy(warp_by_flow(t, convert.to_tensor(np.ascontiguousarray(flow, np.float32))))
-    con = convert.to_numpy(warp_by_flow(t, convert.to_tensor(ctrl)))
-    return {'shift': mag, 'mi': inner_mi(visible, thermal), 'mi_registered': inner_mi(visible, reg),
-            'mi_control': inner_mi(visible, con)}
+    return {'shift': mag, 'mi': inner_mi(visible, thermal),
+            'mi_registered': inner_mi(visible, _warp(thermal, flow)),
+            'mi_control': inner_mi(visible, _warp(thermal, ctrl))}
 
 
 def _ssim01(a: np.ndarray, b: np.ndarray) -> float:
