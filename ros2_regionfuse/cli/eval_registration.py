@@ -328,7 +328,7 @@ class _Models:
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         tf, tv, tt = (convert.to_tensor(x) for x in (fused, visible, thermal))
         t0 = time.perf_counter()
-        out = self.corrector(tf, tv, tt)
+        out = self.corrector(tf, tv, tt, opencv=True)   # as the pipeline runs it on the CPU
         ms = (time.perf_counter() - t0) * 1e3
         return convert.to_numpy(out.image), convert.to_numpy(out.misregistration), \
             convert.to_numpy(out.flow), ms

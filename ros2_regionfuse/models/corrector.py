@@ -80,6 +80,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -89,6 +91,7 @@ from .registry import register_corrector
 from .warp import (
     affine_fit,
     bidirectional_warp,
+    bidirectional_warp_cv,
     compose_flow,
     local_correlation,
     soft_argmax_offset,
@@ -481,13 +484,22 @@ class Corrector(nn.Module):
         """Hyper-parameters as a plain dict (for model cards)."""
         return asdict(self.cfg)
 
+    def _use_opencv(self, requested: bool, low: torch.Tensor) -> bool:
+        """Whether the full-resolution step runs in OpenCV: requested and eager CPU float32 inference."""
+        return (requested and low.device.type == 'cpu' and low.dtype == torch.float32
+                and not self.training and not low.requires_grad and not torch.jit.is_tracing())
+
     def forward(self, fused: torch.Tensor, visible: torch.Tensor, thermal: torch.Tensor,
-                aux: bool = False, init_flow: torch.Tensor | None = None) -> CorrectorOutput:
+                aux: bool = False, init_flow: torch.Tensor | None = None, opencv: bool = False
+                ) -> CorrectorOutput:
         """Correct ``fused``; see the class docstring for shapes.
 
         ``init_flow`` (``(B, 2, H, W)``, pixels) replaces the start of the
         coarsest stage (zero, or the global registration when
-        ``cfg.global_align``); used by tests and experiments.
+        ``cfg.global_align``); used by tests and experiments. ``opencv`` runs
+        the full-resolution step with OpenCV (:func:`full_resolution_cv`;
+        honoured in eager CPU float32 inference only, where the pipeline's
+        runner sets it; otherwise the torch step runs).
         """
         cfg = self.cfg
         h, w = fused.shape[-2:]
@@ -588,15 +600,10 @@ class Corrector(nn.Module):
         flow_px = flows[0] * torch.tensor([sw, sh], dtype=x.dtype, device=x.device).view(1, 2, 1, 1)
         gate = shift_gate(flow_px, cfg.min_shift, cfg.min_shift_width)
         low = torch.cat([flow_px * gate, m0 * gate, ab[:, :1], ab[:, 1:] * gate], 1)
-        if s > 1:
-            low = F.interpolate(low, size=(hp, wp), mode='bilinear', align_corners=False)
-        if ph or pw or torch.jit.is_tracing():
-            low = low[..., :h, :w]
-        flow, m, alpha, bias = low[:, :2], low[:, 2:3], low[:, 3:4], low[:, 4:5]
-        fy = torch.cat([fused, visible], 1)
-        wy = bidirectional_warp(fy, flow, m)
-        out = wy[:, :1] + alpha * (visible - wy[:, 1:]) + bias
-        out = out.clamp(0.0, 1.0)
+        if self._use_opencv(opencv, low):
+            out, m, flow = full_resolution_cv(low, fused, visible, (hp, wp))
+        else:
+            out, m, flow = full_resolution(low, fused, visible, (hp, wp))
 
         flows_full, masks, warped = [], [], []
         for i in range(n):
@@ -611,6 +618,68 @@ class Corrector(nn.Module):
                 fl = F.avg_pool2d(fpad, stride) if stride > 1 else fpad
                 warped.append(bidirectional_warp(fl, flows[i], masks[i]))
         return CorrectorOutput(out, m, flow, flows_full, masks, warped)
+
+
+def full_resolution(low: torch.Tensor, fused: torch.Tensor, visible: torch.Tensor,
+                    padded_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The corrector's full-resolution step: upsample the low-resolution fields, warp, retain.
+
+    Args:
+        low: ``(B, 5, h, w)`` finest-level fields: gated flow (x, y; full-resolution pixels),
+            gated M, MRB gain alpha, gated MRB bias, on the padded frame's grid (``h, w`` =
+            ``padded_hw`` / stem stride).
+        fused, visible: ``(B, 1, H, W)`` in [0, 1].
+        padded_hw: ``(Hp, Wp)`` the padded size (``>= (H, W)``; padding at the bottom/right).
+
+    Returns:
+        ``(image, M, flow)``: ``(B, 1, H, W)`` corrected image in [0, 1], ``(B, 1, H, W)`` M,
+        ``(B, 2, H, W)`` flow in pixels. ``image = warp_M([F, Y])_F + alpha * (Y - warp_M([F, Y])_Y)
+        + bias`` with ``warp_M`` the M-gated bidirectional warp.
+    """
+    h, w = fused.shape[-2:]
+    if low.shape[-2:] != padded_hw:
+        low = F.interpolate(low, size=padded_hw, mode='bilinear', align_corners=False)
+    if padded_hw != (h, w) or torch.jit.is_tracing():
+        low = low[..., :h, :w]
+    flow, m, alpha, bias = low[:, :2], low[:, 2:3], low[:, 3:4], low[:, 4:5]
+    wy = bidirectional_warp(torch.cat([fused, visible], 1), flow, m)
+    out = (wy[:, :1] + alpha * (visible - wy[:, 1:]) + bias).clamp(0.0, 1.0)
+    return out, m, flow
+
+
+def full_resolution_cv(low: torch.Tensor, fused: torch.Tensor, visible: torch.Tensor,
+                       padded_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`full_resolution` with OpenCV (CPU float32 inference; same arguments and results).
+
+    ``cv2.resize`` (bilinear, half-pixel centres: equal to ``F.interpolate`` with
+    ``align_corners=False`` to 2e-7) and :func:`~.warp.bidirectional_warp_cv`
+    (sampling positions quantised to 1/32 px). Measured at 640x480 on 2 threads:
+    ~3 ms instead of ~12 ms; outputs within 0.016 of the torch step (a few 1e-4 on
+    average). The outputs are float32 tensors sharing memory with numpy arrays
+    (flow is a channel-first view of an ``(H, W, 2)`` array).
+    """
+    h, w = fused.shape[-2:]
+    hp, wp = padded_hw
+    outs, ms, flows = [], [], []
+    for b in range(low.shape[0]):
+        lo = low[b].contiguous().numpy()
+        if lo.shape[-2:] != (hp, wp):   # one plane at a time: no interleaved copies
+            lo = np.stack([cv2.resize(c, (wp, hp), interpolation=cv2.INTER_LINEAR) for c in lo])
+        lo = lo[:, :h, :w]
+        flow, m, alpha, bias = lo[:2], lo[2], lo[3], lo[4]
+        vis = visible[b, 0].numpy()
+        wy = bidirectional_warp_cv(np.stack([fused[b, 0].numpy(), vis]), flow, m)
+        out = np.subtract(vis, wy[1], out=wy[1])
+        out *= alpha
+        out += wy[0]
+        out += bias
+        np.clip(out, 0.0, 1.0, out=out)
+        outs.append(torch.from_numpy(out)[None, None])
+        ms.append(torch.from_numpy(m)[None, None])
+        flows.append(torch.from_numpy(flow)[None])   # a strided view when the frame was padded
+    if len(outs) == 1:   # no copies for the usual single frame
+        return outs[0], ms[0], flows[0]
+    return torch.cat(outs), torch.cat(ms), torch.cat(flows)
 
 
 @register_corrector('corrector_fast')

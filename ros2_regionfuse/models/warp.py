@@ -21,12 +21,15 @@ Example:
 """
 from __future__ import annotations
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 _GRID_CACHE: dict[tuple, torch.Tensor] = {}
 _GRID_CACHE_MAX = 16
+_PIXEL_GRID_CACHE: dict[tuple[int, int], np.ndarray] = {}
 
 
 def base_grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -144,6 +147,57 @@ def bidirectional_warp(img: torch.Tensor, flow: torch.Tensor, m: torch.Tensor) -
     both = F.grid_sample(img, grid, mode='bilinear', padding_mode='border', align_corners=False)
     fwd, bwd = both.chunk(2, -1)
     return torch.lerp(bwd, fwd, m)
+
+
+def pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates ``(x, y)``: two ``(H, W)`` float32 arrays (column, row), cached (read-only)."""
+    g = _PIXEL_GRID_CACHE.get((h, w))
+    if g is None:
+        xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        for a in (xs, ys):
+            a.flags.writeable = False
+        g = (xs, ys)
+        if len(_PIXEL_GRID_CACHE) >= _GRID_CACHE_MAX:
+            _PIXEL_GRID_CACHE.clear()
+        _PIXEL_GRID_CACHE[(h, w)] = g
+    return g
+
+
+def bidirectional_warp_cv(img: np.ndarray, flow: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """:func:`bidirectional_warp` on numpy arrays with OpenCV (CPU inference only, no gradients).
+
+    Same pixel model and border rule as the torch function (``cv2.remap``,
+    bilinear, ``BORDER_REPLICATE``), but OpenCV quantises sampling positions
+    to 1/32 px, so values differ from the torch function by at most about
+    1/64 of the local intensity step (< 0.016 on [0, 1] images; ~4e-5 on
+    average on real frames).
+
+    Args:
+        img: ``(C, H, W)`` float32 planes.
+        flow: ``(2, H, W)`` float32 pixels (x, y); rows may be strided (a crop).
+        m: ``(H, W)`` float32 gate in [0, 1].
+
+    Returns:
+        ``(C, H, W)`` float32 ``m * warp(img, +flow) + (1 - m) * warp(img, -flow)``.
+
+    Example:
+        >>> x = np.random.rand(2, 4, 5).astype(np.float32)
+        >>> f = np.zeros((2, 4, 5), np.float32)
+        >>> bool(np.allclose(bidirectional_warp_cv(x, f, np.full((4, 5), 0.3, np.float32)), x))
+        True
+    """
+    h, w = img.shape[-2:]
+    xs, ys = pixel_grid(h, w)
+    maps = ((xs + flow[0], ys + flow[1]), (xs - flow[0], ys - flow[1]))
+    out = np.empty_like(img)
+    for c in range(img.shape[0]):
+        # One plane at a time: single-channel remaps are ~1.5x faster than one 2-channel remap.
+        fwd, bwd = (cv2.remap(img[c], mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                    for mx, my in maps)
+        np.subtract(fwd, bwd, out=fwd)
+        np.multiply(fwd, m, out=fwd)
+        np.add(fwd, bwd, out=out[c])
+    return out
 
 
 class BidirectionalWarp(nn.Module):

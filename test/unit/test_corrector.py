@@ -253,3 +253,46 @@ def test_skip_needs_the_global_flow_and_eval_mode():
     assert not _shipped_with(skip_aligned=False).skips(params, (48, 64))
     model.train()
     assert not model.skips(params, (48, 64))
+
+
+@pytest.mark.parametrize('h,w', [(64, 96), (45, 61)])   # the second is padded internally
+def test_opencv_full_resolution_matches_torch(test_data, h, w):
+    """The runner's OpenCV full-resolution step gives the torch step's outputs (to OpenCV's
+    1/32 px sampling) on a real misregistered pair; training and gradients keep torch."""
+    th, vis = _real_pair(test_data, '00537D')
+    t, v = convert.to_tensor(th[:h, :w].copy()), convert.to_tensor(vis[:h, :w].copy())
+    shift = torch.zeros(1, 2, h, w)
+    shift[:, 0] = 5.0
+    moved = warp_by_flow(t, -shift)
+    fused = (0.5 * (moved + v)).clamp(0, 1)
+    model = _shipped_with(skip_aligned=False)
+    with torch.inference_mode():
+        a, b = model(fused, v, moved), model(fused, v, moved, opencv=True)
+    assert float(a.flow.abs().max()) > 1.0                     # a real correction ran
+    assert b.image.shape == a.image.shape == (1, 1, h, w) and b.flow.shape == (1, 2, h, w)
+    assert float((a.flow - b.flow).abs().max()) < 1e-4
+    assert float((a.misregistration - b.misregistration).abs().max()) < 1e-5
+    assert float((a.image - b.image).abs().max()) < 0.016
+    assert float((a.image - b.image).abs().mean()) < 1e-3
+    # with gradients the torch step runs whatever is requested
+    fr = fused.clone().requires_grad_(True)
+    c = model(fr, v, moved, opencv=True)
+    c.image.sum().backward()
+    assert fr.grad is not None and float(fr.grad.abs().sum()) > 0
+
+
+def test_runner_uses_the_opencv_step_on_cpu(test_data):
+    from ros2_regionfuse.core.config import PipelineConfig
+    from ros2_regionfuse.models.runtime import build_runner
+    th, vis = _real_pair(test_data, '00537D')
+    t, v = convert.to_tensor(th), convert.to_tensor(vis)
+    shift = torch.zeros(1, 2, *th.shape)
+    shift[:, 0] = 5.0
+    moved = warp_by_flow(t, -shift)
+    fused = (0.5 * (moved + v)).clamp(0, 1)
+    module = _shipped_with()
+    run, _ = build_runner('corrector', PipelineConfig(), torch.device('cpu'), module)
+    image, _, flow = run(fused, v, moved)
+    with torch.inference_mode():
+        ref_cv = module(fused, v, moved, opencv=True)
+    assert torch.equal(image, ref_cv.image) and torch.equal(flow, ref_cv.flow)

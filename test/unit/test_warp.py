@@ -173,3 +173,24 @@ def test_affine_fit_recovers_affine_and_ignores_outliers():
     w0 = w.clone()
     w0[0, :, 3:5, 4:6] = 0.0                                   # zero weight: exact again
     assert torch.allclose(affine_fit(noisy, w0, iters=0), field, atol=0.02)
+
+
+def test_bidirectional_warp_cv_matches_torch():
+    """OpenCV form: exact at integer flows, within its 1/32 px position quantisation elsewhere."""
+    import numpy as np
+
+    from ros2_regionfuse.models.warp import bidirectional_warp_cv
+    x = torch.cat([_smooth_image(48, 64, seed=1), _smooth_image(48, 64, seed=2)], 1)
+    m = torch.rand(1, 1, 48, 64, generator=torch.Generator().manual_seed(3))
+    whole = torch.zeros(1, 2, 48, 64)
+    whole[:, 0], whole[:, 1] = 3.0, -2.0
+    sub = _smooth_image(48, 64, seed=4).repeat(1, 2, 1, 1) * 12 - 6      # smooth, +-6 px
+    for flow, tol in ((whole, 1e-6), (sub, 4e-3)):
+        expect = bidirectional_warp(x, flow, m)[0].numpy()
+        got = bidirectional_warp_cv(x[0].numpy(), flow[0].numpy(), m[0, 0].numpy())
+        assert got.shape == expect.shape and got.dtype == np.float32
+        assert float(np.abs(got - expect).max()) < tol
+    # the blend is the formula: m = 1 -> forward warp only
+    ones = np.ones((48, 64), np.float32)
+    fwd = warp_by_flow(x, sub)[0].numpy()
+    assert float(np.abs(bidirectional_warp_cv(x[0].numpy(), sub[0].numpy(), ones) - fwd).max()) < 4e-3
