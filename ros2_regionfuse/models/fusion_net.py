@@ -160,7 +160,13 @@ class RegionFuseNet(nn.Module):
             energies.append(F.avg_pool2d(d, f) if f > 1 else d)
         return torch.cat([g_net, F.pixel_unshuffle(g_fine, 2)] + energies, 1)
 
-    def forward(self, thermal: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    def forward(self, thermal: torch.Tensor, visible: torch.Tensor, opencv: bool = False) -> torch.Tensor:
+        """Fuse ``(B, 1, H, W)`` thermal and visible luminance into ``(B, 1, H, W)``, all in [0, 1].
+
+        ``opencv`` runs the full-resolution pyramid upsampling and box means in
+        OpenCV (honoured in eager CPU float32 inference only, where the
+        pipeline's runner sets it; values equal to ~1e-6, see :func:`.pyramid.up_to`).
+        """
         cfg = self.cfg
         h, w = thermal.shape[-2:]
         ln = network_level(h, w, cfg.base_size)
@@ -171,7 +177,7 @@ class RegionFuseNet(nn.Module):
         if ph or pw or torch.jit.is_tracing():  # traced (ONNX): pads are dynamic, keep the op
             mode = 'reflect' if (ph < h and pw < w) else 'replicate'
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        details, base = laplacian_pyramid(x, levels)
+        details, base = laplacian_pyramid(x, levels, opencv)
         g_net, g_fine = x, x
         for _ in range(ln):
             g_fine = g_net
@@ -193,7 +199,7 @@ class RegionFuseNet(nn.Module):
         self.aux_loss = torch.stack(aux).mean() if aux else torch.zeros((), device=p.device)
         # --- apply the region-adaptive parameters at each level -----------------
         bt, by = base[:b], base[b:]
-        pb = up_to(p[:, :2], bt.shape[-2:])
+        pb = up_to(p[:, :2], bt.shape[-2:], opencv)
         wb = torch.sigmoid(pb[:, :1])
         fused_base = wb * bt + (1 - wb) * by + 0.1 * torch.tanh(pb[:, 1:2])
         temps = self.log_temp.exp()
@@ -201,13 +207,13 @@ class RegionFuseNet(nn.Module):
         for lvl, d in enumerate(details):
             band = min(ln - lvl, BANDS - 1)
             dt, dy = d[:b], d[b:]
-            pl = up_to(p[:, (2 + band, 2 + BANDS + band)], dt.shape[-2:])
-            a = box_mean3(abs_details[lvl])  # = F.avg_pool2d(., 3, 1, 1), bit-identical, faster
+            pl = up_to(p[:, (2 + band, 2 + BANDS + band)], dt.shape[-2:], opencv)
+            a = box_mean3(abs_details[lvl], opencv)  # = F.avg_pool2d(., 3, 1, 1), faster
             at, ay = a[:b], a[b:]
             s = torch.sigmoid(temps[band] * (at - ay) / (at + ay + 1e-3) + pl[:, :1])
             gain = F.softplus(pl[:, 1:2])
             fused_details.append(gain * torch.lerp(dy, dt, s))   # dy + s * (dt - dy) in one op
-        out = reconstruct(fused_details, fused_base)[..., :h, :w]
+        out = reconstruct(fused_details, fused_base, opencv)[..., :h, :w]
         return out.clamp(0.0, 1.0)
 
     def config_dict(self) -> dict:

@@ -6,6 +6,7 @@ each detail level stores exactly what the upsampled coarser level misses.
 """
 from __future__ import annotations
 
+import cv2
 import torch
 import torch.nn.functional as F
 
@@ -28,18 +29,23 @@ def down2(x: torch.Tensor) -> torch.Tensor:
     return (x[..., ::2, ::2] + x[..., ::2, 1::2] + x[..., 1::2, ::2] + x[..., 1::2, 1::2]) * 0.25
 
 
-def box_mean3(x: torch.Tensor) -> torch.Tensor:
+def box_mean3(x: torch.Tensor, opencv: bool = False) -> torch.Tensor:
     """3x3 mean with zero padding, equal to ``F.avg_pool2d(x, 3, 1, 1)`` (padding counted).
 
     The nine shifted views are summed in the pooling kernel's order and divided
     by 9, so the result is bit-identical; ~3x faster on the CPU for 1-2
-    channel full-resolution images.
+    channel full-resolution images. With ``opencv`` and in CPU inference
+    (:func:`_opencv_ok`) ``cv2.boxFilter`` computes it instead (equal to
+    ~1e-7; 0.56 -> 0.36 ms at 640x480 on 2 threads, 5.1 -> 0.36 ms on 1).
 
     Example:
         >>> x = torch.rand(1, 1, 5, 7)
         >>> torch.equal(box_mean3(x), F.avg_pool2d(x, 3, 1, 1))
         True
     """
+    if opencv and _opencv_ok(x):
+        return _per_plane(x, x.shape[-2:], lambda src, dst: cv2.boxFilter(
+            src, -1, (3, 3), dst=dst, normalize=True, borderType=cv2.BORDER_CONSTANT))
     h, w = x.shape[-2:]
     p = F.pad(x, (1, 1, 1, 1))
     acc = p[..., 0:h, 0:w] + p[..., 0:h, 1:w + 1]
@@ -48,12 +54,40 @@ def box_mean3(x: torch.Tensor) -> torch.Tensor:
     return acc / 9
 
 
-def up_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling of ``x`` to ``size = (H, W)``."""
+def _opencv_ok(x: torch.Tensor) -> bool:
+    """Whether ``x`` may take an OpenCV path: eager CPU float32 ``(B, C, H, W)``, no gradient."""
+    return (x.device.type == 'cpu' and x.dtype == torch.float32 and x.dim() == 4
+            and not x.requires_grad and not torch.jit.is_tracing())
+
+
+def _per_plane(x: torch.Tensor, size: tuple[int, int], op) -> torch.Tensor:
+    """Apply ``op(src_plane, dst_plane)`` (numpy, float32) to every ``(H, W)`` plane of ``x``."""
+    src = x.contiguous().numpy()
+    out = torch.empty(*x.shape[:2], *size, dtype=x.dtype)
+    dst = out.numpy()
+    for i in range(src.shape[0]):
+        for j in range(src.shape[1]):
+            op(src[i, j], dst[i, j])
+    return out
+
+
+def up_to(x: torch.Tensor, size: tuple[int, int], opencv: bool = False) -> torch.Tensor:
+    """Bilinear upsampling of ``x`` to ``size = (H, W)`` (``align_corners=False``).
+
+    With ``opencv`` and in CPU inference (:func:`_opencv_ok`) upsampling runs plane by plane in
+    ``cv2.resize`` (same half-pixel-centre bilinear rule; equal to
+    ``F.interpolate`` to ~1e-7 at the pyramid's factors of two): 2-7x faster
+    for the one- and two-channel full-resolution maps of the fusion network.
+    """
+    h, w = int(size[0]), int(size[1])
+    if opencv and _opencv_ok(x) and h >= x.shape[-2] and w >= x.shape[-1] and (h, w) != tuple(x.shape[-2:]):
+        return _per_plane(x, (h, w), lambda src, dst: cv2.resize(
+            src, (w, h), dst=dst, interpolation=cv2.INTER_LINEAR))
     return F.interpolate(x, size=size, mode='bilinear', align_corners=False)
 
 
-def laplacian_pyramid(x: torch.Tensor, levels: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+def laplacian_pyramid(x: torch.Tensor, levels: int, opencv: bool = False
+                      ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Decompose ``x`` into ``levels`` detail layers and a base.
 
     Args:
@@ -73,14 +107,14 @@ def laplacian_pyramid(x: torch.Tensor, levels: int) -> tuple[list[torch.Tensor],
     g = x
     for _ in range(levels):
         g_next = down2(g)
-        details.append(g - up_to(g_next, g.shape[-2:]))
+        details.append(g - up_to(g_next, g.shape[-2:], opencv))
         g = g_next
     return details, g
 
 
-def reconstruct(details: list[torch.Tensor], base: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`laplacian_pyramid`."""
+def reconstruct(details: list[torch.Tensor], base: torch.Tensor, opencv: bool = False) -> torch.Tensor:
+    """Inverse of :func:`laplacian_pyramid` (``opencv`` as in :func:`up_to`)."""
     x = base
     for d in reversed(details):
-        x = up_to(x, d.shape[-2:]) + d
+        x = up_to(x, d.shape[-2:], opencv) + d
     return x

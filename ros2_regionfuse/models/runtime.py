@@ -20,6 +20,7 @@ from ..core.checks import ConfigError
 from ..core.config import PipelineConfig
 from ..core.weights import load_weights, shipped_weights
 from .corrector import Corrector
+from .fusion_net import RegionFuseNet
 from .registry import build_corrector, build_fusion
 
 
@@ -81,12 +82,20 @@ def set_skip_aligned(model: nn.Module, skip: bool) -> nn.Module:
 
 def _torch_runner(kind: str, model: nn.Module) -> Callable:
     if kind == 'fusion':
+        # Full-resolution pyramid upsampling and box means in OpenCV (values equal to ~1e-6) when
+        # torch runs single-threaded (the node's default per stage): measured 2.8 ms faster there,
+        # but 2.7 ms slower with 2 intra-op threads, whose spinning workers compete with OpenCV's
+        # own threads; see docs/performance.md.
+        fusion_cv = isinstance(model, RegionFuseNet)
+
         @torch.inference_mode()
         def run_fusion(thermal: torch.Tensor, visible_y: torch.Tensor) -> torch.Tensor:
+            if fusion_cv and torch.get_num_threads() == 1:
+                return model(thermal, visible_y, opencv=True)
             return model(thermal, visible_y)
         return run_fusion
 
-    # The full-resolution step in OpenCV on the CPU: ~2x faster than torch there, outputs within
+    # The full-resolution step in OpenCV on the CPU: faster than torch there, outputs within
     # 0.006 of it on real frames (75 dB); see docs/performance.md.
     opencv = isinstance(model, Corrector)
 

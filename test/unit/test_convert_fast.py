@@ -75,3 +75,13 @@ def test_to_tensor_cuda_pinned_staging_round_trip(rng):
     for f, t in zip(frames, ts, strict=True):
         assert t.is_cuda
         np.testing.assert_array_equal(convert.to_numpy(t), f)
+
+
+def test_replace_luminance_keeps_gray_exactly_gray():
+    """A gray RGB frame stays exactly gray for any new luminance (one difference on all channels)."""
+    rng = np.random.default_rng(0)
+    g = rng.random((37, 53), dtype=np.float32)
+    y = rng.random((37, 53), dtype=np.float32)
+    out = convert.replace_luminance(np.repeat(g[..., None], 3, -1), y)
+    assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 1], out[..., 2])
+    assert float(np.abs(out[..., 0] - y).max()) < 1e-6   # gray: the new luminance itself

@@ -86,3 +86,53 @@ def test_corrector_stem_strided_conv_equals_unshuffle_then_1x1():
         m(img, img * 0.5, img.flip(-1))
         x3 = torch.cat([img * 0.5, img, img.flip(-1)], 1)   # streams [visible, fused, thermal]
         assert torch.allclose(feats['stem'], m.stem(F.pixel_unshuffle(x3, s)), atol=1e-5)
+
+
+def test_opencv_pyramid_ops_match_torch():
+    """The OpenCV forms of up_to and box_mean3 (CPU inference) equal the torch ones to ~1e-6,
+    including odd sizes; with gradients or without the flag the torch ops run."""
+    import torch.nn.functional as F
+
+    from ros2_regionfuse.models.pyramid import box_mean3, up_to
+    g = torch.Generator().manual_seed(0)
+    cases = (((2, 1, 60, 80), (120, 160)), ((1, 2, 15, 20), (120, 160)), ((1, 3, 37, 50), (75, 101)))
+    for shape, size in cases:
+        x = torch.rand(*shape, generator=g)
+        ref = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
+        got = up_to(x, size, opencv=True)
+        assert got.shape == ref.shape and float((got - ref).abs().max()) < 5e-6
+        assert torch.equal(up_to(x, size), ref)
+    x = torch.rand(2, 1, 33, 47, generator=g)
+    ref = F.avg_pool2d(x, 3, 1, 1)
+    assert float((box_mean3(x, opencv=True) - ref).abs().max()) < 1e-6
+    assert torch.equal(box_mean3(x), ref)
+    xg = x.clone().requires_grad_(True)
+    box_mean3(xg, opencv=True).sum().backward()    # gradient path: torch, differentiable
+    assert xg.grad is not None and float(xg.grad.abs().sum()) > 0
+
+
+def test_fusion_opencv_path_matches_torch_on_real_pairs(test_data):
+    """RegionFuseNet(opencv=True) gives the torch outputs on real pairs (shipped weights), and the
+    pipeline's fusion runner uses it when torch runs single-threaded."""
+    from ros2_regionfuse.core import convert
+    from ros2_regionfuse.core.config import PipelineConfig
+    from ros2_regionfuse.core.imageio import read_gray, read_rgb
+    from ros2_regionfuse.models.runtime import build_runner, load_model
+    model, _ = load_model('fusion', 'regionfuse_tiny', '', torch.device('cpu'))
+    run, _ = build_runner('fusion', PipelineConfig(), torch.device('cpu'))
+    threads = torch.get_num_threads()
+    try:
+        for stem in ('00537D', 'FLIR_05005'):
+            th = read_gray(test_data / 'ir' / f'{stem}.png', as_uint8=True).astype('float32') / 255.0
+            t = convert.to_tensor(th)
+            rgb = convert.rgb_to_unit(read_rgb(test_data / 'vi' / f'{stem}.png'))
+            y = convert.to_tensor(convert.luminance(rgb))
+            for n in (1, 2):   # (thread counts change oneDNN's summation order: compare within one)
+                torch.set_num_threads(n)
+                with torch.inference_mode():
+                    ref, got = model(t, y), model(t, y, opencv=True)
+                assert float((got - ref).abs().max()) < 5e-6
+                assert float(ref.std()) > 0.05          # a real image, not a flat one
+                assert torch.equal(run(t, y), got if n == 1 else ref)
+    finally:
+        torch.set_num_threads(threads)
