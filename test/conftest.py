@@ -47,3 +47,15 @@ def shared_data() -> Path:
 def rng() -> np.random.Generator:
     """Seeded numpy generator."""
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Each test starts with the process's intra-op thread count: pipelines built with
+    ``threads: N`` set it process-wide, and some code paths depend on it (the fusion runner's
+    single-threaded OpenCV form), so a test must not inherit another test's setting."""
+    import torch
+    n = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
