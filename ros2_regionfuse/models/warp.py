@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .pyramid import window_mean
+
 _GRID_CACHE: dict[tuple, torch.Tensor] = {}
 _GRID_CACHE_MAX = 16
 _PIXEL_GRID_CACHE: dict[tuple[int, int], np.ndarray] = {}
@@ -279,7 +281,7 @@ def soft_argmax_offset(cost: torch.Tensor, radius: int, temperature: torch.Tenso
         [1.0, 0.0]
     """
     if window > 1:
-        cost = F.avg_pool2d(cost, window, 1, window // 2, count_include_pad=False)
+        cost = window_mean(cost, window)   # = avg_pool2d(count_include_pad=False), faster
     p = torch.softmax(cost / temperature, 1)
     offs = torch.tensor(correlation_offsets(radius), dtype=cost.dtype, device=cost.device)
     ox = (p * offs[:, 0].view(1, -1, 1, 1)).sum(1, keepdim=True)

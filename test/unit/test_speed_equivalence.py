@@ -136,3 +136,17 @@ def test_fusion_opencv_path_matches_torch_on_real_pairs(test_data):
                 assert torch.equal(run(t, y), got if n == 1 else ref)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize('shape,k', [((1, 25, 30, 40), 5), ((2, 3, 7, 5), 5), ((1, 1, 4, 4), 7),
+                                     ((1, 2, 9, 11), 3)])
+def test_window_mean_equals_valid_pixel_pooling(shape, k):
+    """Shifted-slice window mean = avg_pool2d(count_include_pad=False), with gradients too."""
+    from ros2_regionfuse.models.pyramid import window_mean
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(k), requires_grad=True)
+    ref = F.avg_pool2d(x, k, 1, k // 2, count_include_pad=False)
+    got = window_mean(x, k)
+    assert float((got - ref).abs().max()) < 1e-6
+    g_ref, = torch.autograd.grad(ref.sum(), x)
+    g_got, = torch.autograd.grad(got.sum(), x)
+    assert float((g_got - g_ref).abs().max()) < 1e-5
