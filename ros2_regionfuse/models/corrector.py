@@ -87,6 +87,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .global_align import GlobalAlignConfig, field_on_grid, gated_similarity, max_shift
+from .pyramid import window_mean
 from .registry import register_corrector
 from .warp import (
     affine_fit,
@@ -248,7 +249,7 @@ def edge_descriptor(img: torch.Tensor) -> torch.Tensor:
     gx = F.pad(img[..., :, 2:] - img[..., :, :-2], (1, 1, 0, 0)) if img.shape[-1] > 2 else zero
     gy = F.pad(img[..., 2:, :] - img[..., :-2, :], (0, 0, 1, 1)) if img.shape[-2] > 2 else zero
     g = torch.cat([gx.abs(), gy.abs()], 1)
-    energy = F.avg_pool2d(g.sum(1, keepdim=True), _EDGE_WINDOW, 1, _EDGE_WINDOW // 2, count_include_pad=False)
+    energy = window_mean(g.sum(1, keepdim=True), _EDGE_WINDOW)   # = avg_pool2d(count_include_pad=False)
     e = g / (energy + _EDGE_EPS)
     return e - e.mean((2, 3), keepdim=True)
 

@@ -58,6 +58,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .pyramid import window_mean
 from .warp import warp_by_flow
 
 _EDGE_EPS = 0.02      # intensity units: floor of the local mean gradient magnitude
@@ -165,7 +166,7 @@ def align_descriptor(img: torch.Tensor) -> torch.Tensor:
     gx, gy = central_gradients(img)
     mag2 = gx * gx + gy * gy
     mag = torch.sqrt(mag2 + _GRAD_EPS * _GRAD_EPS)
-    local = F.avg_pool2d(mag, _LOCAL_WINDOW, 1, _LOCAL_WINDOW // 2, count_include_pad=False)
+    local = window_mean(mag, _LOCAL_WINDOW)   # = avg_pool2d(count_include_pad=False), faster
     w = mag / (local + _EDGE_EPS)
     inv = w / (mag2 + _GRAD_EPS)
     return torch.cat([(gx * gx - gy * gy) * inv, 2.0 * gx * gy * inv,
@@ -293,12 +294,24 @@ def _translation_search(dv: torch.Tensor, dt: torch.Tensor, radius: int, down: i
     return torch.stack([tx, ty, zeros, zeros], 1)
 
 
-def _level_descriptors(visible: torch.Tensor, thermal: torch.Tensor, down: int, blur: float
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    v = F.avg_pool2d(visible, down) if down > 1 else visible
-    t = F.avg_pool2d(thermal, down) if down > 1 else thermal
-    d = gaussian_blur(align_descriptor(torch.cat([v, t], 0)), blur)
-    return d[:visible.shape[0]], d[visible.shape[0]:]
+def _pooled_levels(visible: torch.Tensor, thermal: torch.Tensor, factors: list[int]
+                   ) -> dict[int, torch.Tensor]:
+    """``{factor: (2B, 1, H / factor, W / factor)}`` visible then thermal, average-pooled.
+
+    The full-resolution images are pooled once, to the finest factor; coarser
+    levels pool that (the mean of equal blocks' means is the block mean, to
+    float rounding; floor sizes agree since ``floor(floor(n / a) / b) = floor(n / (a b))``).
+    """
+    fine = min(factors)
+    base = torch.cat([F.avg_pool2d(x, fine) if fine > 1 else x for x in (visible, thermal)], 0)
+    return {f: (F.avg_pool2d(base, f // fine) if f > fine else base) for f in factors}
+
+
+def _level_descriptors(pooled: torch.Tensor, blur: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blurred descriptors of one level's pooled ``(2B, 1, h, w)`` images: ``(visible, thermal)``."""
+    d = gaussian_blur(align_descriptor(pooled), blur)
+    b = pooled.shape[0] // 2
+    return d[:b], d[b:]
 
 
 def estimate_similarity(visible: torch.Tensor, thermal: torch.Tensor,
@@ -324,8 +337,10 @@ def estimate_similarity(visible: torch.Tensor, thermal: torch.Tensor,
     if min(big, bigw) < 16 and not torch.jit.is_tracing():
         return params, gain
     eye = torch.eye(PARAMS, dtype=visible.dtype, device=visible.device)
-    for lvl, (down, iters) in enumerate(zip(cfg.factors(bigw), cfg.iters)):
-        dv, dt = _level_descriptors(visible, thermal, down, cfg.blur)
+    factors = cfg.factors(bigw)
+    pooled = _pooled_levels(visible, thermal, factors)
+    for lvl, (down, iters) in enumerate(zip(factors, cfg.iters)):
+        dv, dt = _level_descriptors(pooled[down], cfg.blur)
         h, w = dv.shape[-2:]
         u, v = centred_coords(h, w, big, bigw, dv)
         scale = 1.0 / down   # input px -> cells of this level
