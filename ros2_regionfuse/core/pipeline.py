@@ -87,7 +87,12 @@ class FusedFrame:
         thermal_t, visible_t, fused_t: ``(1, 1, H, W)`` float32 tensors in [0, 1]
             on the pipeline's device (thermal, visible luminance, fused luminance).
         correct: whether :meth:`FusionPipeline.finish` runs the corrector.
-        timings_ms: ``preprocess`` and ``fusion`` so far.
+        timings_ms: ``preprocess`` and ``fusion`` so far, and ``align`` (the
+            corrector's global registration, when it ran here).
+        align_params: the corrector's global registration of this pair
+            (``(1, 4)``), computed in the first half so that the node overlaps
+            it with the correction of the previous pair; None: the corrector
+            computes it (no global start, or a runner without ``align``).
     """
 
     thermal: np.ndarray
@@ -97,6 +102,7 @@ class FusedFrame:
     fused_t: torch.Tensor
     correct: bool
     timings_ms: dict[str, float]
+    align_params: torch.Tensor | None = None
 
 
 def stage_threads(stages: int, cores: int | None = None) -> int:
@@ -264,10 +270,13 @@ class FusionPipeline:
         """First half of :meth:`process`: preprocessing and fusion (arguments as there).
 
         ``correct`` is resolved here (default ``cfg.corrector.enabled`` at this
-        call) so a pair is finished the way it was started.
+        call) so a pair is finished the way it was started. When it is true,
+        the corrector's global registration runs here too
+        (:attr:`FusedFrame.align_params`).
 
         Raises:
-            RegionFuseError: invalid images or configuration.
+            RegionFuseError: invalid images or configuration, or the corrector
+                cannot be loaded.
         """
         t0 = time.perf_counter()
         th, rgb_u = self.preprocess(thermal, rgb, out_size)
@@ -279,9 +288,18 @@ class FusionPipeline:
         fused_y = self.fusion(th_t, y_t)
         t2 = time.perf_counter()
         do_correct = self.cfg.corrector.enabled if correct is None else correct
+        params = None
+        if do_correct:
+            # The corrector's global registration needs only the sources: it runs here, in the
+            # node's first stage, which balances the two stages (docs/performance.md).
+            self._ensure_corrector()
+            align = getattr(self._corrector, 'align', None)
+            params = align(y_t, th_t) if align is not None else None
+        t3 = time.perf_counter()
         return FusedFrame(thermal=th, rgb=rgb_u, thermal_t=th_t, visible_t=y_t, fused_t=fused_y,
-                          correct=do_correct,
-                          timings_ms={'preprocess': (t1 - t0) * 1e3, 'fusion': (t2 - t1) * 1e3})
+                          correct=do_correct, align_params=params,
+                          timings_ms={'preprocess': (t1 - t0) * 1e3, 'fusion': (t2 - t1) * 1e3,
+                                      'align': (t3 - t2) * 1e3})
 
     def finish(self, frame: FusedFrame) -> FusionResult:
         """Second half of :meth:`process`: corrector (when ``frame.correct``) and postprocessing.
@@ -295,7 +313,11 @@ class FusionPipeline:
         corr_y = fused_y
         if frame.correct:
             self._ensure_corrector()
-            corr_y, m_t, f_t = self._corrector(fused_y, frame.visible_t, frame.thermal_t)
+            if frame.align_params is not None:
+                corr_y, m_t, f_t = self._corrector(fused_y, frame.visible_t, frame.thermal_t,
+                                                   align_params=frame.align_params)
+            else:
+                corr_y, m_t, f_t = self._corrector(fused_y, frame.visible_t, frame.thermal_t)
             misreg = convert.to_numpy(m_t)
             flow = convert.to_numpy(f_t)
         t3 = time.perf_counter()
@@ -308,7 +330,8 @@ class FusionPipeline:
         fused = convert.unit_to_uint8(convert.replace_luminance(rgb_u, convert.apply_contrast(out_y, bounds)))
         t4 = time.perf_counter()
         ms = dict(frame.timings_ms)
-        ms.update({'corrector': (t3 - t2) * 1e3, 'postprocess': (t4 - t3) * 1e3})
+        # The global registration belongs to the corrector, wherever it ran.
+        ms.update({'corrector': (t3 - t2) * 1e3 + ms.pop('align', 0.0), 'postprocess': (t4 - t3) * 1e3})
         ms['total'] = ms['preprocess'] + ms['fusion'] + ms['corrector'] + ms['postprocess']
         return FusionResult(fused=fused, thermal=frame.thermal, misregistration=misreg, flow=flow,
                             timings_ms=ms, raw_source=(rgb_u, fy, bounds) if frame.correct else None)

@@ -481,6 +481,16 @@ class Corrector(nn.Module):
             return False
         return bool((max_shift(params, image_hw) <= cfg.min_shift - 4 * cfg.min_shift_width).all())
 
+    def align(self, visible: torch.Tensor, thermal: torch.Tensor) -> torch.Tensor | None:
+        """Gated global similarity parameters ``(B, 4)`` the forward pass starts from.
+
+        None without ``cfg.global_align``. No learned weights are involved (no gradient).
+        """
+        if not self.cfg.global_align:
+            return None
+        with torch.no_grad():
+            return gated_similarity(visible, thermal, self.cfg.align)
+
     def config_dict(self) -> dict:
         """Hyper-parameters as a plain dict (for model cards)."""
         return asdict(self.cfg)
@@ -491,8 +501,8 @@ class Corrector(nn.Module):
                 and not self.training and not low.requires_grad and not torch.jit.is_tracing())
 
     def forward(self, fused: torch.Tensor, visible: torch.Tensor, thermal: torch.Tensor,
-                aux: bool = False, init_flow: torch.Tensor | None = None, opencv: bool = False
-                ) -> CorrectorOutput:
+                aux: bool = False, init_flow: torch.Tensor | None = None, opencv: bool = False,
+                align_params: torch.Tensor | None = None) -> CorrectorOutput:
         """Correct ``fused``; see the class docstring for shapes.
 
         ``init_flow`` (``(B, 2, H, W)``, pixels) replaces the start of the
@@ -500,14 +510,16 @@ class Corrector(nn.Module):
         ``cfg.global_align``); used by tests and experiments. ``opencv`` runs
         the full-resolution step with OpenCV (:func:`full_resolution_cv`;
         honoured in eager CPU float32 inference only, where the pipeline's
-        runner sets it; otherwise the torch step runs).
+        runner sets it; otherwise the torch step runs). ``align_params``
+        (``(B, 4)``) are the gated similarity parameters of this frame computed
+        beforehand (:meth:`align`), so the pipeline can run the global
+        registration in its first stage; None computes them here.
         """
         cfg = self.cfg
         h, w = fused.shape[-2:]
         params = None
         if cfg.global_align and init_flow is None:
-            with torch.no_grad():   # no learned weights: nothing to train through
-                params = gated_similarity(visible, thermal, cfg.align)
+            params = self.align(visible, thermal) if align_params is None else align_params
             if self.skips(params, (h, w)):
                 zero = torch.zeros_like(fused)
                 return CorrectorOutput(fused, zero, torch.cat([zero, zero], 1), [], [], [])

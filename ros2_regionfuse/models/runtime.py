@@ -95,16 +95,38 @@ def _torch_runner(kind: str, model: nn.Module) -> Callable:
             return model(thermal, visible_y)
         return run_fusion
 
-    # The full-resolution step in OpenCV on the CPU: faster than torch there, outputs within
-    # 0.006 of it on real frames (75 dB); see docs/performance.md.
-    opencv = isinstance(model, Corrector)
+    return TorchCorrectorRunner(model)
+
+
+class TorchCorrectorRunner:
+    """A corrector module as the pipeline's runner (torch backend).
+
+    Calling it corrects a frame; :meth:`align` computes the frame's global
+    registration on its own, so the pipeline can run that part in its first
+    stage (the node then overlaps it with the correction of the previous frame).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        # The full-resolution step in OpenCV on the CPU: faster than torch there, outputs within
+        # 0.006 of it on real frames (75 dB); see docs/performance.md.
+        self._is_corrector = isinstance(model, Corrector)
 
     @torch.inference_mode()
-    def run_corrector(fused: torch.Tensor, visible_y: torch.Tensor, thermal: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = model(fused, visible_y, thermal, opencv=opencv) if opencv else model(fused, visible_y, thermal)
+    def align(self, visible_y: torch.Tensor, thermal: torch.Tensor) -> torch.Tensor | None:
+        """Gated global similarity parameters ``(1, 4)`` of the frame, or None (no global start)."""
+        return self.model.align(visible_y, thermal) if self._is_corrector else None
+
+    @torch.inference_mode()
+    def __call__(self, fused: torch.Tensor, visible_y: torch.Tensor, thermal: torch.Tensor,
+                 align_params: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(corrected, M, flow)``; ``align_params`` from :meth:`align` of the same frame, if known."""
+        if self._is_corrector:
+            out = self.model(fused, visible_y, thermal, opencv=True, align_params=align_params)
+        else:
+            out = self.model(fused, visible_y, thermal)
         return out.image, out.misregistration, out.flow
-    return run_corrector
 
 
 def build_runner(kind: str, cfg: PipelineConfig, device: torch.device,

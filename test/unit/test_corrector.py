@@ -296,3 +296,26 @@ def test_runner_uses_the_opencv_step_on_cpu(test_data):
     with torch.inference_mode():
         ref_cv = module(fused, v, moved, opencv=True)
     assert torch.equal(image, ref_cv.image) and torch.equal(flow, ref_cv.flow)
+
+
+def test_pipeline_runs_the_global_registration_in_its_first_half(test_data):
+    """fuse() computes the corrector's global registration (align_params) and finish() uses it:
+    the result equals the corrector computing it itself, and the time counts as corrector time."""
+    from ros2_regionfuse.core.config import PipelineConfig
+    from ros2_regionfuse.core.imageio import read_gray, read_rgb
+    from ros2_regionfuse.core.pipeline import FusionPipeline
+    th = read_gray(test_data / 'ir' / '00537D.png')
+    rgb = read_rgb(test_data / 'vi' / '00537D.png')
+    moved = np.ascontiguousarray(np.roll(th, 6, axis=1))     # thermal 6 px to the right
+    pipe = FusionPipeline(PipelineConfig(device='cpu'))
+    frame = pipe.fuse(moved, rgb)
+    assert frame.align_params is not None and frame.align_params.shape == (1, 4)
+    assert float(frame.align_params[0, 0]) == pytest.approx(6.0, abs=1.5)   # tx in px
+    assert frame.timings_ms['align'] > 0
+    res = pipe.finish(frame)
+    image, m, flow = pipe._corrector(frame.fused_t, frame.visible_t, frame.thermal_t)   # computes its own
+    assert np.array_equal(res.flow, convert.to_numpy(flow))
+    assert np.array_equal(res.misregistration, convert.to_numpy(m))
+    assert 'align' not in res.timings_ms and res.timings_ms['corrector'] > frame.timings_ms['align']
+    off = pipe.fuse(moved, rgb, correct=False)
+    assert off.align_params is None
