@@ -21,6 +21,9 @@ Example:
 """
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 import torch
@@ -31,7 +34,8 @@ from .pyramid import window_mean
 
 _GRID_CACHE: dict[tuple, torch.Tensor] = {}
 _GRID_CACHE_MAX = 16
-_PIXEL_GRID_CACHE: dict[tuple[int, int], np.ndarray] = {}
+_PIXEL_GRID_CACHE: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+_SCRATCH = threading.local()
 
 
 def base_grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -165,19 +169,38 @@ def pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return g
 
 
-def bidirectional_warp_cv(img: np.ndarray, flow: np.ndarray, m: np.ndarray) -> np.ndarray:
+def scratch(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 work array for ``name``, reused by the calling thread (contents undefined).
+
+    The OpenCV paths write their intermediates into these instead of fresh
+    arrays: a fresh full-resolution array costs page faults on every first
+    touch, which on the 2-vCPU VM doubled the corrector's full-resolution step
+    (docs/performance.md). Per thread, so concurrent pipelines never share one.
+    """
+    bufs = getattr(_SCRATCH, 'bufs', None)
+    if bufs is None:
+        bufs = _SCRATCH.bufs = {}
+    a = bufs.get(name)
+    if a is None or a.shape != shape:
+        a = bufs[name] = np.empty(shape, np.float32)
+    return a
+
+
+def bidirectional_warp_cv(img: np.ndarray | Sequence[np.ndarray], flow: np.ndarray, m: np.ndarray,
+                          out: np.ndarray | None = None) -> np.ndarray:
     """:func:`bidirectional_warp` on numpy arrays with OpenCV (CPU inference only, no gradients).
 
     Same pixel model and border rule as the torch function (``cv2.remap``,
     bilinear, ``BORDER_REPLICATE``), but OpenCV quantises sampling positions
     to 1/32 px, so values differ from the torch function by at most about
     1/64 of the local intensity step (< 0.016 on [0, 1] images; ~4e-5 on
-    average on real frames).
+    average on real frames). Intermediates live in :func:`scratch` arrays.
 
     Args:
-        img: ``(C, H, W)`` float32 planes.
+        img: ``(C, H, W)`` float32, or a sequence of C ``(H, W)`` float32 planes.
         flow: ``(2, H, W)`` float32 pixels (x, y); rows may be strided (a crop).
         m: ``(H, W)`` float32 gate in [0, 1].
+        out: ``(C, H, W)`` float32 array to write into (default: a new one).
 
     Returns:
         ``(C, H, W)`` float32 ``m * warp(img, +flow) + (1 - m) * warp(img, -flow)``.
@@ -188,14 +211,20 @@ def bidirectional_warp_cv(img: np.ndarray, flow: np.ndarray, m: np.ndarray) -> n
         >>> bool(np.allclose(bidirectional_warp_cv(x, f, np.full((4, 5), 0.3, np.float32)), x))
         True
     """
-    h, w = img.shape[-2:]
+    h, w = img[0].shape
     xs, ys = pixel_grid(h, w)
-    maps = ((xs + flow[0], ys + flow[1]), (xs - flow[0], ys - flow[1]))
-    out = np.empty_like(img)
-    for c in range(img.shape[0]):
+    mx, my = scratch('warp.mx', (2, h, w)), scratch('warp.my', (2, h, w))
+    np.add(xs, flow[0], out=mx[0])
+    np.add(ys, flow[1], out=my[0])
+    np.subtract(xs, flow[0], out=mx[1])
+    np.subtract(ys, flow[1], out=my[1])
+    fwd, bwd = scratch('warp.fwd', (h, w)), scratch('warp.bwd', (h, w))
+    if out is None:
+        out = np.empty((len(img), h, w), np.float32)
+    for c in range(len(img)):
         # One plane at a time: single-channel remaps are ~1.5x faster than one 2-channel remap.
-        fwd, bwd = (cv2.remap(img[c], mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-                    for mx, my in maps)
+        cv2.remap(img[c], mx[0], my[0], cv2.INTER_LINEAR, dst=fwd, borderMode=cv2.BORDER_REPLICATE)
+        cv2.remap(img[c], mx[1], my[1], cv2.INTER_LINEAR, dst=bwd, borderMode=cv2.BORDER_REPLICATE)
         np.subtract(fwd, bwd, out=fwd)
         np.multiply(fwd, m, out=fwd)
         np.add(fwd, bwd, out=out[c])
