@@ -11,6 +11,7 @@ import importlib
 import logging
 import sys
 
+from ..core.allocator import retain_freed_memory
 from ..core.checks import RegionFuseError
 
 # subcommand -> (module in ros2_regionfuse.cli, one-line help)
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if ns.command is None:
         top.print_help()
         return 0
+    retain_freed_memory()   # glibc: reuse freed frame buffers instead of page-faulting them in again
     mod_name, help_ = SUBCOMMANDS[ns.command]
     mod = importlib.import_module(f'{__package__}.{mod_name}')
     p = argparse.ArgumentParser(prog=f'regionfuse {ns.command}', description=help_)

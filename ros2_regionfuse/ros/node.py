@@ -46,6 +46,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
 from ..core.align import plane_homography
+from ..core.allocator import retain_freed_memory
 from ..core.checks import ConfigError, RegionFuseError
 from ..core.config import NodeConfig
 from ..core.sync import (
@@ -560,6 +561,7 @@ def main(args: list[str] | None = None) -> int:
         InvalidParameterValueException,
         ParameterException,
     )
+    retain_freed_memory()   # glibc: reuse freed frame buffers instead of page-faulting them in again
     rclpy.init(args=args)
     node: RegionFuseNode | None = None
     code = 0
