@@ -28,6 +28,7 @@ and region sizes and the output is cropped back.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -160,12 +161,40 @@ class RegionFuseNet(nn.Module):
             energies.append(F.avg_pool2d(d, f) if f > 1 else d)
         return torch.cat([g_net, F.pixel_unshuffle(g_fine, 2)] + energies, 1)
 
-    def forward(self, thermal: torch.Tensor, visible: torch.Tensor, opencv: bool = False) -> torch.Tensor:
+    def region_params(self, feats: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+        """The region network: pyramid features -> fusion parameters at the network level.
+
+        Args:
+            feats: ``(2B, 8, h, w)`` features of thermal then visible (:meth:`_features`).
+            stats: ``(B, N, 8)`` region statistics (:func:`region_stats`).
+
+        Returns:
+            ``(B, 2 + 2 * BANDS, h, w)`` head output; sets ``self.aux_loss``.
+        """
+        b = stats.shape[0]
+        ft, fy = self.embed_t(feats[:b]), self.embed_y(feats[b:])
+        ft, fy = self.enc_t(ft), self.enc_y(fy)
+        aux = []
+        for blk, rfcm in zip(self.blocks, self.rfcms):
+            z = blk(torch.cat([ft, fy], 1), stats)
+            if self.training:
+                aux.append(balance_loss(blk.mora.last_routing))
+            o = rfcm(z)
+            ft, fy = ft + o, fy + o
+        p = self.head(torch.cat([ft, fy], 1))
+        self.aux_loss = torch.stack(aux).mean() if aux else torch.zeros((), device=p.device)
+        return p
+
+    def forward(self, thermal: torch.Tensor, visible: torch.Tensor, opencv: bool = False,
+                region_params: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                ) -> torch.Tensor:
         """Fuse ``(B, 1, H, W)`` thermal and visible luminance into ``(B, 1, H, W)``, all in [0, 1].
 
         ``opencv`` runs the full-resolution pyramid upsampling and box means in
         OpenCV (honoured in eager CPU float32 inference only, where the
         pipeline's runner sets it; values equal to ~1e-6, see :func:`.pyramid.up_to`).
+        ``region_params`` replaces :meth:`region_params` (the pipeline's runner
+        passes a traced, frozen copy of it: same values, less overhead).
         """
         cfg = self.cfg
         h, w = thermal.shape[-2:]
@@ -185,18 +214,8 @@ class RegionFuseNet(nn.Module):
         b = thermal.shape[0]
         abs_details = [d.abs() for d in details]   # shared by the energies and the selection below
         feats = self._features(x, g_net, g_fine, abs_details, ln)
-        ft, fy = self.embed_t(feats[:b]), self.embed_y(feats[b:])
-        ft, fy = self.enc_t(ft), self.enc_y(fy)
         stats = region_stats(g_net[:b], g_net[b:], cfg.region)
-        aux = []
-        for blk, rfcm in zip(self.blocks, self.rfcms):
-            z = blk(torch.cat([ft, fy], 1), stats)
-            if self.training:
-                aux.append(balance_loss(blk.mora.last_routing))
-            o = rfcm(z)
-            ft, fy = ft + o, fy + o
-        p = self.head(torch.cat([ft, fy], 1))
-        self.aux_loss = torch.stack(aux).mean() if aux else torch.zeros((), device=p.device)
+        p = (region_params or self.region_params)(feats, stats)
         # --- apply the region-adaptive parameters at each level -----------------
         bt, by = base[:b], base[b:]
         pb = up_to(p[:, :2], bt.shape[-2:], opencv)

@@ -8,6 +8,8 @@ All tensors are ``(1, C, H, W)`` float32 on the pipeline's device, images in
 from __future__ import annotations
 
 import copy
+import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +24,8 @@ from ..core.weights import load_weights, shipped_weights
 from .corrector import Corrector
 from .fusion_net import RegionFuseNet
 from .registry import build_corrector, build_fusion
+
+log = logging.getLogger(__name__)
 
 
 def load_model(kind: str, variant: str, checkpoint: str, device: torch.device,
@@ -82,20 +86,70 @@ def set_skip_aligned(model: nn.Module, skip: bool) -> nn.Module:
 
 def _torch_runner(kind: str, model: nn.Module) -> Callable:
     if kind == 'fusion':
-        # Full-resolution pyramid upsampling and box means in OpenCV (values equal to ~1e-6) when
-        # torch runs single-threaded (the node's default per stage): measured 2.8 ms faster there,
-        # but 2.7 ms slower with 2 intra-op threads, whose spinning workers compete with OpenCV's
-        # own threads; see docs/performance.md.
-        fusion_cv = isinstance(model, RegionFuseNet)
-
-        @torch.inference_mode()
-        def run_fusion(thermal: torch.Tensor, visible_y: torch.Tensor) -> torch.Tensor:
-            if fusion_cv and torch.get_num_threads() == 1:
-                return model(thermal, visible_y, opencv=True)
-            return model(thermal, visible_y)
-        return run_fusion
-
+        return TorchFusionRunner(model)
     return TorchCorrectorRunner(model)
+
+
+class _RegionParams(nn.Module):
+    """:meth:`RegionFuseNet.region_params` as a module of its own (for tracing)."""
+
+    def __init__(self, model: RegionFuseNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, feats: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+        return self.model.region_params(feats, stats)
+
+
+class TorchFusionRunner:
+    """A fusion module as the pipeline's runner (torch backend).
+
+    For a :class:`RegionFuseNet` on the CPU:
+
+    * the region network (:meth:`RegionFuseNet.region_params`) runs as a
+      TorchScript trace, frozen, one per feature size (built on the first frame
+      of a size, ~0.5 s): same values (max difference 0), less per-operation
+      overhead: measured -4.7 ms per frame with 2 threads (paired rounds);
+    * with torch single-threaded (the node's default per stage) the
+      full-resolution pyramid operations run in OpenCV (-2.8 ms there, but
+      +2.7 ms with 2 intra-op threads, whose spinning workers compete with
+      OpenCV's own threads). See docs/performance.md.
+    """
+
+    _MAX_TRACES = 4
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._fast = isinstance(model, RegionFuseNet) and next(model.parameters()).device.type == 'cpu'
+        self._traces: dict[tuple, Callable] = {}
+
+    def _region_params(self, feats: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+        key = (tuple(feats.shape), tuple(stats.shape), feats.dtype, feats.is_contiguous())
+        traced = self._traces.get(key)
+        if traced is None:
+            if len(self._traces) >= self._MAX_TRACES:
+                self._traces.clear()
+            try:
+                with warnings.catch_warnings():
+                    # torch.jit is deprecated in favour of torch.compile, whose compile step takes
+                    # 80-100 s here; torch is pinned (requirements.txt), and a failure falls back.
+                    warnings.simplefilter('ignore', torch.jit.TracerWarning)
+                    warnings.simplefilter('ignore', DeprecationWarning)
+                    traced = torch.jit.freeze(torch.jit.trace(
+                        _RegionParams(self.model).eval(), (feats, stats), check_trace=False))
+            except Exception as e:   # noqa: BLE001 - any tracing failure: keep the eager network
+                log.warning('fusion: tracing the region network failed (%s); running it eagerly', e)
+                traced = self.model.region_params
+            self._traces[key] = traced
+        return traced(feats, stats)
+
+    @torch.inference_mode()
+    def __call__(self, thermal: torch.Tensor, visible_y: torch.Tensor) -> torch.Tensor:
+        """Fused luminance ``(1, 1, H, W)`` in [0, 1]."""
+        if not self._fast or self.model.training:
+            return self.model(thermal, visible_y)
+        return self.model(thermal, visible_y, opencv=torch.get_num_threads() == 1,
+                          region_params=self._region_params)
 
 
 class TorchCorrectorRunner:

@@ -150,3 +150,36 @@ def test_window_mean_equals_valid_pixel_pooling(shape, k):
     g_ref, = torch.autograd.grad(ref.sum(), x)
     g_got, = torch.autograd.grad(got.sum(), x)
     assert float((g_got - g_ref).abs().max()) < 1e-5
+
+
+def test_fusion_runner_traces_the_region_network_per_size(test_data, monkeypatch, caplog):
+    """The runner's traced region network gives the eager values exactly, one trace per size; a
+    tracing failure falls back to the eager network with a warning (same values)."""
+    from ros2_regionfuse.core import convert
+    from ros2_regionfuse.core.imageio import read_gray, read_rgb
+    from ros2_regionfuse.models.runtime import TorchFusionRunner, load_model
+    model, _ = load_model('fusion', 'regionfuse_tiny', '', torch.device('cpu'))
+    th = read_gray(test_data / 'ir' / '00537D.png', as_uint8=True).astype('float32') / 255.0
+    y = convert.luminance(convert.rgb_to_unit(read_rgb(test_data / 'vi' / '00537D.png')))
+    run = TorchFusionRunner(model)
+    cv = torch.get_num_threads() == 1
+    for crop in (None, (slice(0, 64), slice(0, 96))):   # feature maps 16x20 and 8x12
+        t_img, y_img = (th, y) if crop is None else (th[crop].copy(), y[crop].copy())
+        t, v = convert.to_tensor(t_img), convert.to_tensor(y_img)
+        with torch.inference_mode():
+            ref = model(t, v, opencv=cv)
+        assert torch.equal(run(t, v), ref)
+        assert torch.equal(run(t, v), ref)              # the cached trace again
+    assert len(run._traces) == 2
+    assert all(isinstance(tr, torch.jit.ScriptModule) for tr in run._traces.values())
+
+    def broken(*args, **kwargs):
+        raise RuntimeError('no tracing here')
+    monkeypatch.setattr(torch.jit, 'trace', broken)
+    fallback = TorchFusionRunner(model)
+    t, v = convert.to_tensor(th), convert.to_tensor(y)
+    with caplog.at_level('WARNING'):
+        out = fallback(t, v)
+    with torch.inference_mode():
+        assert torch.equal(out, model(t, v, opencv=cv))
+    assert 'running it eagerly' in caplog.text
