@@ -77,6 +77,7 @@ only (untrained).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -501,34 +502,24 @@ class Corrector(nn.Module):
         return (requested and low.device.type == 'cpu' and low.dtype == torch.float32
                 and not self.training and not low.requires_grad and not torch.jit.is_tracing())
 
-    def forward(self, fused: torch.Tensor, visible: torch.Tensor, thermal: torch.Tensor,
-                aux: bool = False, init_flow: torch.Tensor | None = None, opencv: bool = False,
-                align_params: torch.Tensor | None = None) -> CorrectorOutput:
-        """Correct ``fused``; see the class docstring for shapes.
+    def fields(self, x: torch.Tensor, image_hw: tuple[int, int], params: torch.Tensor | None,
+               init_flow: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """The learned stages: padded inputs -> low-resolution fields for the full-resolution step.
 
-        ``init_flow`` (``(B, 2, H, W)``, pixels) replaces the start of the
-        coarsest stage (zero, or the global registration when
-        ``cfg.global_align``); used by tests and experiments. ``opencv`` runs
-        the full-resolution step with OpenCV (:func:`full_resolution_cv`;
-        honoured in eager CPU float32 inference only, where the pipeline's
-        runner sets it; otherwise the torch step runs). ``align_params``
-        (``(B, 4)``) are the gated similarity parameters of this frame computed
-        beforehand (:meth:`align`), so the pipeline can run the global
-        registration in its first stage; None computes them here.
+        Args:
+            x: ``(B, 3, Hp, Wp)`` visible, fused, thermal, padded to ``cfg.multiple``.
+            image_hw: ``(H, W)`` before padding.
+            params: gated similarity parameters ``(B, 4)`` (``cfg.global_align``), or None.
+            init_flow: as in :meth:`forward`.
+
+        Returns:
+            ``(low, flows, logits)``: ``low`` ``(B, 5, h, w)`` at the finest level (gated flow in
+            full-resolution px, gated M, gain, gated bias); per stage, finest first, the flow (px of
+            its level) and the M logit.
         """
         cfg = self.cfg
-        h, w = fused.shape[-2:]
-        params = None
-        if cfg.global_align and init_flow is None:
-            params = self.align(visible, thermal) if align_params is None else align_params
-            if self.skips(params, (h, w)):
-                zero = torch.zeros_like(fused)
-                return CorrectorOutput(fused, zero, torch.cat([zero, zero], 1), [], [], [])
-        mult = cfg.multiple
-        ph, pw = (-h) % mult, (-w) % mult
-        x = torch.cat([visible, fused, thermal], 1)
-        if ph or pw or torch.jit.is_tracing():   # traced graphs keep the padding (any input size)
-            x = F.pad(x, (0, pw, 0, ph), mode='replicate')
+        h, w = image_hw
         hp, wp = x.shape[-2:]
         s = cfg.stem_stride
         if s > 1:
@@ -614,6 +605,43 @@ class Corrector(nn.Module):
         flow_px = flows[0] * torch.tensor([sw, sh], dtype=x.dtype, device=x.device).view(1, 2, 1, 1)
         gate = shift_gate(flow_px, cfg.min_shift, cfg.min_shift_width)
         low = torch.cat([flow_px * gate, m0 * gate, ab[:, :1], ab[:, 1:] * gate], 1)
+        return low, flows, logits
+
+    def forward(self, fused: torch.Tensor, visible: torch.Tensor, thermal: torch.Tensor,
+                aux: bool = False, init_flow: torch.Tensor | None = None, opencv: bool = False,
+                align_params: torch.Tensor | None = None,
+                fields: Callable[..., tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]]
+                | None = None) -> CorrectorOutput:
+        """Correct ``fused``; see the class docstring for shapes.
+
+        ``init_flow`` (``(B, 2, H, W)``, pixels) replaces the start of the
+        coarsest stage (zero, or the global registration when
+        ``cfg.global_align``); used by tests and experiments. ``opencv`` runs
+        the full-resolution step with OpenCV (:func:`full_resolution_cv`;
+        honoured in eager CPU float32 inference only, where the pipeline's
+        runner sets it; otherwise the torch step runs). ``align_params``
+        (``(B, 4)``) are the gated similarity parameters of this frame computed
+        beforehand (:meth:`align`), so the pipeline can run the global
+        registration in its first stage; None computes them here. ``fields``
+        replaces :meth:`fields` (the pipeline's runner passes a traced, frozen
+        copy: same values, less overhead).
+        """
+        cfg = self.cfg
+        h, w = fused.shape[-2:]
+        params = None
+        if cfg.global_align and init_flow is None:
+            params = self.align(visible, thermal) if align_params is None else align_params
+            if self.skips(params, (h, w)):
+                zero = torch.zeros_like(fused)
+                return CorrectorOutput(fused, zero, torch.cat([zero, zero], 1), [], [], [])
+        mult = cfg.multiple
+        ph, pw = (-h) % mult, (-w) % mult
+        x = torch.cat([visible, fused, thermal], 1)
+        if ph or pw or torch.jit.is_tracing():   # traced graphs keep the padding (any input size)
+            x = F.pad(x, (0, pw, 0, ph), mode='replicate')
+        hp, wp = x.shape[-2:]
+        low, flows, logits = (fields or self.fields)(x, (h, w), params, init_flow)
+        n = len(cfg.stages)
         if self._use_opencv(opencv, low):
             out, m, flow = full_resolution_cv(low, fused, visible, (hp, wp))
         else:

@@ -129,17 +129,8 @@ class TorchFusionRunner:
         if traced is None:
             if len(self._traces) >= self._MAX_TRACES:
                 self._traces.clear()
-            try:
-                with warnings.catch_warnings():
-                    # torch.jit is deprecated in favour of torch.compile, whose compile step takes
-                    # 80-100 s here; torch is pinned (requirements.txt), and a failure falls back.
-                    warnings.simplefilter('ignore', torch.jit.TracerWarning)
-                    warnings.simplefilter('ignore', DeprecationWarning)
-                    traced = torch.jit.freeze(torch.jit.trace(
-                        _RegionParams(self.model).eval(), (feats, stats), check_trace=False))
-            except Exception as e:   # noqa: BLE001 - any tracing failure: keep the eager network
-                log.warning('fusion: tracing the region network failed (%s); running it eagerly', e)
-                traced = self.model.region_params
+            traced = (_trace_frozen(_RegionParams(self.model), (feats, stats), 'fusion region network')
+                      or self.model.region_params)
             self._traces[key] = traced
         return traced(feats, stats)
 
@@ -152,19 +143,71 @@ class TorchFusionRunner:
                           region_params=self._region_params)
 
 
+class _CorrectorFields(nn.Module):
+    """:meth:`Corrector.fields` for one image size as a module (for tracing); flat tuple output."""
+
+    def __init__(self, model: Corrector, image_hw: tuple[int, int]) -> None:
+        super().__init__()
+        self.model, self.image_hw = model, image_hw
+
+    def forward(self, x: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        low, flows, logits = self.model.fields(x, self.image_hw, params)
+        return (low, *flows, *logits)
+
+
+def _trace_frozen(module: nn.Module, inputs: tuple[torch.Tensor, ...], what: str) -> Callable | None:
+    """A frozen TorchScript trace of ``module`` on ``inputs``, or None (warned) if tracing fails.
+
+    ``torch.jit`` is deprecated in favour of ``torch.compile``, whose compile step took
+    80-100 s here; torch is pinned (requirements.txt), and a failure falls back to eager.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', torch.jit.TracerWarning)
+            warnings.simplefilter('ignore', DeprecationWarning)
+            return torch.jit.freeze(torch.jit.trace(module.eval(), inputs, check_trace=False))
+    except Exception as e:   # noqa: BLE001 - any tracing failure: keep the eager module
+        log.warning('%s: tracing failed (%s); running it eagerly', what, e)
+        return None
+
+
 class TorchCorrectorRunner:
     """A corrector module as the pipeline's runner (torch backend).
 
     Calling it corrects a frame; :meth:`align` computes the frame's global
     registration on its own, so the pipeline can run that part in its first
     stage (the node then overlaps it with the correction of the previous frame).
+    On the CPU the full-resolution step runs in OpenCV (outputs within 0.006 of
+    torch on real frames, 75 dB) and the learned stages (:meth:`Corrector.fields`)
+    run as a frozen TorchScript trace per image size (identical values); see
+    docs/performance.md.
     """
+
+    _MAX_TRACES = 4
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        # The full-resolution step in OpenCV on the CPU: faster than torch there, outputs within
-        # 0.006 of it on real frames (75 dB); see docs/performance.md.
         self._is_corrector = isinstance(model, Corrector)
+        self._cpu = next(model.parameters()).device.type == 'cpu'
+        self._traces: dict[tuple, Callable | None] = {}
+
+    def _fields(self, x: torch.Tensor, image_hw: tuple[int, int], params: torch.Tensor | None,
+                init_flow: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        if params is None or init_flow is not None:
+            return self.model.fields(x, image_hw, params, init_flow)
+        key = (tuple(x.shape), tuple(image_hw), tuple(params.shape))
+        if key not in self._traces:
+            if len(self._traces) >= self._MAX_TRACES:
+                self._traces.clear()
+            self._traces[key] = _trace_frozen(_CorrectorFields(self.model, image_hw), (x, params),
+                                              'corrector')
+        traced = self._traces[key]
+        if traced is None:
+            return self.model.fields(x, image_hw, params)
+        out = traced(x, params)
+        n = (len(out) - 1) // 2
+        return out[0], list(out[1:1 + n]), list(out[1 + n:])
 
     @torch.inference_mode()
     def align(self, visible_y: torch.Tensor, thermal: torch.Tensor) -> torch.Tensor | None:
@@ -177,7 +220,8 @@ class TorchCorrectorRunner:
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(corrected, M, flow)``; ``align_params`` from :meth:`align` of the same frame, if known."""
         if self._is_corrector:
-            out = self.model(fused, visible_y, thermal, opencv=True, align_params=align_params)
+            fields = self._fields if self._cpu and not self.model.training else None
+            out = self.model(fused, visible_y, thermal, opencv=True, align_params=align_params, fields=fields)
         else:
             out = self.model(fused, visible_y, thermal)
         return out.image, out.misregistration, out.flow

@@ -182,4 +182,4 @@ def test_fusion_runner_traces_the_region_network_per_size(test_data, monkeypatch
         out = fallback(t, v)
     with torch.inference_mode():
         assert torch.equal(out, model(t, v, opencv=cv))
-    assert 'running it eagerly' in caplog.text
+    assert 'running it eagerly' in caplog.text and 'fusion region network' in caplog.text
