@@ -208,13 +208,22 @@ def test_aligned_frame_is_skipped_and_matches_the_full_path(test_data):
     assert float(b.misregistration.max()) < 0.02
 
 
-def test_misaligned_frame_is_not_skipped(test_data):
+def _shifted_pair(test_data, crop: tuple[int, int] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """00537D with its thermal content moved 5 px to the right: ``(visible, moved thermal, fused)``
+    (fused = mean of the two), optionally cropped to ``crop = (h, w)`` first."""
     th, vis = _real_pair(test_data, '00537D')
+    if crop is not None:
+        th, vis = th[:crop[0], :crop[1]].copy(), vis[:crop[0], :crop[1]].copy()
     t, v = convert.to_tensor(th), convert.to_tensor(vis)
     shift = torch.zeros(1, 2, *th.shape)
     shift[:, 0] = 5.0
     moved = warp_by_flow(t, -shift)        # thermal content 5 px to the right of where it belongs
-    fused = (0.5 * (moved + v)).clamp(0, 1)
+    return v, moved, (0.5 * (moved + v)).clamp(0, 1)
+
+
+def test_misaligned_frame_is_not_skipped(test_data):
+    v, moved, fused = _shifted_pair(test_data)
     fast, full = _shipped_with(), _shipped_with(skip_aligned=False)
     with torch.no_grad():
         a, b = fast(fused, v, moved), full(fused, v, moved)
@@ -259,12 +268,7 @@ def test_skip_needs_the_global_flow_and_eval_mode():
 def test_opencv_full_resolution_matches_torch(test_data, h, w):
     """The runner's OpenCV full-resolution step gives the torch step's outputs (to OpenCV's
     1/32 px sampling) on a real misregistered pair; training and gradients keep torch."""
-    th, vis = _real_pair(test_data, '00537D')
-    t, v = convert.to_tensor(th[:h, :w].copy()), convert.to_tensor(vis[:h, :w].copy())
-    shift = torch.zeros(1, 2, h, w)
-    shift[:, 0] = 5.0
-    moved = warp_by_flow(t, -shift)
-    fused = (0.5 * (moved + v)).clamp(0, 1)
+    v, moved, fused = _shifted_pair(test_data, (h, w))
     model = _shipped_with(skip_aligned=False)
     with torch.inference_mode():
         a, b = model(fused, v, moved), model(fused, v, moved, opencv=True)
@@ -284,12 +288,7 @@ def test_opencv_full_resolution_matches_torch(test_data, h, w):
 def test_runner_uses_the_opencv_step_on_cpu(test_data):
     from ros2_regionfuse.core.config import PipelineConfig
     from ros2_regionfuse.models.runtime import build_runner
-    th, vis = _real_pair(test_data, '00537D')
-    t, v = convert.to_tensor(th), convert.to_tensor(vis)
-    shift = torch.zeros(1, 2, *th.shape)
-    shift[:, 0] = 5.0
-    moved = warp_by_flow(t, -shift)
-    fused = (0.5 * (moved + v)).clamp(0, 1)
+    v, moved, fused = _shifted_pair(test_data)
     module = _shipped_with()
     run, _ = build_runner('corrector', PipelineConfig(), torch.device('cpu'), module)
     image, _, flow = run(fused, v, moved)
@@ -328,12 +327,7 @@ def test_runner_traces_the_learned_stages(test_data, monkeypatch, caplog):
     real misregistered pair, one trace per size; a tracing failure falls back to eager, warned."""
     from ros2_regionfuse.models import runtime
     from ros2_regionfuse.models.runtime import TorchCorrectorRunner
-    th, vis = _real_pair(test_data, '00537D')
-    t, v = convert.to_tensor(th), convert.to_tensor(vis)
-    shift = torch.zeros(1, 2, *th.shape)
-    shift[:, 0] = 5.0
-    moved = warp_by_flow(t, -shift)
-    fused = (0.5 * (moved + v)).clamp(0, 1)
+    v, moved, fused = _shifted_pair(test_data)
     model = _shipped_with()
     with torch.inference_mode():
         params = model.align(v, moved)
