@@ -88,7 +88,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .global_align import GlobalAlignConfig, field_on_grid, gated_similarity, max_shift
-from .pyramid import window_mean
+from .pyramid import opencv_eligible, window_mean
 from .registry import register_corrector
 from .warp import (
     affine_fit,
@@ -499,8 +499,7 @@ class Corrector(nn.Module):
 
     def _use_opencv(self, requested: bool, low: torch.Tensor) -> bool:
         """Whether the full-resolution step runs in OpenCV: requested and eager CPU float32 inference."""
-        return (requested and low.device.type == 'cpu' and low.dtype == torch.float32
-                and not self.training and not low.requires_grad and not torch.jit.is_tracing())
+        return requested and not self.training and opencv_eligible(low)
 
     def fields(self, x: torch.Tensor, image_hw: tuple[int, int], params: torch.Tensor | None,
                init_flow: torch.Tensor | None = None

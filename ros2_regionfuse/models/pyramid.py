@@ -35,7 +35,7 @@ def box_mean3(x: torch.Tensor, opencv: bool = False) -> torch.Tensor:
     The nine shifted views are summed in the pooling kernel's order and divided
     by 9, so the result is bit-identical; ~3x faster on the CPU for 1-2
     channel full-resolution images. With ``opencv`` and in CPU inference
-    (:func:`_opencv_ok`) ``cv2.boxFilter`` computes it instead (equal to
+    (:func:`opencv_eligible`) ``cv2.boxFilter`` computes it instead (equal to
     ~1e-7; 0.56 -> 0.36 ms at 640x480 on 2 threads, 5.1 -> 0.36 ms on 1).
 
     Example:
@@ -43,7 +43,7 @@ def box_mean3(x: torch.Tensor, opencv: bool = False) -> torch.Tensor:
         >>> torch.equal(box_mean3(x), F.avg_pool2d(x, 3, 1, 1))
         True
     """
-    if opencv and _opencv_ok(x):
+    if opencv and opencv_eligible(x):
         return _per_plane(x, x.shape[-2:], lambda src, dst: cv2.boxFilter(
             src, -1, (3, 3), dst=dst, normalize=True, borderType=cv2.BORDER_CONSTANT))
     h, w = x.shape[-2:]
@@ -98,7 +98,7 @@ def window_mean(x: torch.Tensor, k: int) -> torch.Tensor:
     return acc * inv
 
 
-def _opencv_ok(x: torch.Tensor) -> bool:
+def opencv_eligible(x: torch.Tensor) -> bool:
     """Whether ``x`` may take an OpenCV path: eager CPU float32 ``(B, C, H, W)``, no gradient."""
     return (x.device.type == 'cpu' and x.dtype == torch.float32 and x.dim() == 4
             and not x.requires_grad and not torch.jit.is_tracing())
@@ -118,13 +118,14 @@ def _per_plane(x: torch.Tensor, size: tuple[int, int], op) -> torch.Tensor:
 def up_to(x: torch.Tensor, size: tuple[int, int], opencv: bool = False) -> torch.Tensor:
     """Bilinear upsampling of ``x`` to ``size = (H, W)`` (``align_corners=False``).
 
-    With ``opencv`` and in CPU inference (:func:`_opencv_ok`) upsampling runs plane by plane in
+    With ``opencv`` and in CPU inference (:func:`opencv_eligible`) upsampling runs plane by plane in
     ``cv2.resize`` (same half-pixel-centre bilinear rule; equal to
     ``F.interpolate`` to ~1e-7 at the pyramid's factors of two): 2-7x faster
     for the one- and two-channel full-resolution maps of the fusion network.
     """
     h, w = int(size[0]), int(size[1])
-    if opencv and _opencv_ok(x) and h >= x.shape[-2] and w >= x.shape[-1] and (h, w) != tuple(x.shape[-2:]):
+    upsampling = h >= x.shape[-2] and w >= x.shape[-1] and (h, w) != tuple(x.shape[-2:])
+    if opencv and upsampling and opencv_eligible(x):
         return _per_plane(x, (h, w), lambda src, dst: cv2.resize(
             src, (w, h), dst=dst, interpolation=cv2.INTER_LINEAR))
     return F.interpolate(x, size=size, mode='bilinear', align_corners=False)

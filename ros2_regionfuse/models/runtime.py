@@ -109,30 +109,22 @@ class TorchFusionRunner:
     * the region network (:meth:`RegionFuseNet.region_params`) runs as a
       TorchScript trace, frozen, one per feature size (built on the first frame
       of a size, ~0.5 s): same values (max difference 0), less per-operation
-      overhead: measured -4.7 ms per frame with 2 threads (paired rounds);
+      overhead: measured -4.6 ms per frame with 1 thread, -2.7 ms with 2 (paired rounds);
     * with torch single-threaded (the node's default per stage) the
       full-resolution pyramid operations run in OpenCV (-2.8 ms there, but
       +2.7 ms with 2 intra-op threads, whose spinning workers compete with
       OpenCV's own threads). See docs/performance.md.
     """
 
-    _MAX_TRACES = 4
-
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self._fast = isinstance(model, RegionFuseNet) and next(model.parameters()).device.type == 'cpu'
-        self._traces: dict[tuple, Callable] = {}
+        self._traces = _TraceCache('fusion region network')
 
     def _region_params(self, feats: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
         key = (tuple(feats.shape), tuple(stats.shape), feats.dtype, feats.is_contiguous())
-        traced = self._traces.get(key)
-        if traced is None:
-            if len(self._traces) >= self._MAX_TRACES:
-                self._traces.clear()
-            traced = (_trace_frozen(_RegionParams(self.model), (feats, stats), 'fusion region network')
-                      or self.model.region_params)
-            self._traces[key] = traced
-        return traced(feats, stats)
+        traced = self._traces.lookup(key, lambda: _RegionParams(self.model), (feats, stats))
+        return (traced or self.model.region_params)(feats, stats)
 
     @torch.inference_mode()
     def __call__(self, thermal: torch.Tensor, visible_y: torch.Tensor) -> torch.Tensor:
@@ -155,20 +147,35 @@ class _CorrectorFields(nn.Module):
         return (low, *flows, *logits)
 
 
-def _trace_frozen(module: nn.Module, inputs: tuple[torch.Tensor, ...], what: str) -> Callable | None:
-    """A frozen TorchScript trace of ``module`` on ``inputs``, or None (warned) if tracing fails.
+class _TraceCache(dict):
+    """Frozen TorchScript traces by input signature (at most ``MAX`` kept); None marks a failure.
 
     ``torch.jit`` is deprecated in favour of ``torch.compile``, whose compile step took
-    80-100 s here; torch is pinned (requirements.txt), and a failure falls back to eager.
+    80-100 s here; torch is pinned (requirements.txt), and a failed trace (warned once per
+    signature) leaves the caller on its eager module.
     """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore', torch.jit.TracerWarning)
-            warnings.simplefilter('ignore', DeprecationWarning)
-            return torch.jit.freeze(torch.jit.trace(module.eval(), inputs, check_trace=False))
-    except Exception as e:   # noqa: BLE001 - any tracing failure: keep the eager module
-        log.warning('%s: tracing failed (%s); running it eagerly', what, e)
-        return None
+
+    MAX = 4
+
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self.what = what
+
+    def lookup(self, key: tuple, build: Callable[[], nn.Module], inputs: tuple[torch.Tensor, ...]
+               ) -> Callable | None:
+        """The trace for ``key``, tracing ``build()`` on ``inputs`` the first time; None: run eagerly."""
+        if key not in self:
+            if len(self) >= self.MAX:
+                self.clear()
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter('ignore', torch.jit.TracerWarning)
+                    warnings.simplefilter('ignore', DeprecationWarning)
+                    self[key] = torch.jit.freeze(torch.jit.trace(build().eval(), inputs, check_trace=False))
+            except Exception as e:   # noqa: BLE001 - any tracing failure: keep the eager module
+                log.warning('%s: tracing failed (%s); running it eagerly', self.what, e)
+                self[key] = None
+        return self[key]
 
 
 class TorchCorrectorRunner:
@@ -179,17 +186,15 @@ class TorchCorrectorRunner:
     stage (the node then overlaps it with the correction of the previous frame).
     On the CPU the full-resolution step runs in OpenCV (outputs within 0.006 of
     torch on real frames, 75 dB) and the learned stages (:meth:`Corrector.fields`)
-    run as a frozen TorchScript trace per image size (identical values); see
-    docs/performance.md.
+    run as a frozen TorchScript trace per image size (values within 2e-6 of
+    eager); see docs/performance.md.
     """
-
-    _MAX_TRACES = 4
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self._is_corrector = isinstance(model, Corrector)
         self._cpu = next(model.parameters()).device.type == 'cpu'
-        self._traces: dict[tuple, Callable | None] = {}
+        self._traces = _TraceCache('corrector')
 
     def _fields(self, x: torch.Tensor, image_hw: tuple[int, int], params: torch.Tensor | None,
                 init_flow: torch.Tensor | None = None
@@ -197,12 +202,7 @@ class TorchCorrectorRunner:
         if params is None or init_flow is not None:
             return self.model.fields(x, image_hw, params, init_flow)
         key = (tuple(x.shape), tuple(image_hw), tuple(params.shape))
-        if key not in self._traces:
-            if len(self._traces) >= self._MAX_TRACES:
-                self._traces.clear()
-            self._traces[key] = _trace_frozen(_CorrectorFields(self.model, image_hw), (x, params),
-                                              'corrector')
-        traced = self._traces[key]
+        traced = self._traces.lookup(key, lambda: _CorrectorFields(self.model, image_hw), (x, params))
         if traced is None:
             return self.model.fields(x, image_hw, params)
         out = traced(x, params)
