@@ -483,15 +483,17 @@ class Corrector(nn.Module):
             return False
         return bool((max_shift(params, image_hw) <= cfg.min_shift - 4 * cfg.min_shift_width).all())
 
-    def align(self, visible: torch.Tensor, thermal: torch.Tensor) -> torch.Tensor | None:
+    def align(self, visible: torch.Tensor, thermal: torch.Tensor, opencv: bool = False) -> torch.Tensor | None:
         """Gated global similarity parameters ``(B, 4)`` the forward pass starts from.
 
         None without ``cfg.global_align``. No learned weights are involved (no gradient).
+        ``opencv`` solves with numpy/OpenCV in eager CPU inference
+        (:func:`~.global_align.estimate_similarity_cv`; parameters within ~2e-4 px of torch).
         """
         if not self.cfg.global_align:
             return None
         with torch.no_grad():
-            return gated_similarity(visible, thermal, self.cfg.align)
+            return gated_similarity(visible, thermal, self.cfg.align, opencv=opencv and not self.training)
 
     def config_dict(self) -> dict:
         """Hyper-parameters as a plain dict (for model cards)."""
@@ -616,9 +618,10 @@ class Corrector(nn.Module):
         ``init_flow`` (``(B, 2, H, W)``, pixels) replaces the start of the
         coarsest stage (zero, or the global registration when
         ``cfg.global_align``); used by tests and experiments. ``opencv`` runs
-        the full-resolution step with OpenCV (:func:`full_resolution_cv`;
+        the full-resolution step and the global registration with OpenCV
+        (:func:`full_resolution_cv`, :func:`~.global_align.estimate_similarity_cv`;
         honoured in eager CPU float32 inference only, where the pipeline's
-        runner sets it; otherwise the torch step runs). ``align_params``
+        runner sets it; otherwise the torch code runs). ``align_params``
         (``(B, 4)``) are the gated similarity parameters of this frame computed
         beforehand (:meth:`align`), so the pipeline can run the global
         registration in its first stage; None computes them here. ``fields``
@@ -629,7 +632,7 @@ class Corrector(nn.Module):
         h, w = fused.shape[-2:]
         params = None
         if cfg.global_align and init_flow is None:
-            params = self.align(visible, thermal) if align_params is None else align_params
+            params = self.align(visible, thermal, opencv) if align_params is None else align_params
             if self.skips(params, (h, w)):
                 zero = torch.zeros_like(fused)
                 return CorrectorOutput(fused, zero, torch.cat([zero, zero], 1), [], [], [])

@@ -55,10 +55,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .pyramid import window_mean
+from .pyramid import opencv_eligible, window_mean
 from .warp import warp_by_flow
 
 _EDGE_EPS = 0.02      # intensity units: floor of the local mean gradient magnitude
@@ -382,12 +384,200 @@ def gain_gate(gain: torch.Tensor, cfg: GlobalAlignConfig) -> torch.Tensor:
     return ((gain - cfg.gain_low) / max(cfg.gain_high - cfg.gain_low, 1e-9)).clamp(0.0, 1.0)
 
 
-def gated_similarity(visible: torch.Tensor, thermal: torch.Tensor, cfg: GlobalAlignConfig | None = None
-                     ) -> torch.Tensor:
-    """Similarity parameters scaled by their confidence gate (:func:`gain_gate`), ``(B, 4)``."""
+def gated_similarity(visible: torch.Tensor, thermal: torch.Tensor, cfg: GlobalAlignConfig | None = None,
+                     opencv: bool = False) -> torch.Tensor:
+    """Similarity parameters scaled by their confidence gate (:func:`gain_gate`), ``(B, 4)``.
+
+    ``opencv`` computes them with :func:`estimate_similarity_cv` (eager CPU float32
+    inference only, see :func:`~.pyramid.opencv_eligible`; otherwise the torch solver runs).
+    """
     cfg = cfg or GlobalAlignConfig()
-    params, gain = estimate_similarity(visible, thermal, cfg)
+    if opencv and opencv_eligible(visible) and opencv_eligible(thermal):
+        rows = [estimate_similarity_cv(v[0].numpy(), t[0].numpy(), cfg) for v, t in zip(visible, thermal)]
+        params = torch.from_numpy(np.stack([p for p, _ in rows])).to(visible.dtype)
+        gain = torch.tensor([g for _, g in rows], dtype=visible.dtype)
+    else:
+        params, gain = estimate_similarity(visible, thermal, cfg)
     return params * gain_gate(gain, cfg).view(-1, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The same solver on numpy arrays with OpenCV (CPU inference). Images are (h, w) float32,
+# descriptors (h, w, 4) float32 (channels last, as OpenCV takes them).
+
+def _pool_cv(img: np.ndarray, f: int) -> np.ndarray:
+    """Block mean over ``f x f`` blocks, floor size: ``F.avg_pool2d(x, f)`` (to float rounding)."""
+    if f == 1:
+        return img
+    h, w = img.shape[0] // f, img.shape[1] // f
+    return cv2.resize(img[:h * f, :w * f], (w, h), interpolation=cv2.INTER_AREA)
+
+
+def _gradients_cv(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`central_gradients` of an ``(h, w)`` or ``(h, w, c)`` array (``h, w >= 3``)."""
+    gx = np.empty_like(x)
+    gy = np.empty_like(x)
+    np.subtract(x[:, 2:], x[:, :-2], out=gx[:, 1:-1])
+    gx[:, 0], gx[:, -1] = gx[:, 1], gx[:, -2]
+    np.subtract(x[2:], x[:-2], out=gy[1:-1])
+    gy[0], gy[-1] = gy[1], gy[-2]
+    gx *= 0.5
+    gy *= 0.5
+    return gx, gy
+
+
+def _window_mean_cv(x: np.ndarray, k: int) -> np.ndarray:
+    """:func:`~.pyramid.window_mean` of an ``(h, w)`` array (mean over the in-image pixels)."""
+    s = cv2.boxFilter(x, -1, (k, k), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    n = cv2.boxFilter(np.ones_like(x), -1, (k, k), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    return s / n
+
+
+def _descriptor_cv(img: np.ndarray, blur: float) -> np.ndarray:
+    """:func:`align_descriptor` then :func:`gaussian_blur` of an ``(h, w)`` image: ``(h, w, 4)``."""
+    gx, gy = _gradients_cv(img)
+    mag2 = gx * gx + gy * gy
+    mag = np.sqrt(mag2 + _GRAD_EPS * _GRAD_EPS)
+    wgt = mag / (_window_mean_cv(mag, _LOCAL_WINDOW) + _EDGE_EPS)
+    inv = wgt / (mag2 + _GRAD_EPS)
+    ww = wgt / mag
+    d = np.stack([(gx * gx - gy * gy) * inv, 2.0 * gx * gy * inv, np.abs(gx) * ww, np.abs(gy) * ww], -1)
+    if blur <= 0:
+        return d
+    r = max(1, int(round(2 * blur)))
+    g = np.exp(-np.arange(-r, r + 1, dtype=np.float64) ** 2 / (2 * blur * blur))
+    g = (g / g.sum()).astype(np.float32)
+    return cv2.sepFilter2D(d, -1, g, g, borderType=cv2.BORDER_REPLICATE)
+
+
+def _sample_matrix(params: np.ndarray, h: int, w: int, big: int, bigw: int, down: int) -> np.ndarray:
+    """``(2, 3)`` map from a level's cell ``(j, i)`` to where the similarity field samples it (cells).
+
+    Cell ``j`` is centred on input coordinate ``u = (j + 0.5) bigw / w - bigw / 2``
+    (:func:`centred_coords`); the field is converted to cells by ``1 / down`` as in
+    :func:`estimate_similarity`, so the sample lies at ``j + phi_x(u, v) / down``, affine in ``(j, i)``.
+    """
+    tx, ty, a, b = (float(p) for p in params)
+    sx, sy = bigw / w, big / h   # input px per cell
+    u0, v0 = 0.5 * sx - bigw / 2, 0.5 * sy - big / 2   # centred coordinates of cell (0, 0)
+    # phi_x = tx + a u - b v, phi_y = ty + b u + a v with u = u0 + j sx, v = v0 + i sy
+    return np.array([[1 + a * sx / down, -b * sy / down, (tx + a * u0 - b * v0) / down],
+                     [b * sx / down, 1 + a * sy / down, (ty + b * u0 + a * v0) / down]], np.float64)
+
+
+def _warp_cv(d: np.ndarray, params: np.ndarray, big: int, bigw: int, down: int) -> np.ndarray:
+    """``warp_by_flow(d, similarity field / down)`` of an ``(h, w, c)`` descriptor (bilinear, border clamp)."""
+    h, w = d.shape[:2]
+    return cv2.warpAffine(d, _sample_matrix(params, h, w, big, bigw, down), (w, h),
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+
+
+def estimate_similarity_cv(visible: np.ndarray, thermal: np.ndarray, cfg: GlobalAlignConfig | None = None
+                           ) -> tuple[np.ndarray, float]:
+    """:func:`estimate_similarity` of one pair with numpy and OpenCV (CPU inference, no gradient).
+
+    The same descriptor, levels, search, Gauss-Newton steps and confidence;
+    ``cv2.warpAffine`` replaces ``grid_sample`` (sampling positions quantised to
+    1/32 cell), ``cv2.matchTemplate`` the search's convolution. Parameters agree with
+    the torch solver to a small fraction of a pixel on real pairs (test_global_align).
+
+    Args:
+        visible, thermal: ``(H, W)`` float32 in [0, 1].
+        cfg: solver settings.
+
+    Returns:
+        ``(params (4,) float32, gain)`` as in :func:`estimate_similarity`.
+    """
+    cfg = cfg or GlobalAlignConfig()
+    big, bigw = visible.shape
+    params = np.zeros(PARAMS, np.float64)
+    if min(big, bigw) < 16:
+        return params.astype(np.float32), 0.0
+    factors = cfg.factors(bigw)
+    fine = min(factors)
+    base = [_pool_cv(np.ascontiguousarray(x, np.float32), fine) for x in (visible, thermal)]
+    for lvl, (down, iters) in enumerate(zip(factors, cfg.iters)):
+        dv, dt = (_descriptor_cv(_pool_cv(x, down // fine), cfg.blur) for x in base)
+        h, w = dv.shape[:2]
+        u = (np.arange(w) + 0.5) * (bigw / w) - bigw / 2
+        v = (np.arange(h) + 0.5) * (big / h) - big / 2
+        # the mask of the torch solver is a rectangle: work on that crop instead of multiplying
+        cols = np.flatnonzero(np.abs(u.astype(np.float32)) < bigw * (0.5 - cfg.margin))
+        rows = np.flatnonzero(np.abs(v.astype(np.float32)) < big * (0.5 - cfg.margin))
+        inner = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)) if len(rows) and len(cols) \
+            else (slice(0, 0), slice(0, 0))
+        u, v = u[inner[1]], v[inner[0]]
+        dvi = dv[inner]
+        if lvl == 0 and cfg.search > 0:
+            dvm = np.zeros_like(dv)
+            dvm[inner] = dvi
+            params = _translation_search_cv(dvm, dt, cfg.search, down)
+        for _ in range(iters):
+            wt = _warp_cv(dt, params, big, bigw, down)
+            gx, gy = _gradients_cv(wt)
+            hess, grad = _normal_equations_cv(gx[inner], gy[inner], wt[inner] - dvi, u, v)
+            hess *= 1.0 / (down * down)   # d r / d phi per input px = gradient per cell / down
+            grad *= 1.0 / down
+            hess += cfg.damping * np.diag(np.diag(hess)) + 1e-9 * np.eye(PARAMS)
+            params = params - np.linalg.solve(hess, grad)
+    r = _warp_cv(dt, params, big, bigw, down)[inner] - dvi
+    at_zero = float(np.sum((dt[inner] - dvi) ** 2, dtype=np.float64))
+    gain = 1.0 - float(np.sum(r * r, dtype=np.float64)) / max(at_zero, 1e-12 * dv.size)
+    return params.astype(np.float32), gain
+
+
+def _normal_equations_cv(gx: np.ndarray, gy: np.ndarray, r: np.ndarray, u: np.ndarray, v: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`normal_equations` from channel sums (no ``(4, N)`` Jacobian is built).
+
+    The Jacobian columns are ``jx, jy, jx u + jy v, jy u - jx v``; every entry of
+    ``J^T J`` and ``J^T r`` is a sum of the per-cell channel sums ``gx gx``, ``gx gy``,
+    ``gy gy``, ``gx r``, ``gy r`` weighted by 1, u, v, u^2, uv or v^2, so it reduces
+    to row/column sums and one ``v^T S u`` per map.
+
+    Args:
+        gx, gy, r: ``(h, w, c)`` float32 (gradients and residual of the warped descriptor).
+        u, v: ``(w,)`` and ``(h,)`` float64 centred input coordinates of the columns and rows.
+
+    Returns:
+        ``(hess (4, 4), grad (4,))`` float64.
+    """
+    c = gx.shape[-1]
+    hh = gx.shape[0]
+    # (h, w, c) -> (h, w * c) views: a column weight applies to the c channels of its cell
+    gx, gy, r = (a.reshape(hh, -1) for a in (gx, gy, r))
+    uc = np.repeat(u, c)
+    prod = np.empty((5,) + gx.shape, np.float32)
+    for k, (a, b) in enumerate(((gx, gx), (gx, gy), (gy, gy), (gx, r), (gy, r))):
+        np.multiply(a, b, out=prod[k])
+    cs, rs = prod.sum(1).astype(np.float64), prod.sum(2).astype(np.float64)   # per column, per row
+    mu = (prod @ uc.astype(np.float32)).astype(np.float64)
+    # moments of each product map: (sum, u, v, u^2, v^2, uv)
+    mom = np.stack([cs.sum(1), cs @ uc, rs @ v, cs @ (uc * uc), rs @ (v * v), mu @ v], 1)
+    xx, xy, yy, xr, yr = mom
+    h = np.empty((PARAMS, PARAMS))
+    h[0, 0], h[0, 1], h[1, 1] = xx[0], xy[0], yy[0]
+    h[0, 2], h[0, 3] = xx[1] + xy[2], xy[1] - xx[2]
+    h[1, 2], h[1, 3] = xy[1] + yy[2], yy[1] - xy[2]
+    h[2, 2] = xx[3] + 2 * xy[5] + yy[4]
+    h[2, 3] = xy[3] - xx[5] + yy[5] - xy[4]
+    h[3, 3] = yy[3] - 2 * xy[5] + xx[4]
+    h = np.triu(h) + np.triu(h, 1).T
+    g = np.array([xr[0], yr[0], xr[1] + yr[2], yr[1] - xr[2]])
+    return h, g
+
+
+def _translation_search_cv(dvm: np.ndarray, dt: np.ndarray, radius: int, down: int) -> np.ndarray:
+    """:func:`_translation_search` for one pair: ``(4,)`` start parameters (translation in input px)."""
+    h, w, c = dt.shape
+    r = radius
+    pad = cv2.copyMakeBorder(dt, r, r, r, r, cv2.BORDER_CONSTANT, value=0)
+    scores = cv2.matchTemplate(pad, dvm, cv2.TM_CCORR).reshape(-1) / (c * h * w)
+    centre = (2 * r + 1) * r + r
+    best = int(np.argmax(scores))
+    if not scores[best] > scores[centre] * (1 + 1e-4) + 1e-12:
+        best = centre
+    return np.array([(best % (2 * r + 1) - r) * down, (best // (2 * r + 1) - r) * down, 0.0, 0.0])
 
 
 def field_on_grid(params: torch.Tensor, image_hw: tuple[int, int], size: tuple[int, int] | None = None,
@@ -430,15 +620,18 @@ def max_shift(params: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
 
 
 def similarity_flow(visible: torch.Tensor, thermal: torch.Tensor, cfg: GlobalAlignConfig | None = None,
-                    size: tuple[int, int] | None = None, cell: float | None = None) -> torch.Tensor:
+                    size: tuple[int, int] | None = None, cell: float | None = None, opencv: bool = False
+                    ) -> torch.Tensor:
     """Gated similarity flow registering ``thermal`` to ``visible``.
 
     Args:
         visible, thermal: ``(B, 1, H, W)`` in [0, 1].
         cfg: solver settings.
         size, cell: the grid to evaluate the field on (:func:`field_on_grid`).
+        opencv: solve with :func:`estimate_similarity_cv` (see :func:`gated_similarity`).
 
     Returns:
         ``(B, 2, h, w)`` pixels of the input (x, y).
     """
-    return field_on_grid(gated_similarity(visible, thermal, cfg), tuple(visible.shape[-2:]), size, cell)
+    return field_on_grid(gated_similarity(visible, thermal, cfg, opencv=opencv), tuple(visible.shape[-2:]),
+                         size, cell)

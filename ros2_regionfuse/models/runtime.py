@@ -212,7 +212,7 @@ class TorchCorrectorRunner:
     @torch.inference_mode()
     def align(self, visible_y: torch.Tensor, thermal: torch.Tensor) -> torch.Tensor | None:
         """Gated global similarity parameters ``(1, 4)`` of the frame, or None (no global start)."""
-        return self.model.align(visible_y, thermal) if self._is_corrector else None
+        return self.model.align(visible_y, thermal, opencv=self._cpu) if self._is_corrector else None
 
     @torch.inference_mode()
     def __call__(self, fused: torch.Tensor, visible_y: torch.Tensor, thermal: torch.Tensor,

@@ -145,3 +145,47 @@ def test_translation_search_finds_integer_shift_per_batch_item():
     # no evidence (flat descriptors): zero, not the first offset
     flat = torch.zeros(1, 4, 40, 48)
     assert _translation_search(flat, flat, radius=4, down=8).abs().max() == 0.0
+
+
+@pytest.mark.parametrize('stem', ['tno17', 'FLIR_05005', '00537D'])
+def test_opencv_solver_matches_torch_on_real_pairs(test_data, stem):
+    """estimate_similarity_cv against the torch solver, on an aligned and a moved real pair."""
+    from ros2_regionfuse.models.global_align import estimate_similarity_cv
+    vis, th = _pair(test_data, stem)
+    h, w = vis.shape[-2:]
+    moved = warp_by_flow(th, -_field([6.0, -4.0, 0.02, 0.015], h, w))
+    for t in (th, moved):
+        with torch.no_grad():
+            p_torch, g_torch = estimate_similarity(vis, t)
+        p_cv, g_cv = estimate_similarity_cv(vis[0, 0].numpy(), t[0, 0].numpy())
+        f_torch = similarity_flow(vis, t)
+        f_cv = similarity_flow(vis, t, opencv=True)
+        assert p_cv.dtype == np.float32 and p_cv.shape == (4,)
+        # the fields agree to a small fraction of a pixel (OpenCV samples at 1/32 cell)
+        assert float(torch.linalg.vector_norm(f_cv - f_torch, dim=1).max()) < 0.02
+        assert float(torch.linalg.vector_norm(_field(p_cv.tolist(), h, w) - _field(p_torch[0].tolist(), h, w),
+                                              dim=1).max()) < 0.02
+        assert g_cv == pytest.approx(float(g_torch), abs=2e-3)
+    assert float(torch.linalg.vector_norm(f_cv, dim=1).mean()) > 3.0   # the moved pair was registered
+
+
+def test_opencv_normal_equations_match_torch():
+    from ros2_regionfuse.models.global_align import _normal_equations_cv
+    g = torch.Generator().manual_seed(2)
+    jx, jy, r = (torch.randn(1, 4, 6, 9, generator=g, dtype=torch.float64) for _ in range(3))
+    u, v = centred_coords(6, 9, 48, 72, jx)
+    hess, grad = normal_equations(jx, jy, r, u, v)
+    to_hwc = lambda x: x[0].permute(1, 2, 0).numpy().astype(np.float32)  # noqa: E731
+    h_cv, g_cv = _normal_equations_cv(to_hwc(jx), to_hwc(jy), to_hwc(r), u[0, 0, 0].numpy(), v[0, 0, :, 0].numpy())
+    np.testing.assert_allclose(h_cv, hess[0].numpy(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(g_cv, grad[0].numpy(), rtol=1e-4, atol=1e-3)
+
+
+def test_opencv_solver_flat_and_tiny_inputs():
+    from ros2_regionfuse.models.global_align import estimate_similarity_cv
+    flat = np.full((64, 96), 0.4, np.float32)
+    p, gain = estimate_similarity_cv(flat, flat)
+    assert np.isfinite(p).all() and np.isfinite(gain)
+    assert np.abs(p).max() < 1e-3
+    p, gain = estimate_similarity_cv(np.random.rand(8, 8).astype(np.float32), np.random.rand(8, 8).astype(np.float32))
+    assert np.abs(p).max() == 0.0 and gain == 0.0
