@@ -483,7 +483,8 @@ class Corrector(nn.Module):
             return False
         return bool((max_shift(params, image_hw) <= cfg.min_shift - 4 * cfg.min_shift_width).all())
 
-    def align(self, visible: torch.Tensor, thermal: torch.Tensor, opencv: bool = False) -> torch.Tensor | None:
+    def align(self, visible: torch.Tensor, thermal: torch.Tensor, opencv: bool = False
+              ) -> torch.Tensor | None:
         """Gated global similarity parameters ``(B, 4)`` the forward pass starts from.
 
         None without ``cfg.global_align``. No learned weights are involved (no gradient).

@@ -466,7 +466,7 @@ def _sample_matrix(params: np.ndarray, h: int, w: int, big: int, bigw: int, down
 
 
 def _warp_cv(d: np.ndarray, params: np.ndarray, big: int, bigw: int, down: int) -> np.ndarray:
-    """``warp_by_flow(d, similarity field / down)`` of an ``(h, w, c)`` descriptor (bilinear, border clamp)."""
+    """``warp_by_flow(d, field / down)`` of an ``(h, w, c)`` descriptor (bilinear, border clamp)."""
     h, w = d.shape[:2]
     return cv2.warpAffine(d, _sample_matrix(params, h, w, big, bigw, down), (w, h),
                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
