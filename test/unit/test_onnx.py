@@ -113,14 +113,14 @@ def test_fusion_runner_matches_torch_runner(small_fusion_model, real_pairs):
     assert keys == {'3', '4'} and sorted(card['onnx']) == sorted(keys)
 
 
-def test_corrector_runner_matches_torch_on_real_pair(corrector_model, small_fusion_model, real_pairs):
+def _check_corrector_parity(model: torch.nn.Module, fusion: torch.nn.Module, real_pairs) -> None:
     cfg = PipelineConfig(backend='onnxruntime', threads=1)
-    run_onnx, card = _onnx_corrector(cfg, corrector_model)
+    run_onnx, card = _onnx_corrector(cfg, model)
     sizes = set()
     for _stem, t, y in real_pairs:
         with torch.inference_mode():
-            f = small_fusion_model(t, y)
-            ref = corrector_model(f, y, t)   # the torch graph the export traced (torch full-res step)
+            f = fusion(t, y)
+            ref = model(f, y, t)   # the torch graph the export traced (torch full-res step)
         outs, refs = run_onnx(f, y, t), (ref.image, ref.misregistration, ref.flow)
         for o, r, name in zip(outs, refs, ('image', 'misregistration', 'flow'), strict=True):
             assert o.shape == r.shape, name
@@ -132,8 +132,20 @@ def test_corrector_runner_matches_torch_on_real_pair(corrector_model, small_fusi
     assert len(sizes) >= 2
     # one dynamic graph per key (the global start's level) served every size of its key: no per-size
     # fallback graphs
-    keys = sorted({str(ox.graph_key(corrector_model, *hw)) for hw in sizes})
+    keys = sorted({str(ox.graph_key(model, *hw)) for hw in sizes})
     assert list(card['onnx']) == keys, card['onnx']
+
+
+def test_corrector_runner_matches_torch_on_real_pair(corrector_model, small_fusion_model, real_pairs):
+    _check_corrector_parity(corrector_model, small_fusion_model, real_pairs)
+
+
+def test_lite_corrector_runner_matches_torch_on_real_pair(small_fusion_model, real_pairs):
+    """corrector_lite (one stage at 1/16, input padded to a multiple of 16) exports as well."""
+    from dataclasses import replace
+    model = _perturbed(build_corrector('corrector_lite'), 3, 0.1)
+    model.cfg = replace(model.cfg, skip_aligned=False)
+    _check_corrector_parity(model, small_fusion_model, real_pairs)
 
 
 def test_export_cli_files_are_found_and_checked(fusion_model, real_pairs, tmp_path):
