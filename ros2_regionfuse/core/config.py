@@ -82,12 +82,13 @@ class CorrectorConfig:
     """The post-registration corrector (fuse, then register)."""
 
     enabled: bool = _f(True, 'Run the post-registration corrector.')
-    variant: str = _f('corrector_fast', 'Corrector variant.', read_only=True)
+    variant: str = _f('corrector_lite', 'Corrector variant (shipped weights: corrector_lite, the fastest; '
+                      'corrector_fast, slightly higher recovery at twice the cost).', read_only=True)
     checkpoint: str = _f('', 'Corrector weights (.safetensors); empty = the shipped weights.',
                          read_only=True)
     global_start: bool = _f(True, "Use the variant's global similarity registration of the thermal "
-                            'image (corrector_fast: it is the flow; recovers much more of a coarse '
-                            'calibration error; 7-11 ms at 640x480 on 2 CPU cores); false = the '
+                            'image (corrector_lite and corrector_fast: it is the flow; recovers much more '
+                            'of a coarse calibration error; 5-7 ms at 640x480 on 2 CPU cores); false = the '
                             'learned stages estimate the flow alone.', read_only=True)
     skip_aligned: bool = _f(True, 'Return a frame unchanged (M = 0, flow = 0) without the learned '
                             'stages when the global registration finds it aligned to within 1 px '

@@ -12,7 +12,7 @@ Resumable: the training state (model + optimizer, safetensors + JSON, never
 pickle) is written to ``OUT/last.safetensors`` every ``save_every`` steps and
 at the time budget; a new run with the same ``--out`` continues from it. At
 the end the weights go to ``--weights`` (default the shipped
-``ros2_regionfuse/weights/corrector_fast.safetensors``) with a JSON model card:
+``ros2_regionfuse/weights/<variant>.safetensors``) with a JSON model card:
 config, data list, seed, exact command, git revision, fusion checkpoint and
 final metrics on a fixed synthetic validation batch.
 """
@@ -54,9 +54,9 @@ class TrainCorrectorConfig:
 
     data: str = _f(str(REPO.parent / 'shared' / 'data' / 'ivif'), 'Root of the ivif data sets.')
     out: str = _f('runs/corrector', 'Folder of the resumable training state.')
-    weights: str = _f(str(WEIGHTS_DIR / 'corrector_fast.safetensors'),
-                      'Where the final weights (+ .json model card) are written.')
-    variant: str = _f('corrector_fast', 'Corrector variant.')
+    weights: str = _f('', 'Where the final weights (+ .json model card) are written; empty = the '
+                      "shipped weights of the variant (ros2_regionfuse/weights/<variant>.safetensors).")
+    variant: str = _f('corrector_lite', 'Corrector variant.')
     fusion_variant: str = _f('regionfuse_tiny', 'Frozen fusion variant.')
     fusion_checkpoint: str = _f('', 'Fusion weights (or a train-fusion last.safetensors); '
                                 'empty = the shipped weights.')
@@ -231,7 +231,7 @@ def train(cfg: TrainCorrectorConfig) -> Path:
         'preprocessing': {'input': 'fused luminance, visible luminance (BT.601 Y), thermal; '
                                    'float in [0, 1], (B, 1, H, W)'},
     }
-    final = Path(cfg.weights)
+    final = Path(cfg.weights) if cfg.weights else WEIGHTS_DIR / f'{cfg.variant}.safetensors'
     save_weights(model, final, card)
     log.info('wrote %s', final)
     return final

@@ -36,11 +36,13 @@ from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from ros2_regionfuse.core.align import plane_homography  # noqa: E402
-from ros2_regionfuse.core.config import PipelineConfig  # noqa: E402
+from ros2_regionfuse.core.config import CorrectorConfig, PipelineConfig  # noqa: E402
 from ros2_regionfuse.core.pipeline import FusionPipeline  # noqa: E402
 from ros2_regionfuse.core.weights import save_weights  # noqa: E402
 from ros2_regionfuse.ros import msg_convert as mc  # noqa: E402
 from ros2_regionfuse.ros.launch_args import command_line, default_params_file  # noqa: E402
+
+CORRECTOR = CorrectorConfig().variant   # the default corrector variant
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -69,9 +71,9 @@ def weights(tmp_path_factory) -> dict[str, str]:
     d = tmp_path_factory.mktemp('weights')
     torch.manual_seed(0)
     out = {'fusion': str(d / 'regionfuse_tiny.safetensors'),
-           'corrector': str(d / 'corrector_fast.safetensors')}
+           'corrector': str(d / f'{CORRECTOR}.safetensors')}
     save_weights(build_fusion('regionfuse_tiny'), out['fusion'], {'variant': 'regionfuse_tiny'})
-    save_weights(build_corrector('corrector_fast'), out['corrector'], {'variant': 'corrector_fast'})
+    save_weights(build_corrector(CORRECTOR), out['corrector'], {'variant': CORRECTOR})
     return out
 
 
@@ -512,7 +514,7 @@ def test_corrector_enable_at_run_time(node, pair, weights) -> None:
         sec, img = node.fused(pair)
         st = node.wait_stamp('status', sec)
         assert st.corrector_enabled and np.isfinite(st.misaligned_fraction)
-        assert st.corrector_model.startswith('corrector_fast@')
+        assert st.corrector_model.startswith(f'{CORRECTOR}@')
         mis, flow, ov = (node.wait_stamp(k, sec) for k in ('mis', 'flow', 'overlay'))
         assert (mis.encoding, flow.encoding, ov.encoding) == ('32FC1', '32FC2', 'bgr8')
         for m in (mis, flow, ov):

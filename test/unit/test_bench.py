@@ -14,6 +14,7 @@ from ros2_regionfuse.cli import bench
 from ros2_regionfuse.cli.main import main
 from ros2_regionfuse.core import profiling
 from ros2_regionfuse.core.checks import ConfigError
+from ros2_regionfuse.core.config import CorrectorConfig
 from ros2_regionfuse.models.registry import build_corrector, build_fusion
 
 
@@ -53,7 +54,8 @@ def test_bench_stage_numbers_are_sane(report, size):
     w, h = (int(v) for v in size.split('x'))
     fusion = build_fusion('regionfuse_tiny')
     assert res['cost']['fusion']['params'] == profiling.count_params(fusion)
-    assert res['cost']['corrector']['params'] == profiling.count_params(build_corrector('corrector_fast'))
+    default = build_corrector(CorrectorConfig().variant)
+    assert res['cost']['corrector']['params'] == profiling.count_params(default)
     flops = profiling.count_flops(fusion.eval(), torch.rand(1, 1, h, w), torch.rand(1, 1, h, w))
     assert res['cost']['fusion']['gflops'] == pytest.approx(flops / 1e9)
 
@@ -101,9 +103,10 @@ def test_corrector_paper_has_published_size():
     x = torch.rand(1, 1, 96, 128)
     gflops_640 = profiling.count_flops(lambda a: m(a, a, a), x) * (640 * 480) / (128 * 96) / 1e9
     assert 220.0 < gflops_640 < 250.0
-    fast = build_corrector('corrector_fast').eval()
-    fast_flops = profiling.count_flops(lambda a: fast(a, a, a), x)
-    assert fast_flops * 100 < profiling.count_flops(lambda a: m(a, a, a), x)
+    for variant in ('corrector_fast', 'corrector_lite'):
+        fast = build_corrector(variant).eval()
+        fast_flops = profiling.count_flops(lambda a, fast=fast: fast(a, a, a), x)
+        assert fast_flops * 100 < profiling.count_flops(lambda a: m(a, a, a), x), variant
 
 
 def test_frames_from_folder_and_bag(test_data):

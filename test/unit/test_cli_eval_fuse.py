@@ -20,10 +20,12 @@ from ros2_regionfuse.cli import fuse as fuse_cli
 from ros2_regionfuse.cli.main import main
 from ros2_regionfuse.core import convert
 from ros2_regionfuse.core.checks import ConfigError, ImageIOError
-from ros2_regionfuse.core.config import PipelineConfig
+from ros2_regionfuse.core.config import CorrectorConfig, PipelineConfig
 from ros2_regionfuse.core.imageio import read_gray, read_rgb, write_png
 from ros2_regionfuse.core.metrics import METRIC_NAMES, compute_metrics
 from ros2_regionfuse.core.weights import save_weights
+
+CORRECTOR = CorrectorConfig().variant   # the default corrector variant
 
 STEMS = ['00537D', 'FLIR_05005', 'tno17']
 
@@ -44,10 +46,10 @@ def fusion_ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope='module')
 def corrector_ckpt(tmp_path_factory) -> Path:
     from ros2_regionfuse.models import registry
-    model = registry.build_corrector('corrector_fast')
+    model = registry.build_corrector(CORRECTOR)
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp('weights') / 'corrector_untrained.safetensors'
-    save_weights(model, path, {'variant': 'corrector_fast', 'note': 'untrained'})
+    save_weights(model, path, {'variant': CORRECTOR, 'note': 'untrained'})
     return path
 
 
@@ -266,7 +268,7 @@ def test_fuse_save_maps_with_corrector(test_data, tmp_path, fusion_ckpt, correct
         assert np.array_equal(read_rgb(out / f'{stem}.png'), res.fused)
         assert np.array_equal(read_rgb(out / 'maps' / f'{stem}_raw.png'), res.fused_raw)
     record = json.loads((out / 'regionfuse_fuse.json').read_text())
-    assert record['corrector'].startswith('corrector_fast@')
+    assert record['corrector'].startswith(f'{CORRECTOR}@')
 
 
 @pytest.mark.parametrize('kind', ['garbage', 'empty', 'nan_tiff'])

@@ -145,17 +145,22 @@ def _real_pair(test_data, stem: str) -> tuple[np.ndarray, np.ndarray]:
     return th, vis
 
 
+# the variants that ship trained weights (the default one first)
+SHIPPED = ('corrector_lite', 'corrector_fast')
+
+
+@pytest.mark.parametrize('variant', SHIPPED)
 @pytest.mark.parametrize('stem', ['tno17', 'FLIR_05005', '00537D'])
-def test_identity_on_real_pair_with_shipped_weights(test_data, stem):
+def test_identity_on_real_pair_with_shipped_weights(test_data, stem, variant):
     """Aligned real input: M ~ 0, |flow| small, image nearly unchanged (trained weights)."""
-    path = shipped_weights('corrector_fast')
+    path = shipped_weights(variant)
     assert path.is_file(), f'shipped corrector weights missing: {path}'
     from ros2_regionfuse.training.corrector_data import StandInFusion, load_frozen_fusion
     try:
         fusion, _ = load_frozen_fusion('regionfuse_tiny')
     except WeightsError:
         fusion = StandInFusion()
-    model = build_corrector('corrector_fast')
+    model = build_corrector(variant)
     load_weights(model, path)
     model.eval()
     th, vis = _real_pair(test_data, stem)
@@ -164,10 +169,17 @@ def test_identity_on_real_pair_with_shipped_weights(test_data, stem):
         fused = fusion(t, v).clamp(0, 1)
         out = model(fused, v, t)
     mag = torch.linalg.vector_norm(out.flow, dim=1)
-    # M is a soft probability: on aligned input it stays low everywhere (mean ~0.1 for the shipped
-    # weights) and almost no pixel is declared misregistered (M > 0.5).
+    # M is a soft probability: on aligned input it stays low (mean < 0.2 for the shipped weights), and
+    # no pixel the corrector leaves in place (|flow| < 1 px) is declared misregistered (M > 0.5). The
+    # global estimate does move a part of tno17 (20 % of its pixels by 1-2.6 px: the TNO reference's own
+    # misregistration, README); there corrector_lite's M is high on half of the moved pixels,
+    # corrector_fast's stays low.
+    m_high = out.misregistration[:, 0] > 0.5
+    moved = mag > 1.0
     assert float(out.misregistration.mean()) < 0.2
-    assert float((out.misregistration > 0.5).float().mean()) < 0.02
+    assert float((m_high & ~moved).float().mean()) < 0.005
+    assert float(m_high.float().mean()) < max(0.02, 0.6 * float(moved.float().mean()))
+    assert float(moved.float().mean()) < 0.25
     assert float(mag.mean()) < 1.0
     mse = float(((out.image - fused) ** 2).mean())
     assert 10 * np.log10(1.0 / max(mse, 1e-12)) > 35.0
@@ -183,21 +195,22 @@ def test_load_model_can_switch_the_global_start_off():
         assert torch.equal(a, b)
 
 
-def _shipped_with(**changes) -> Corrector:
+def _shipped_with(variant: str = SHIPPED[0], **changes) -> Corrector:
     from dataclasses import replace
-    model = build_corrector('corrector_fast')
-    load_weights(model, shipped_weights('corrector_fast'))
+    model = build_corrector(variant)
+    load_weights(model, shipped_weights(variant))
     model.cfg = replace(model.cfg, **changes)
     return model.eval()
 
 
-def test_aligned_frame_is_skipped_and_matches_the_full_path(test_data):
+@pytest.mark.parametrize('variant', SHIPPED)
+def test_aligned_frame_is_skipped_and_matches_the_full_path(test_data, variant):
     """00537D (aligned MSRS crop): the global check finds it aligned, the corrector returns the
     input with M = 0 and flow = 0, and the full path (skip off) differs from that by almost nothing."""
     th, vis = _real_pair(test_data, '00537D')
     t, v = convert.to_tensor(th), convert.to_tensor(vis)
     fused = (0.5 * (t + v)).clamp(0, 1)
-    fast, full = _shipped_with(), _shipped_with(skip_aligned=False)
+    fast, full = _shipped_with(variant), _shipped_with(variant, skip_aligned=False)
     with torch.no_grad():
         a, b = fast(fused, v, t), full(fused, v, t)
     assert a.image is fused and a.flows == []                       # skipped: nothing ran
@@ -222,9 +235,10 @@ def _shifted_pair(test_data, crop: tuple[int, int] | None = None
     return v, moved, (0.5 * (moved + v)).clamp(0, 1)
 
 
-def test_misaligned_frame_is_not_skipped(test_data):
+@pytest.mark.parametrize('variant', SHIPPED)
+def test_misaligned_frame_is_not_skipped(test_data, variant):
     v, moved, fused = _shifted_pair(test_data)
-    fast, full = _shipped_with(), _shipped_with(skip_aligned=False)
+    fast, full = _shipped_with(variant), _shipped_with(variant, skip_aligned=False)
     with torch.no_grad():
         a, b = fast(fused, v, moved), full(fused, v, moved)
     assert a.flows != []

@@ -6,9 +6,12 @@ from pathlib import Path
 
 import torch
 
+from ros2_regionfuse.core.config import CorrectorConfig
 from ros2_regionfuse.core.weights import load_weights, save_weights
 from ros2_regionfuse.models.registry import build_corrector
 from ros2_regionfuse.training.train_corrector import TrainCorrectorConfig, train
+
+CORRECTOR = CorrectorConfig().variant   # the default corrector variant
 
 TEST_DATA = Path(__file__).resolve().parents[1] / 'data'
 
@@ -19,7 +22,7 @@ def test_init_loads_weights_and_carries_history(tmp_path):
         (data / 'RoadScene' / mod).mkdir(parents=True)
         shutil.copy(TEST_DATA / mod / 'FLIR_05005.png', data / 'RoadScene' / mod / 'FLIR_05005.png')
     torch.manual_seed(3)
-    start = build_corrector('corrector_fast')
+    start = build_corrector(CORRECTOR)
     with torch.no_grad():
         for p in start.parameters():
             p.add_(0.01 * torch.randn_like(p))
@@ -31,7 +34,7 @@ def test_init_loads_weights_and_carries_history(tmp_path):
                                batch=1, patch=32, margin=0, lr=0.0,
                                weight_decay=0.0, val_samples=1, stand_in_fusion=True, stand_in_mix=0.0)
     final = train(cfg)
-    got = build_corrector('corrector_fast')
+    got = build_corrector(CORRECTOR)
     card = load_weights(got, final)
     # lr = 0: the weights written are exactly the initial ones (not a fresh initialisation)
     for (k, a), b in zip(start.state_dict().items(), got.state_dict().values()):
