@@ -94,6 +94,11 @@ class CorrectorConfig:
                             'stages when the global registration finds it aligned to within 1 px '
                             '(torch backend; a calibrated rig then costs only the global check); '
                             'false = always run the whole corrector.', read_only=True)
+    align_stage: str = _f('correct', 'Pipeline stage that runs the global registration: correct (with '
+                          'the corrector) or fuse (with preprocessing and fusion). The node runs the two '
+                          'stages on two threads; correct balances them for corrector_lite (node at 30 Hz '
+                          'input on 2 cores: 20.1 / 20.9 Hz vs 18.3 / 18.7 Hz with fuse), fuse suits a '
+                          'heavier corrector.', choices=('correct', 'fuse'), read_only=True)
 
 
 @dataclass

@@ -90,9 +90,10 @@ class FusedFrame:
         timings_ms: ``preprocess`` and ``fusion`` so far, and ``align`` (the
             corrector's global registration, when it ran here).
         align_params: the corrector's global registration of this pair
-            (``(1, 4)``), computed in the first half so that the node overlaps
-            it with the correction of the previous pair; None: the corrector
-            computes it (no global start, or a runner without ``align``).
+            (``(1, 4)``), computed in the first half (``corrector.align_stage:
+            fuse``) so that the node overlaps it with the correction of the
+            previous pair; None: the corrector computes it (the default
+            ``align_stage: correct``, no global start, or a runner without ``align``).
     """
 
     thermal: np.ndarray
@@ -270,9 +271,10 @@ class FusionPipeline:
         """First half of :meth:`process`: preprocessing and fusion (arguments as there).
 
         ``correct`` is resolved here (default ``cfg.corrector.enabled`` at this
-        call) so a pair is finished the way it was started. When it is true,
-        the corrector's global registration runs here too
-        (:attr:`FusedFrame.align_params`).
+        call) so a pair is finished the way it was started. When it is true and
+        ``cfg.corrector.align_stage`` is ``fuse``, the corrector's global
+        registration runs here too (:attr:`FusedFrame.align_params`); otherwise
+        :meth:`finish` runs it with the corrector.
 
         Raises:
             RegionFuseError: invalid images or configuration, or the corrector
@@ -290,11 +292,12 @@ class FusionPipeline:
         do_correct = self.cfg.corrector.enabled if correct is None else correct
         params = None
         if do_correct:
-            # The corrector's global registration needs only the sources: it runs here, in the
-            # node's first stage, which balances the two stages (docs/performance.md).
+            # The corrector's global registration needs only the sources: with
+            # corrector.align_stage = fuse it runs here, in the node's first stage (docs/performance.md).
             self._ensure_corrector()
             align = getattr(self._corrector, 'align', None)
-            params = align(y_t, th_t) if align is not None else None
+            if align is not None and self.cfg.corrector.align_stage == 'fuse':
+                params = align(y_t, th_t)
         t3 = time.perf_counter()
         return FusedFrame(thermal=th, rgb=rgb_u, thermal_t=th_t, visible_t=y_t, fused_t=fused_y,
                           correct=do_correct, align_params=params,

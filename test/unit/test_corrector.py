@@ -313,16 +313,19 @@ def test_runner_uses_the_opencv_step_on_cpu(test_data):
     assert float((flow - ref_cv.flow).abs().max()) < 1e-4
 
 
-def test_pipeline_runs_the_global_registration_in_its_first_half(test_data):
-    """fuse() computes the corrector's global registration (align_params) and finish() uses it:
-    the result equals the corrector computing it itself, and the time counts as corrector time."""
+def test_pipeline_runs_the_global_registration_in_the_configured_stage(test_data):
+    """corrector.align_stage: with fuse, fuse() computes the global registration (align_params) and
+    finish() uses it; with correct (default) finish() does; same results, corrector time either way."""
     from ros2_regionfuse.core.config import PipelineConfig
     from ros2_regionfuse.core.imageio import read_gray, read_rgb
     from ros2_regionfuse.core.pipeline import FusionPipeline
     th = read_gray(test_data / 'ir' / '00537D.png')
     rgb = read_rgb(test_data / 'vi' / '00537D.png')
     moved = np.ascontiguousarray(np.roll(th, 6, axis=1))     # thermal 6 px to the right
-    pipe = FusionPipeline(PipelineConfig(device='cpu'))
+    cfg = PipelineConfig(device='cpu')
+    assert cfg.corrector.align_stage == 'correct'
+    cfg.corrector.align_stage = 'fuse'
+    pipe = FusionPipeline(cfg)
     frame = pipe.fuse(moved, rgb)
     assert frame.align_params is not None and frame.align_params.shape == (1, 4)
     assert float(frame.align_params[0, 0]) == pytest.approx(6.0, abs=1.5)   # tx in px
@@ -334,6 +337,11 @@ def test_pipeline_runs_the_global_registration_in_its_first_half(test_data):
     assert 'align' not in res.timings_ms and res.timings_ms['corrector'] > frame.timings_ms['align']
     off = pipe.fuse(moved, rgb, correct=False)
     assert off.align_params is None
+    cfg.corrector.align_stage = 'correct'
+    frame2 = pipe.fuse(moved, rgb)
+    assert frame2.align_params is None and frame2.timings_ms['align'] < frame.timings_ms['align']
+    res2 = pipe.finish(frame2)
+    assert np.array_equal(res2.flow, res.flow) and np.array_equal(res2.fused, res.fused)
 
 
 def test_runner_traces_the_learned_stages(test_data, monkeypatch, caplog):
