@@ -67,6 +67,7 @@ _EDGE_EPS = 0.02      # intensity units: floor of the local mean gradient magnit
 _GRAD_EPS = 1e-6      # squared intensity units: floor of |g|^2 in the orientation term
 _LOCAL_WINDOW = 7     # cells: window of the local mean gradient magnitude
 PARAMS = 4            # tx, ty, a, b
+MIN_CELLS = 16        # cells along the height the coarsest level keeps at least
 
 
 @dataclass(frozen=True)
@@ -104,15 +105,23 @@ class GlobalAlignConfig:
     search: int = 4
     margin: float = 0.05
 
-    def factors(self, width: int) -> list[int]:
-        """Downsampling factor of each level, coarse to fine, for an input ``width`` px wide.
+    def factors(self, width: int, height: int | None = None) -> list[int]:
+        """Downsampling factor of each level, coarse to fine, for an input ``width`` x ``height`` px.
+
+        The coarsest level also keeps at least ``MIN_CELLS`` cells along the height (very
+        wide, short images would otherwise be pooled to one or two rows).
 
         Example:
             >>> GlobalAlignConfig().factors(640), GlobalAlignConfig().factors(256)
             ([8, 4], [2, 1])
+            >>> GlobalAlignConfig().factors(1300, 40)
+            [2, 1]
         """
+        limit = min(16, width / self.coarse_cells)
+        if height is not None:
+            limit = min(limit, height / MIN_CELLS)
         top = 1
-        while top * 2 <= min(16, width / self.coarse_cells):
+        while top * 2 <= limit:
             top *= 2
         return [max(1, top >> i) for i in range(len(self.iters))]
 
@@ -339,7 +348,7 @@ def estimate_similarity(visible: torch.Tensor, thermal: torch.Tensor,
     if min(big, bigw) < 16 and not torch.jit.is_tracing():
         return params, gain
     eye = torch.eye(PARAMS, dtype=visible.dtype, device=visible.device)
-    factors = cfg.factors(bigw)
+    factors = cfg.factors(bigw, big)
     pooled = _pooled_levels(visible, thermal, factors)
     for lvl, (down, iters) in enumerate(zip(factors, cfg.iters)):
         dv, dt = _level_descriptors(pooled[down], cfg.blur)
@@ -493,7 +502,7 @@ def estimate_similarity_cv(visible: np.ndarray, thermal: np.ndarray, cfg: Global
     params = np.zeros(PARAMS, np.float64)
     if min(big, bigw) < 16:
         return params.astype(np.float32), 0.0
-    factors = cfg.factors(bigw)
+    factors = cfg.factors(bigw, big)
     fine = min(factors)
     base = [_pool_cv(np.ascontiguousarray(x, np.float32), fine) for x in (visible, thermal)]
     for lvl, (down, iters) in enumerate(zip(factors, cfg.iters)):

@@ -108,7 +108,7 @@ def graph_key(model: nn.Module, h: int, w: int) -> int:
     if isinstance(model, RegionFuseNet):
         return network_level(h, w, model.cfg.base_size)
     if isinstance(model, Corrector) and model.cfg.global_align:
-        return model.cfg.align.factors(w)[0]
+        return model.cfg.align.factors(w, h)[0]
     return 0
 
 

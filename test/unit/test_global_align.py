@@ -191,3 +191,21 @@ def test_opencv_solver_flat_and_tiny_inputs():
     tiny = np.random.default_rng(0).random((2, 8, 8), dtype=np.float32)
     p, gain = estimate_similarity_cv(tiny[0], tiny[1])
     assert np.abs(p).max() == 0.0 and gain == 0.0
+
+
+@pytest.mark.parametrize('hw', [(16, 2000), (40, 1300), (60, 1920)])
+def test_wide_short_frames_keep_enough_rows(hw):
+    """Very wide, short inputs (e.g. a panoramic strip) used to be pooled to 1-2 rows at the
+    coarsest level: a crash in torch, NaN in OpenCV. Both solvers now return finite values that agree."""
+    from ros2_regionfuse.models.global_align import estimate_similarity_cv
+    g = torch.Generator().manual_seed(hw[1])
+    v = torch.nn.functional.avg_pool2d(torch.rand(1, 1, *hw, generator=g), 3, 1, 1)
+    t = torch.roll(v, 3, dims=3)
+    assert hw[0] // GlobalAlignConfig().factors(hw[1], hw[0])[0] >= 16   # rows at the coarsest level
+    with torch.no_grad():
+        p_torch, g_torch = estimate_similarity(v, t)
+    p_cv, g_cv = estimate_similarity_cv(v[0, 0].numpy(), t[0, 0].numpy())
+    assert torch.isfinite(p_torch).all() and np.isfinite(p_cv).all()
+    assert np.isfinite(g_cv) and bool(torch.isfinite(g_torch).all())
+    np.testing.assert_allclose(p_cv[:2], p_torch[0, :2].numpy(), atol=0.05)
+    assert p_cv[:2].tolist() == pytest.approx([3.0, 0.0], abs=0.1)   # the 3 px roll is found
