@@ -184,7 +184,8 @@ class TorchCorrectorRunner:
     Calling it corrects a frame; :meth:`align` computes the frame's global
     registration on its own, so the pipeline can run that part in its first
     stage (the node then overlaps it with the correction of the previous frame).
-    On the CPU the full-resolution step runs in OpenCV (outputs within 0.006 of
+    On the CPU the global registration runs in numpy/OpenCV (fields within 2e-4 px
+    of torch), the full-resolution step in OpenCV (outputs within 0.006 of
     torch on real frames, 75 dB) and the learned stages (:meth:`Corrector.fields`)
     run as a frozen TorchScript trace per image size (values within 2e-6 of
     eager); see docs/performance.md.
