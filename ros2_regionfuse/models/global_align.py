@@ -126,6 +126,18 @@ class GlobalAlignConfig:
         return [max(1, top >> i) for i in range(len(self.iters))]
 
 
+def gaussian_taps(sigma: float) -> list[float]:
+    """Normalised Gaussian taps of radius ``max(1, round(2 sigma))`` (``sigma > 0``).
+
+    Example:
+        >>> [round(v, 4) for v in gaussian_taps(0.5)]
+        [0.1065, 0.787, 0.1065]
+    """
+    r = max(1, int(round(2 * sigma)))
+    g = [math.exp(-k * k / (2 * sigma * sigma)) for k in range(-r, r + 1)]
+    return [v / sum(g) for v in g]
+
+
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur (radius ``2 sigma``, replicate border) of ``(B, C, h, w)``.
 
@@ -140,9 +152,8 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """
     if sigma <= 0:
         return x
-    r = max(1, int(round(2 * sigma)))
-    g = [math.exp(-k * k / (2 * sigma * sigma)) for k in range(-r, r + 1)]
-    g = [v / sum(g) for v in g]
+    g = gaussian_taps(sigma)
+    r = len(g) // 2
     h, w = x.shape[-2:]
     p = F.pad(x, (r, r, 0, 0), mode='replicate')
     x = sum(g[k] * p[..., :, k:k + w] for k in range(2 * r + 1))
@@ -453,9 +464,7 @@ def _descriptor_cv(img: np.ndarray, blur: float) -> np.ndarray:
     d = np.stack([(gx * gx - gy * gy) * inv, 2.0 * gx * gy * inv, np.abs(gx) * ww, np.abs(gy) * ww], -1)
     if blur <= 0:
         return d
-    r = max(1, int(round(2 * blur)))
-    g = np.exp(-np.arange(-r, r + 1, dtype=np.float64) ** 2 / (2 * blur * blur))
-    g = (g / g.sum()).astype(np.float32)
+    g = np.asarray(gaussian_taps(blur), np.float32)
     return cv2.sepFilter2D(d, -1, g, g, borderType=cv2.BORDER_REPLICATE)
 
 

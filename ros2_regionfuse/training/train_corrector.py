@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..core.config import _f
+from ..core.config import CorrectorConfig, _f
 from ..core.weights import WEIGHTS_DIR, load_weights, save_weights
 from ..models.registry import build_corrector
 from .checkpoint import load_state, save_state
@@ -56,7 +56,7 @@ class TrainCorrectorConfig:
     out: str = _f('runs/corrector', 'Folder of the resumable training state.')
     weights: str = _f('', 'Where the final weights (+ .json model card) are written; empty = the '
                       "shipped weights of the variant (ros2_regionfuse/weights/<variant>.safetensors).")
-    variant: str = _f('corrector_lite', 'Corrector variant.')
+    variant: str = _f(CorrectorConfig().variant, 'Corrector variant (default: the pipeline\'s).')
     fusion_variant: str = _f('regionfuse_tiny', 'Frozen fusion variant.')
     fusion_checkpoint: str = _f('', 'Fusion weights (or a train-fusion last.safetensors); '
                                 'empty = the shipped weights.')
