@@ -338,8 +338,11 @@ def test_pipeline_runs_the_global_registration_in_the_configured_stage(test_data
     off = pipe.fuse(moved, rgb, correct=False)
     assert off.align_params is None
     cfg.corrector.align_stage = 'correct'
+    calls = []
+    runner_align = pipe._corrector.align
+    pipe._corrector.align = lambda *a: calls.append(1) or runner_align(*a)
     frame2 = pipe.fuse(moved, rgb)
-    assert frame2.align_params is None and frame2.timings_ms['align'] < frame.timings_ms['align']
+    assert frame2.align_params is None and calls == []   # fuse() left the registration to finish()
     res2 = pipe.finish(frame2)
     assert np.array_equal(res2.flow, res.flow) and np.array_equal(res2.fused, res.fused)
 
