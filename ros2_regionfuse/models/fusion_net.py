@@ -37,7 +37,7 @@ from torch import nn
 
 from .layers import ConvMlp, LayerNorm2d
 from .mora import MoRA, balance_loss
-from .pyramid import box_mean3, down2, laplacian_pyramid, reconstruct, up_to
+from .pyramid import box_mean3, gaussian_pyramid, laplacian_pyramid, reconstruct, up_to
 from .registry import register_fusion
 from .rfcm import RFCM
 
@@ -200,22 +200,25 @@ class RegionFuseNet(nn.Module):
         h, w = thermal.shape[-2:]
         ln = network_level(h, w, cfg.base_size)
         levels = ln + 1  # detail levels 0..ln, base at ln+1
-        mult = max(2 ** levels, cfg.region * 2 ** ln)
+        mult = 2 ** levels   # the pyramid's need; the region grid is padded at the network level
         ph, pw = (-h) % mult, (-w) % mult
         x = torch.cat([thermal, visible], 0)  # both sources through one pyramid pass
         if ph or pw or torch.jit.is_tracing():  # traced (ONNX): pads are dynamic, keep the op
             mode = 'reflect' if (ph < h and pw < w) else 'replicate'
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        details, base = laplacian_pyramid(x, levels, opencv)
-        g_net, g_fine = x, x
-        for _ in range(ln):
-            g_fine = g_net
-            g_net = down2(g_net)
+        gauss = gaussian_pyramid(x, levels)
+        details, base = laplacian_pyramid(x, levels, opencv, gaussians=gauss)
+        g_net, g_fine = gauss[ln], gauss[ln - 1]
         b = thermal.shape[0]
         abs_details = [d.abs() for d in details]   # shared by the energies and the selection below
         feats = self._features(x, g_net, g_fine, abs_details, ln)
+        hn, wn = g_net.shape[-2:]
+        rh, rw = (-hn) % cfg.region, (-wn) % cfg.region
+        if rh or rw or torch.jit.is_tracing():   # whole regions: pad the low-resolution inputs only
+            feats = F.pad(feats, (0, rw, 0, rh), mode='replicate')
+            g_net = F.pad(g_net, (0, rw, 0, rh), mode='replicate')
         stats = region_stats(g_net[:b], g_net[b:], cfg.region)
-        p = (region_params or self.region_params)(feats, stats)
+        p = (region_params or self.region_params)(feats, stats)[..., :hn, :wn]
         # --- apply the region-adaptive parameters at each level -----------------
         bt, by = base[:b], base[b:]
         pb = up_to(p[:, :2], bt.shape[-2:], opencv)
@@ -250,3 +253,13 @@ def regionfuse_tiny() -> RegionFuseNet:
 def regionfuse_small() -> RegionFuseNet:
     """Wider variant (width 32) for machines with more headroom."""
     return RegionFuseNet(FusionNetConfig(width=32, value_dim=16, qk_dim=24))
+
+
+@register_fusion('regionfuse_lite')
+def regionfuse_lite() -> RegionFuseNet:
+    """``regionfuse_tiny``'s network one pyramid level lower: 1/16 of a 640x480 frame.
+
+    Same weights' shapes; fine-tuned from ``regionfuse_tiny`` at this level
+    (the region network's cost is a quarter; regions cover 64x64 px at 640x480).
+    """
+    return RegionFuseNet(FusionNetConfig(base_size=320))

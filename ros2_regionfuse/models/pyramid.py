@@ -131,13 +131,24 @@ def up_to(x: torch.Tensor, size: tuple[int, int], opencv: bool = False) -> torch
     return F.interpolate(x, size=size, mode='bilinear', align_corners=False)
 
 
-def laplacian_pyramid(x: torch.Tensor, levels: int, opencv: bool = False
+def gaussian_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """``[x, down2(x), ...]``: ``levels + 1`` images, level ``l`` of size ``H / 2**l``."""
+    out = [x]
+    for _ in range(levels):
+        out.append(down2(out[-1]))
+    return out
+
+
+def laplacian_pyramid(x: torch.Tensor, levels: int, opencv: bool = False,
+                      gaussians: list[torch.Tensor] | None = None
                       ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Decompose ``x`` into ``levels`` detail layers and a base.
 
     Args:
         x: ``(B, C, H, W)``, H and W multiples of ``2**levels``.
         levels: number of detail layers L.
+        gaussians: :func:`gaussian_pyramid` of ``x`` with at least ``levels``
+            levels when the caller has it already (saves its computation).
 
     Returns:
         ``(details, base)``: ``details[l]`` has size ``H / 2**l``, the base ``H / 2**L``.
@@ -148,13 +159,9 @@ def laplacian_pyramid(x: torch.Tensor, levels: int, opencv: bool = False
         >>> bool(torch.allclose(reconstruct(d, b), x, atol=1e-6))
         True
     """
-    details = []
-    g = x
-    for _ in range(levels):
-        g_next = down2(g)
-        details.append(g - up_to(g_next, g.shape[-2:], opencv))
-        g = g_next
-    return details, g
+    g = gaussians if gaussians is not None else gaussian_pyramid(x, levels)
+    details = [g[i] - up_to(g[i + 1], g[i].shape[-2:], opencv) for i in range(levels)]
+    return details, g[levels]
 
 
 def reconstruct(details: list[torch.Tensor], base: torch.Tensor, opencv: bool = False) -> torch.Tensor:

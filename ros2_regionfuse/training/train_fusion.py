@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..core.weights import save_weights
+from ..core.weights import load_weights, save_weights
 from ..models.registry import build_fusion
 from .checkpoint import load_state, save_state
 from .data import DEFAULT_SETS, PatchSampler, list_training_files, load_pairs
@@ -47,6 +47,7 @@ class TrainFusionConfig:
     save_every: int = 200
     max_minutes: float = 110.0
     resume: bool = True
+    init: str = ''   # start from these fusion weights (fine-tuning: fresh optimizer and schedule)
     w_intensity: float = FusionLossWeights.intensity
     w_gradient: float = FusionLossWeights.gradient
     w_ssim: float = FusionLossWeights.ssim
@@ -97,6 +98,12 @@ def train(cfg: TrainFusionConfig) -> Path:
         minutes_before = float(extra.get('minutes', 0.0))
         history = list(extra.get('history', []))
         log.info('resumed from %s at step %d', state_path, step)
+    elif cfg.init:
+        init_card = load_weights(model, cfg.init)
+        history = [{'initialised_from': cfg.init, 'name': init_card.get('name', '?'),
+                    'steps_done': init_card.get('steps_done'),
+                    'model_config': init_card.get('model_config')}]
+        log.info('initialised from %s', cfg.init)
     command = ' '.join(shlex.quote(a) for a in sys.argv)
     history.append({'from_step': step, 'command': command, 'config': asdict(cfg)})
     sampler = PatchSampler(pairs, cfg.patch, cfg.seed + step)  # new stream after resume
