@@ -71,6 +71,7 @@ from tqdm import tqdm
 from ..core import convert
 from ..core.checks import ConfigError
 from ..core.config import CorrectorConfig as CorrectorSettings
+from ..core.config import FusionConfig as FusionSettings
 from ..core.imageio import (
     ImagePair,
     atomic_write_bytes,
@@ -126,7 +127,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help='mean displacement levels (px)')
     p.add_argument('--max-shift', type=float, default=0.0,
                    help='cap on the largest displacement (px; 0 = none); scales the field down')
-    p.add_argument('--fusion-variant', default='regionfuse_tiny')
+    p.add_argument('--fusion-variant', default=FusionSettings().variant)
     p.add_argument('--fusion-checkpoint', default='', help='empty = shipped weights')
     p.add_argument('--stand-in-fusion', action='store_true', help='development only')
     p.add_argument('--corrector-variant', default=CorrectorSettings().variant)

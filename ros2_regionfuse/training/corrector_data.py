@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..core.checks import WeightsError
+from ..core.config import FusionConfig
 from ..core.weights import load_weights, shipped_weights
 from ..models.registry import build_fusion
 from .data import Pair
@@ -43,7 +44,7 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_frozen_fusion(variant: str = 'regionfuse_tiny', checkpoint: str = '', stand_in: bool = False
+def load_frozen_fusion(variant: str = FusionConfig().variant, checkpoint: str = '', stand_in: bool = False
                        ) -> tuple[nn.Module, dict[str, Any]]:
     """Build the frozen fusion model used to make corrector inputs and targets.
 

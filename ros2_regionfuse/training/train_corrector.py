@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..core.config import CorrectorConfig, _f
+from ..core.config import CorrectorConfig, FusionConfig, _f
 from ..core.weights import WEIGHTS_DIR, load_weights, save_weights
 from ..models.registry import build_corrector
 from .checkpoint import load_state, save_state
@@ -57,7 +57,7 @@ class TrainCorrectorConfig:
     weights: str = _f('', 'Where the final weights (+ .json model card) are written; empty = the '
                       "shipped weights of the variant (ros2_regionfuse/weights/<variant>.safetensors).")
     variant: str = _f(CorrectorConfig().variant, 'Corrector variant (default: the pipeline\'s).')
-    fusion_variant: str = _f('regionfuse_tiny', 'Frozen fusion variant.')
+    fusion_variant: str = _f(FusionConfig().variant, "Frozen fusion variant (default: the pipeline's).")
     fusion_checkpoint: str = _f('', 'Fusion weights (or a train-fusion last.safetensors); '
                                 'empty = the shipped weights.')
     stand_in_fusion: bool = _f(False, 'Development only: use 0.6 max(Y,T) + 0.4 mean(Y,T) '

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..core.config import FusionConfig
 from ..core.weights import load_weights, save_weights
 from ..models.registry import build_fusion
 from .checkpoint import load_state, save_state
@@ -36,7 +37,7 @@ class TrainFusionConfig:
 
     data: str = str(REPO.parent / 'shared' / 'data' / 'ivif')
     out: str = 'runs/fusion'
-    variant: str = 'regionfuse_tiny'
+    variant: str = FusionConfig().variant
     steps: int = 6000
     batch: int = 8
     patch: int = 256

@@ -69,9 +69,10 @@ def test_region_gate_scales_each_region_uniformly() -> None:
     assert RFCM(8, 3, 4)(torch.randn(1, 8, 8, 8)).shape == (1, 3, 8, 8)
 
 
+@pytest.mark.parametrize('variant', ['regionfuse_tiny', 'regionfuse_lite'])
 @pytest.mark.parametrize('h,w', [(37, 53), (64, 64), (120, 161), (1, 1), (481, 641)])
-def test_fusion_net_any_size(h: int, w: int) -> None:
-    net = build_fusion('regionfuse_tiny').eval()
+def test_fusion_net_any_size(variant: str, h: int, w: int) -> None:
+    net = build_fusion(variant).eval()
     t, y = torch.rand(1, 1, h, w), torch.rand(1, 1, h, w)
     with torch.inference_mode():
         out = net(t, y)
@@ -98,6 +99,28 @@ def test_training_mode_sets_balance_loss() -> None:
     net = RegionFuseNet().train()
     net(torch.rand(2, 1, 64, 64), torch.rand(2, 1, 64, 64))
     assert 1.0 <= float(net.aux_loss.detach()) <= 4.0
+
+
+@pytest.mark.parametrize('variant,hw_net,padded', [('regionfuse_tiny', (60, 80), (60, 80)),
+                                                    ('regionfuse_lite', (30, 40), (32, 40))])
+def test_region_network_size(variant: str, hw_net: tuple, padded: tuple) -> None:
+    # 640x480: tiny reasons at 1/8, lite at 1/16, where 30 rows are padded to whole 4x4 regions
+    # at the network level; the parameters are cropped back, so the output keeps the input size.
+    net = build_fusion(variant).eval()
+    seen = []
+
+    def spy(feats: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+        seen.append((tuple(feats.shape[-2:]), stats.shape[1]))
+        return net.region_params(feats, stats)
+
+    t, y = torch.rand(1, 1, 480, 640), torch.rand(1, 1, 480, 640)
+    with torch.inference_mode():
+        out = net(t, y, region_params=spy)
+        ref = net(t, y)
+    assert seen == [(padded, (padded[0] // 4) * (padded[1] // 4))]
+    assert out.shape == (1, 1, 480, 640) and torch.equal(out, ref)
+    assert hw_net == (480 // 2 ** network_level(480, 640, net.cfg.base_size),
+                      640 // 2 ** network_level(480, 640, net.cfg.base_size))
 
 
 def test_network_level() -> None:
