@@ -67,6 +67,23 @@ def test_untrained_corrector_is_identity():
     assert float((out.image - fused).abs().max()) < 1e-4   # float rounding of the sampling grid
 
 
+@pytest.mark.parametrize('variant', ['corrector_lite', 'corrector_fast'])
+def test_stem_block_means_equal_average_pooling(variant):
+    # The stem's extra output per group (weights 1 / s^2) gives the block means; the stem
+    # features are the grouped patch embedding of the unshuffled blocks (the module as built).
+    m = build_corrector(variant).eval()
+    s = m.cfg.stem_stride
+    x = torch.rand(2, 3, 4 * s, 6 * s, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        for p in m.stem.parameters():   # random stem weights (the defaults may be symmetric)
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(4)))
+        feats, means = m.stem_and_pool(x)
+        ref = m.stem(torch.nn.functional.pixel_unshuffle(x, s))
+    assert means.shape == (2, 3, 4, 6) and feats.shape == ref.shape
+    assert float((means - torch.nn.functional.avg_pool2d(x, s)).abs().max()) < 1e-6
+    assert float((feats - ref).abs().max()) < 1e-4
+
+
 def test_full_resolution_assembly_formula():
     """A constant coarse flow composes to stride * flow and the output follows the documented formula."""
     m = Corrector(LEARNED_ONLY).eval()

@@ -5,8 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ros2_regionfuse.core.config import FusionConfig
 from ros2_regionfuse.models.layers import from_regions, to_regions
 from ros2_regionfuse.models.pyramid import box_mean3, down2
+
+FUSION = FusionConfig().variant   # the default fusion variant (the one the pipeline's runner loads)
 
 
 @pytest.mark.parametrize('shape', [(2, 1, 48, 64), (1, 3, 10, 6), (1, 1, 2, 2)])
@@ -118,7 +121,7 @@ def test_fusion_opencv_path_matches_torch_on_real_pairs(test_data):
     from ros2_regionfuse.core.config import PipelineConfig
     from ros2_regionfuse.core.imageio import read_gray, read_rgb
     from ros2_regionfuse.models.runtime import build_runner, load_model
-    model, _ = load_model('fusion', 'regionfuse_tiny', '', torch.device('cpu'))
+    model, _ = load_model('fusion', FUSION, '', torch.device('cpu'))
     run, _ = build_runner('fusion', PipelineConfig(), torch.device('cpu'))
     threads = torch.get_num_threads()
     try:
@@ -158,7 +161,7 @@ def test_fusion_runner_traces_the_region_network_per_size(test_data, monkeypatch
     from ros2_regionfuse.core import convert
     from ros2_regionfuse.core.imageio import read_gray, read_rgb
     from ros2_regionfuse.models.runtime import TorchFusionRunner, load_model
-    model, _ = load_model('fusion', 'regionfuse_tiny', '', torch.device('cpu'))
+    model, _ = load_model('fusion', FUSION, '', torch.device('cpu'))
     th = read_gray(test_data / 'ir' / '00537D.png', as_uint8=True).astype('float32') / 255.0
     y = convert.luminance(convert.rgb_to_unit(read_rgb(test_data / 'vi' / '00537D.png')))
     run = TorchFusionRunner(model)
