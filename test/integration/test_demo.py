@@ -15,10 +15,11 @@ pytest.importorskip('rclpy')
 pytest.importorskip('rosbags')
 
 from ros2_regionfuse.core import bagio  # noqa: E402
-from ros2_regionfuse.core.config import CorrectorConfig  # noqa: E402
+from ros2_regionfuse.core.config import CorrectorConfig, FusionConfig  # noqa: E402
 from ros2_regionfuse.core.weights import save_weights, shipped_weights  # noqa: E402
 
 CORRECTOR = CorrectorConfig().variant   # the default corrector variant
+FUSION = FusionConfig().variant   # the default fusion variant
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -30,14 +31,14 @@ TIMEOUT_S = 600
 @pytest.fixture(scope='module')
 def checkpoint_args(tmp_path_factory) -> list[str]:
     """The shipped weights when both exist, else untrained checkpoints passed as node parameters."""
-    if shipped_weights('regionfuse_tiny').is_file() and shipped_weights(CORRECTOR).is_file():
+    if shipped_weights(FUSION).is_file() and shipped_weights(CORRECTOR).is_file():
         return []
     import torch
 
     from ros2_regionfuse.models.registry import build_corrector, build_fusion
     d = tmp_path_factory.mktemp('ckpt')
     torch.manual_seed(0)
-    save_weights(build_fusion('regionfuse_tiny'), d / 'f.safetensors', {'variant': 'regionfuse_tiny'})
+    save_weights(build_fusion(FUSION), d / 'f.safetensors', {'variant': FUSION})
     save_weights(build_corrector(CORRECTOR), d / 'c.safetensors', {'variant': CORRECTOR})
     return ['--fusion-checkpoint', str(d / 'f.safetensors'),
             '--corrector-checkpoint', str(d / 'c.safetensors')]

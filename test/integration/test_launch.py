@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ros2_regionfuse.core.config import NodeConfig, to_dict
+from ros2_regionfuse.core.config import FusionConfig, NodeConfig, to_dict
 from ros2_regionfuse.ros import launch_args as la
+
+FUSION = FusionConfig().variant   # the default fusion variant
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCH_FILE = REPO / 'launch' / 'fuse.launch.py'
@@ -105,8 +107,8 @@ def test_launch_command_line_runs_here(tmp_path) -> None:
     from ros2_regionfuse.ros import msg_convert as mc
 
     torch.manual_seed(0)
-    ckpt = tmp_path / 'regionfuse_tiny.safetensors'
-    save_weights(build_fusion('regionfuse_tiny'), ckpt, {'variant': 'regionfuse_tiny'})
+    ckpt = tmp_path / f'{FUSION}.safetensors'
+    save_weights(build_fusion(FUSION), ckpt, {'variant': FUSION})
     # params_file launch argument: the shipped file with the test weights (no shipped weights needed)
     params = yaml.safe_load(Path(la.default_params_file()).read_text())
     p = params['/**']['ros__parameters']

@@ -4,7 +4,7 @@ One node serves the whole module (tests run in file order and share its
 counters, so every check works on deltas); the last test stops it with SIGINT.
 The module runs twice: with ``overlap_stages`` (two worker threads, the
 default) and with one worker.
-Models: an untrained regionfuse_tiny checkpoint written to tmp (and an
+Models: an untrained checkpoint of the default fusion variant written to tmp (and an
 untrained corrector_fast one when that model exists). Loopback-only DDS and an
 own ROS_DOMAIN_ID come from test/conftest.py.
 """
@@ -36,13 +36,14 @@ from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from ros2_regionfuse.core.align import plane_homography  # noqa: E402
-from ros2_regionfuse.core.config import CorrectorConfig, PipelineConfig  # noqa: E402
+from ros2_regionfuse.core.config import CorrectorConfig, FusionConfig, PipelineConfig  # noqa: E402
 from ros2_regionfuse.core.pipeline import FusionPipeline  # noqa: E402
 from ros2_regionfuse.core.weights import save_weights  # noqa: E402
 from ros2_regionfuse.ros import msg_convert as mc  # noqa: E402
 from ros2_regionfuse.ros.launch_args import command_line, default_params_file  # noqa: E402
 
 CORRECTOR = CorrectorConfig().variant   # the default corrector variant
+FUSION = FusionConfig().variant   # the default fusion variant
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -70,9 +71,9 @@ def weights(tmp_path_factory) -> dict[str, str]:
     from ros2_regionfuse.models.registry import build_corrector, build_fusion
     d = tmp_path_factory.mktemp('weights')
     torch.manual_seed(0)
-    out = {'fusion': str(d / 'regionfuse_tiny.safetensors'),
+    out = {'fusion': str(d / f'{FUSION}.safetensors'),
            'corrector': str(d / f'{CORRECTOR}.safetensors')}
-    save_weights(build_fusion('regionfuse_tiny'), out['fusion'], {'variant': 'regionfuse_tiny'})
+    save_weights(build_fusion(FUSION), out['fusion'], {'variant': FUSION})
     save_weights(build_corrector(CORRECTOR), out['corrector'], {'variant': CORRECTOR})
     return out
 
@@ -263,7 +264,7 @@ def test_outputs_header_encoding_size_values(node, pair, reference) -> None:
     st = node.wait_stamp('status', sec)
     assert st is not None
     assert (st.rgb_stamp.sec, st.thermal_stamp.sec, st.pair_dt) == (sec, sec, 0.0)
-    assert st.device == 'cpu' and st.fusion_model.startswith('regionfuse_tiny@')
+    assert st.device == 'cpu' and st.fusion_model.startswith(f'{FUSION}@')
     assert st.processed >= 1 and st.paired >= st.processed and not st.corrector_enabled
     assert np.isnan(st.misaligned_fraction)
     assert st.total_ms >= st.fusion_ms > 0.0

@@ -13,11 +13,12 @@ from ros2_regionfuse.cli.bag import load_params_files, sibling_info_topic  # noq
 from ros2_regionfuse.cli.main import main  # noqa: E402
 from ros2_regionfuse.core import bagio  # noqa: E402
 from ros2_regionfuse.core.checks import ConfigError  # noqa: E402
-from ros2_regionfuse.core.config import CorrectorConfig, NodeConfig  # noqa: E402
+from ros2_regionfuse.core.config import CorrectorConfig, FusionConfig, NodeConfig  # noqa: E402
 from ros2_regionfuse.core.weights import save_weights  # noqa: E402
 from ros2_regionfuse.models.registry import build_corrector, build_fusion  # noqa: E402
 
 CORRECTOR = CorrectorConfig().variant   # the default corrector variant
+FUSION = FusionConfig().variant   # the default fusion variant
 
 RGB_W, RGB_H = 128, 96
 FRAMES_PER_PAIR = 2
@@ -33,7 +34,7 @@ def recording(tmp_path_factory):
                  '--rgb-size', str(RGB_W), str(RGB_H), '--thermal-size', '64', '52',
                  '--rgb-fx', '120', '--pan-px', '4']) == 0
     torch.manual_seed(0)
-    save_weights(build_fusion('regionfuse_tiny'), root / 'f.safetensors', {'variant': 'regionfuse_tiny'})
+    save_weights(build_fusion(FUSION), root / 'f.safetensors', {'variant': FUSION})
     save_weights(build_corrector(CORRECTOR), root / 'c.safetensors', {'variant': CORRECTOR})
     return root
 

@@ -1,6 +1,6 @@
 """``regionfuse eval`` and ``regionfuse fuse`` round trips on the committed test pairs.
 
-The fusion model is an untrained ``regionfuse_tiny`` saved to a temporary
+The fusion model is an untrained default fusion variant saved to a temporary
 checkpoint (the shipped weights are not needed), so these tests check the CLI
 wiring (pairing, colour order, file naming, maps, error handling), not quality.
 """
@@ -20,12 +20,13 @@ from ros2_regionfuse.cli import fuse as fuse_cli
 from ros2_regionfuse.cli.main import main
 from ros2_regionfuse.core import convert
 from ros2_regionfuse.core.checks import ConfigError, ImageIOError
-from ros2_regionfuse.core.config import CorrectorConfig, PipelineConfig
+from ros2_regionfuse.core.config import CorrectorConfig, FusionConfig, PipelineConfig
 from ros2_regionfuse.core.imageio import read_gray, read_rgb, write_png
 from ros2_regionfuse.core.metrics import METRIC_NAMES, compute_metrics
 from ros2_regionfuse.core.weights import save_weights
 
 CORRECTOR = CorrectorConfig().variant   # the default corrector variant
+FUSION = FusionConfig().variant   # the default fusion variant
 
 STEMS = ['00537D', 'FLIR_05005', 'tno17']
 
@@ -39,7 +40,7 @@ def fusion_ckpt(tmp_path_factory) -> Path:
     from ros2_regionfuse.models.registry import build_fusion
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp('weights') / 'fusion_untrained.safetensors'
-    save_weights(build_fusion('regionfuse_tiny'), path, {'variant': 'regionfuse_tiny', 'note': 'untrained'})
+    save_weights(build_fusion(FUSION), path, {'variant': FUSION, 'note': 'untrained'})
     return path
 
 
@@ -211,7 +212,7 @@ def test_fuse_folder_roundtrip_then_eval(test_data, tmp_path, fusion_ckpt, capsy
         if rgb.ndim == 2:  # gray visible -> gray fusion
             assert np.array_equal(got[..., 0], got[..., 1]) and np.array_equal(got[..., 1], got[..., 2])
     record = json.loads((out / 'regionfuse_fuse.json').read_text())
-    assert record['fusion'].startswith('regionfuse_tiny@') and record['corrector'] is None
+    assert record['fusion'].startswith(f'{FUSION}@') and record['corrector'] is None
     assert record['config']['fusion.checkpoint'] == str(fusion_ckpt)
     assert [p['stem'] for p in record['pairs']] == STEMS
 
