@@ -4,10 +4,11 @@ Design (cost-driven; facts of the paper in ../shared/README.md §2):
 
 1. Both sources (thermal T and visible luminance Y, ``(B, 1, H, W)`` in [0, 1])
    are decomposed into Laplacian pyramids at full resolution (cheap).
-2. A network reasons about regions at low resolution (pyramid level ``l_net``,
-   1/8 of a 640x480 frame; one level deeper for every doubling of the size, so
-   the token count stays bounded): per-modality encoders (2 MetaFormer blocks
-   each: depthwise-conv token mixer + MLP), then ``stages`` x [Region Fusion
+2. A network reasons about regions at low resolution (pyramid level ``l_net``:
+   1/8 of a 640x480 frame for ``regionfuse_tiny``, 1/16 for ``regionfuse_lite``;
+   one level deeper for every doubling of the size, so the token count stays
+   bounded): per-modality encoders (2 MetaFormer blocks each: depthwise-conv
+   token mixer + MLP), then ``stages`` x [Region Fusion
    Block (pre-norm: Norm -> MoRA -> add, Norm -> MLP -> add) -> RFCM] on the
    concatenated streams, each RFCM output added back to both streams, and a
    decoder head.

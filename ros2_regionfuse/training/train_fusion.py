@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ..core.config import FusionConfig
 from ..core.weights import load_weights, save_weights
+from ..models.fusion_net import network_level
 from ..models.registry import build_fusion
 from .checkpoint import load_state, save_state
 from .data import DEFAULT_SETS, PatchSampler, list_training_files, load_pairs
@@ -64,6 +65,15 @@ def git_revision() -> str:
         return 'unknown'
 
 
+def _smallest_patch(base_size: int) -> int:
+    """Smallest square patch (a multiple of 64 px) on which the network runs at its 640x480 level."""
+    target = network_level(480, 640, base_size)
+    p = 64
+    while network_level(p, p, base_size) < target:
+        p += 64
+    return p
+
+
 def lr_at(step: int, cfg: TrainFusionConfig, minutes: float = 0.0) -> float:
     """Linear warm-up over 100 steps, then cosine decay to 5 % of the peak.
 
@@ -89,6 +99,12 @@ def train(cfg: TrainFusionConfig) -> Path:
     log.info('training on %d pairs from %s', len(pairs), root)
     model = build_fusion(cfg.variant)
     model.train()
+    base = getattr(getattr(model, 'cfg', None), 'base_size', None)
+    if base is not None and network_level(cfg.patch, cfg.patch, base) != network_level(480, 640, base):
+        log.warning('%s reasons at pyramid level %d on 640x480 frames, but %d px patches train level %d; '
+                    'pass --patch %d or larger to train the level it runs at', cfg.variant,
+                    network_level(480, 640, base), cfg.patch, network_level(cfg.patch, cfg.patch, base),
+                    _smallest_patch(base))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = 0
     minutes_before = 0.0

@@ -127,3 +127,13 @@ def test_network_level() -> None:
     assert network_level(480, 640) == 3
     assert network_level(1024, 1280) == 4
     assert network_level(2048, 2560) == 5
+
+
+def test_smallest_training_patch_reaches_the_variants_level() -> None:
+    from ros2_regionfuse.training.train_fusion import _smallest_patch
+    lite = build_fusion('regionfuse_lite').cfg.base_size
+    tiny = build_fusion('regionfuse_tiny').cfg.base_size
+    assert _smallest_patch(lite) == 512       # 448 px patches would still train the 1/8 level
+    assert network_level(448, 448, lite) == 3
+    assert network_level(512, 512, lite) == network_level(480, 640, lite) == 4
+    assert network_level(256, 256, tiny) == network_level(480, 640, tiny) == 3
