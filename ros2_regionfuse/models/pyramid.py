@@ -74,7 +74,7 @@ def window_mean(x: torch.Tensor, k: int) -> torch.Tensor:
         True
     """
     r = k // 2
-    if k < 3 or (torch.jit.is_tracing() and torch.onnx.is_in_onnx_export()):
+    if k < 3 or torch.onnx.is_in_onnx_export():
         return F.avg_pool2d(x, k, 1, r, count_include_pad=False) if k > 1 else x
     h, w = x.shape[-2:]
     p = F.pad(x, (r, r, 0, 0))

@@ -100,11 +100,12 @@ def train(cfg: TrainFusionConfig) -> Path:
     model = build_fusion(cfg.variant)
     model.train()
     base = getattr(getattr(model, 'cfg', None), 'base_size', None)
-    if base is not None and network_level(cfg.patch, cfg.patch, base) != network_level(480, 640, base):
-        log.warning('%s reasons at pyramid level %d on 640x480 frames, but %d px patches train level %d; '
-                    'pass --patch %d or larger to train the level it runs at', cfg.variant,
-                    network_level(480, 640, base), cfg.patch, network_level(cfg.patch, cfg.patch, base),
-                    _smallest_patch(base))
+    if base is not None:
+        runs_at, trains_at = network_level(480, 640, base), network_level(cfg.patch, cfg.patch, base)
+        if trains_at != runs_at:
+            log.warning('%s reasons at pyramid level %d on 640x480 frames, but %d px patches train level %d; '
+                        'pass --patch %d or larger to train the level it runs at', cfg.variant, runs_at,
+                        cfg.patch, trains_at, _smallest_patch(base))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = 0
     minutes_before = 0.0
