@@ -68,6 +68,13 @@ def test_eval_registration_cli_reports_every_method(test_data, tmp_path, capsys)
         assert methods[m]['epe_consistent'] == pytest.approx(
             np.mean([f['epe_consistent'][m] for f in frames]))
     assert methods['similarity']['epe_consistent_ratio'] < 0.6
+    # the oracle bound: exact registration to the scene as the global estimate finds it on the aligned
+    # pair; these references are close to aligned (< 1.5 px), so it recovers most of the error,
+    # more than the estimate itself on the misaligned pair
+    assert '| oracle |' in text
+    assert methods['oracle']['recovered'] > 0.7
+    assert methods['oracle']['recovered'] > methods['similarity']['recovered']
+    assert 'epe' not in methods['oracle']
     check = res['aligned']['reference_check']
     assert check['pairs'] == 3 and 0 <= check['mi_raised_by_registration'] <= check['moved'] <= 3
     assert 'Reference check: on' in text
