@@ -78,7 +78,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import NamedTuple
 
 import cv2
@@ -111,6 +111,10 @@ _SOFTARGMAX_TEMP = 0.1  # initial softmax temperature of the candidate (learned 
 _M_INIT_LOGIT = 2.0  # initial M ~ 0.88: the image loss then pulls +phi toward the true shift
 _AFFINE_ITERS = 2     # re-weighting rounds of the global affine fit
 _AFFINE_SCALE = 0.5   # residual scale (cells of the coarsest level) of its Cauchy weights
+_BETA_EPS = 1e-3      # intensity^2: ridge added to the variances of the thermal-weight fit
+_BETA_MAX = 1.5       # clip of the thermal weight
+_BETA_POOL = 4        # the fit's products are taken on the 4x4-averaged images
+OUTPUTS = ('retain', 'refuse')
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,12 @@ class CorrectorConfig:
             without running the learned stages (eager inference only; a traced
             graph always runs them). The full path would move such a frame by
             less than 0.02 of a pixel.
+        output: how the full-resolution step forms the corrected image (see the module
+            docstring): ``retain`` warps the fused image and puts back the visible detail
+            the warp moved (``F_w + alpha * (Y - Y_w) + b``); ``refuse`` moves only the
+            IR-derived part, a first-order re-fusion with the warped thermal image
+            (``F + g * beta * (T_w - T) + b``, ``beta`` the fusion's local thermal weight,
+            :func:`thermal_weight`).
     """
 
     stem_stride: int = 8
@@ -175,6 +185,7 @@ class CorrectorConfig:
     refine: bool = True
     align: GlobalAlignConfig = GlobalAlignConfig()
     skip_aligned: bool = True
+    output: str = 'retain'
 
     @property
     def stages(self) -> list[int]:
@@ -282,6 +293,48 @@ def shift_gate(flow: torch.Tensor, min_shift: float, width: float) -> torch.Tens
         return torch.ones_like(flow[:, :1])
     mag = torch.sqrt((flow * flow).sum(1, keepdim=True) + 1e-12)
     return torch.sigmoid((mag - min_shift) / width)
+
+
+def thermal_weight(x: torch.Tensor, means: torch.Tensor, window: int = 3) -> torch.Tensor:
+    """Local weight of the thermal image in the fused image: least squares ``F ~ beta T + gamma Y + c``.
+
+    The fusion is locally close to linear in its sources; ``beta`` is its local derivative with
+    respect to the thermal image, the share of ``F``'s IR-derived content. The fit runs over
+    ``window x window`` cells, on the 4x4-averaged images (a sixteenth of the products).
+
+    Args:
+        x: ``(B, 3, Hp, Wp)`` visible, fused, thermal in [0, 1]; ``Hp, Wp`` multiples of the cell.
+        means: ``(B, 3, Hp / s, Wp / s)`` block means of ``x`` over ``s x s`` cells.
+        window: cells per side of the fit (odd).
+
+    Returns:
+        ``(B, 1, Hp / s, Wp / s)`` ``beta`` in ``[0, 1.5]`` (a ridge of 1e-3 on the variances
+        sends it to 0 where the thermal image is flat).
+
+    Example:
+        >>> u = torch.sin(torch.arange(64.0) * math.pi / 8)   # a period of 16 px
+        >>> y, t = 0.5 + 0.4 * u.view(1, 1, 1, 64) * u.view(1, 1, 64, 1), 0.5 + 0.4 * u.view(1, 1, 64, 1)
+        >>> y, t = y.expand(1, 1, 64, 64), t.expand(1, 1, 64, 64)
+        >>> x = torch.cat([y, 0.3 * y + 0.7 * t, t], 1)
+        >>> b = thermal_weight(x, F.avg_pool2d(x, 8))
+        >>> bool(((b - 0.7).abs() < 0.05).all())
+        True
+    """
+    s = x.shape[-1] // means.shape[-1]
+    q = math.gcd(s, _BETA_POOL)
+    small, k = (F.avg_pool2d(x, q), s // q) if q > 1 else (x, s)
+    y, f, t = small[:, 0:1], small[:, 1:2], small[:, 2:3]
+    mom = torch.cat([t * t, t * y, y * y, f * t, f * y], 1)
+    mom = F.avg_pool2d(mom, k) if k > 1 else mom
+    st = window_mean(torch.cat([means, mom], 1), window)
+    my, mf, mt = st[:, 0:1], st[:, 1:2], st[:, 2:3]
+    vtt = st[:, 3:4] - mt * mt + _BETA_EPS
+    vty = st[:, 4:5] - mt * my
+    vyy = st[:, 5:6] - my * my + _BETA_EPS
+    cft = st[:, 6:7] - mf * mt
+    cfy = st[:, 7:8] - mf * my
+    beta = (cft * vyy - cfy * vty) / (vtt * vyy - vty * vty)
+    return beta.clamp(0.0, _BETA_MAX)
 
 
 def _rms_norm(f: torch.Tensor) -> torch.Tensor:
@@ -454,7 +507,22 @@ class Corrector(nn.Module):
                                   m_init=_M_INIT_LOGIT if k == 0 else 0.0))
         self.heads = nn.ModuleList(heads)
         self.log_temp = nn.Parameter(torch.full((len(heads),), math.log(_SOFTARGMAX_TEMP)))
+        if cfg.output not in OUTPUTS:
+            raise ValueError(f'CorrectorConfig.output must be one of {OUTPUTS}, got {cfg.output!r}')
         self.mrb = ModalityRetentionBlock(w[0], cfg.mrb_width, cfg.windows)
+        if cfg.output == 'refuse':
+            self.reset_retention_gain()
+
+    def reset_retention_gain(self) -> None:
+        """Set the retention block's first output to 0 (``refuse``: gain ``1 + 0`` on ``beta``).
+
+        Used at construction and when fine-tuning ``refuse`` from ``retain`` weights, whose first
+        output is the visible gain ``alpha`` of the other formula.
+        """
+        last = self.mrb.out[-1]
+        with torch.no_grad():
+            last.weight[0].zero_()
+            last.bias[0].zero_()
 
     def _start_flow(self, image_hw: tuple[int, int], params: torch.Tensor | None,
                     init_flow: torch.Tensor | None, like: torch.Tensor, padded_hw: tuple[int, int]
@@ -550,6 +618,7 @@ class Corrector(nn.Module):
         h, w = image_hw
         hp, wp = x.shape[-2:]
         stem, pooled = self.stem_and_pool(x)
+        means0 = pooled
         feats = [stem]
         for d in self.down:
             feats.append(d(feats[-1]))
@@ -619,11 +688,16 @@ class Corrector(nn.Module):
         ft_w = warp_by_flow(ft, flows[0])
         ab = self.mrb(ff_w, fv, ft_w)
 
-        # Full resolution: one upsampling of [flow * stride, M, alpha, b], one warp of [F, Y].
+        # Full resolution: one upsampling of [flow * stride, M, gain, b], one warp of [F, Y]
+        # (retain) or of T (refuse).
         sh, sw = hp / flows[0].shape[-2], wp / flows[0].shape[-1]
         flow_px = flows[0] * torch.tensor([sw, sh], dtype=x.dtype, device=x.device).view(1, 2, 1, 1)
         gate = shift_gate(flow_px, cfg.min_shift, cfg.min_shift_width)
-        low = torch.cat([flow_px * gate, m0 * gate, ab[:, :1], ab[:, 1:] * gate], 1)
+        if cfg.output == 'refuse':
+            gain = thermal_weight(x, means0) * (1.0 + ab[:, :1])
+        else:
+            gain = ab[:, :1]
+        low = torch.cat([flow_px * gate, m0 * gate, gain, ab[:, 1:] * gate], 1)
         return low, flows, logits
 
     def forward(self, fused: torch.Tensor, visible: torch.Tensor, thermal: torch.Tensor,
@@ -663,9 +737,9 @@ class Corrector(nn.Module):
         low, flows, logits = (fields or self.fields)(x, (h, w), params, init_flow)
         n = len(cfg.stages)
         if self._use_opencv(opencv, low):
-            out, m, flow = full_resolution_cv(low, fused, visible, (hp, wp))
+            out, m, flow = full_resolution_cv(low, fused, visible, (hp, wp), thermal, cfg.output)
         else:
-            out, m, flow = full_resolution(low, fused, visible, (hp, wp))
+            out, m, flow = full_resolution(low, fused, visible, (hp, wp), thermal, cfg.output)
 
         flows_full, masks, warped = [], [], []
         for i in range(n):
@@ -683,30 +757,38 @@ class Corrector(nn.Module):
 
 
 def full_resolution(low: torch.Tensor, fused: torch.Tensor, visible: torch.Tensor,
-                    padded_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The corrector's full-resolution step: upsample the low-resolution fields, warp, retain.
+                    padded_hw: tuple[int, int], thermal: torch.Tensor | None = None,
+                    output: str = 'retain') -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The corrector's full-resolution step: upsample the low-resolution fields, warp, form the image.
 
     Args:
         low: ``(B, 5, h, w)`` finest-level fields: gated flow (x, y; full-resolution pixels),
-            gated M, MRB gain alpha, gated MRB bias, on the padded frame's grid (``h, w`` =
-            ``padded_hw`` / stem stride).
-        fused, visible: ``(B, 1, H, W)`` in [0, 1].
+            gated M, gain (``retain``: MRB gain alpha; ``refuse``: ``g * beta``), gated MRB
+            bias, on the padded frame's grid (``h, w`` = ``padded_hw`` / stem stride).
+        fused, visible, thermal: ``(B, 1, H, W)`` in [0, 1] (``thermal`` only for ``refuse``).
         padded_hw: ``(Hp, Wp)`` the padded size (``>= (H, W)``; padding at the bottom/right).
+        output: ``retain`` or ``refuse`` (:class:`CorrectorConfig`).
 
     Returns:
         ``(image, M, flow)``: ``(B, 1, H, W)`` corrected image in [0, 1], ``(B, 1, H, W)`` M,
-        ``(B, 2, H, W)`` flow in pixels. ``image = warp_M([F, Y])_F + alpha * (Y - warp_M([F, Y])_Y)
-        + bias`` with ``warp_M`` the M-gated bidirectional warp.
+        ``(B, 2, H, W)`` flow in pixels. With ``warp_M`` the M-gated bidirectional warp,
+        ``retain``: ``image = warp_M([F, Y])_F + alpha * (Y - warp_M([F, Y])_Y) + bias``;
+        ``refuse``: ``image = F + gain * (warp_M(T) - T) + bias``.
     """
     h, w = fused.shape[-2:]
     if low.shape[-2:] != padded_hw:
         low = F.interpolate(low, size=padded_hw, mode='bilinear', align_corners=False)
     if padded_hw != (h, w) or torch.jit.is_tracing():
         low = low[..., :h, :w]
-    flow, m, alpha, bias = low[:, :2], low[:, 2:3], low[:, 3:4], low[:, 4:5]
-    wy = bidirectional_warp(torch.cat([fused, visible], 1), flow, m)
-    out = (wy[:, :1] + alpha * (visible - wy[:, 1:]) + bias).clamp(0.0, 1.0)
-    return out, m, flow
+    flow, m, gain, bias = low[:, :2], low[:, 2:3], low[:, 3:4], low[:, 4:5]
+    if output == 'refuse':
+        if thermal is None:
+            raise ValueError("full_resolution: output 'refuse' needs the thermal image")
+        out = fused + gain * (bidirectional_warp(thermal, flow, m) - thermal) + bias
+    else:
+        wy = bidirectional_warp(torch.cat([fused, visible], 1), flow, m)
+        out = wy[:, :1] + gain * (visible - wy[:, 1:]) + bias
+    return out.clamp(0.0, 1.0), m, flow
 
 
 def _upsample_into(src: np.ndarray, padded_hw: tuple[int, int], dst: np.ndarray) -> None:
@@ -723,7 +805,8 @@ def _upsample_into(src: np.ndarray, padded_hw: tuple[int, int], dst: np.ndarray)
 
 
 def full_resolution_cv(low: torch.Tensor, fused: torch.Tensor, visible: torch.Tensor,
-                       padded_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       padded_hw: tuple[int, int], thermal: torch.Tensor | None = None,
+                       output: str = 'retain') -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`full_resolution` with OpenCV (CPU float32 inference; same arguments and results).
 
     ``cv2.resize`` (bilinear, half-pixel centres: equal to ``F.interpolate`` with
@@ -731,23 +814,32 @@ def full_resolution_cv(low: torch.Tensor, fused: torch.Tensor, visible: torch.Te
     (sampling positions quantised to 1/32 px): outputs within 0.006 of the torch
     step on real frames (75 dB). Only the three results are new arrays (the
     intermediates are per-thread :func:`~.warp.scratch` arrays); they are float32
-    tensors sharing memory with numpy arrays.
+    tensors sharing memory with numpy arrays. ``refuse`` warps one plane (T), ``retain`` two.
     """
+    if output == 'refuse' and thermal is None:
+        raise ValueError("full_resolution_cv: output 'refuse' needs the thermal image")
     h, w = fused.shape[-2:]
     outs, ms, flows = [], [], []
     for b in range(low.shape[0]):
-        lo = low[b].contiguous().numpy()   # (5, h_l, w_l): flow x, y, M, alpha, bias
+        lo = low[b].contiguous().numpy()   # (5, h_l, w_l): flow x, y, M, gain, bias
         flow = np.empty((2, h, w), np.float32)
         m = np.empty((h, w), np.float32)
-        alpha, bias = scratch('corrector.alpha', (h, w)), scratch('corrector.bias', (h, w))
-        for c, dst in enumerate((flow[0], flow[1], m, alpha, bias)):
+        gain, bias = scratch('corrector.gain', (h, w)), scratch('corrector.bias', (h, w))
+        for c, dst in enumerate((flow[0], flow[1], m, gain, bias)):
             _upsample_into(lo[c], padded_hw, dst)
-        vis = visible[b, 0].numpy()
-        wy = bidirectional_warp_cv((fused[b, 0].numpy(), vis), flow, m,
-                                   out=scratch('corrector.wy', (2, h, w)))
-        out = np.subtract(vis, wy[1])
-        out *= alpha
-        out += wy[0]
+        if output == 'refuse':
+            t = thermal[b, 0].numpy()
+            wt = bidirectional_warp_cv((t,), flow, m, out=scratch('corrector.wt', (1, h, w)))
+            out = np.subtract(wt[0], t)
+            out *= gain
+            out += fused[b, 0].numpy()
+        else:
+            vis = visible[b, 0].numpy()
+            wy = bidirectional_warp_cv((fused[b, 0].numpy(), vis), flow, m,
+                                       out=scratch('corrector.wy', (2, h, w)))
+            out = np.subtract(vis, wy[1])
+            out *= gain
+            out += wy[0]
         out += bias
         np.clip(out, 0.0, 1.0, out=out)
         outs.append(torch.from_numpy(out)[None, None])
@@ -775,6 +867,14 @@ def corrector_fast() -> Corrector:
     return Corrector(CorrectorConfig(global_align=True, refine=False, min_shift=2.0))
 
 
+def _lite_config(**changes: object) -> CorrectorConfig:
+    """``corrector_lite``'s configuration, with ``changes`` applied."""
+    cfg = CorrectorConfig(stem_stride=16, widths=(24,), radii=(2,), edge_radii=(2,), heads=(32,),
+                          head_in_kernel=(3,), dilations=((1, 2),), coarse_iters=1,
+                          global_align=True, refine=False, min_shift=2.0)
+    return replace(cfg, **changes)
+
+
 @register_corrector('corrector_lite')
 def corrector_lite() -> Corrector:
     """One level at 1/16: the global similarity registration is the flow, as in ``corrector_fast``.
@@ -787,9 +887,21 @@ def corrector_lite() -> Corrector:
     (traced runner, global registration excluded, untrained weights: cost does not depend on
     them): 15.8 ms vs 41.8 ms for ``corrector_fast`` in the same run.
     """
-    return Corrector(CorrectorConfig(stem_stride=16, widths=(24,), radii=(2,), edge_radii=(2,), heads=(32,),
-                                     head_in_kernel=(3,), dilations=((1, 2),), coarse_iters=1,
-                                     global_align=True, refine=False, min_shift=2.0))
+    return Corrector(_lite_config())
+
+
+@register_corrector('corrector_lite_refuse')
+def corrector_lite_refuse() -> Corrector:
+    """``corrector_lite`` with the ``refuse`` output: only the IR-derived content moves.
+
+    The image is ``F + g * beta * (warp_M(T) - T) + b``: a first-order re-fusion with the
+    bidirectionally warped thermal image, ``beta`` the fusion's local thermal weight
+    (:func:`thermal_weight`, a least-squares fit over 48x48 px at 1/16), ``g = 1 + a`` and
+    ``b`` from the Modality Retention Block. Same learned modules and cost as ``corrector_lite``
+    plus the fit (five products at half resolution); the full-resolution step warps one plane
+    instead of two.
+    """
+    return Corrector(_lite_config(output='refuse'))
 
 
 # Extra encoder blocks of the paper reference: with them its cost at 640x480 (234.7 GFLOPs,

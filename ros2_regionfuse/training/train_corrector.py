@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from ..core.config import CorrectorConfig, FusionConfig, _f
 from ..core.weights import WEIGHTS_DIR, load_weights, save_weights
+from ..models.corrector import Corrector
 from ..models.registry import build_corrector
 from .checkpoint import load_state, save_state
 from .corrector_data import MisalignedPatchSampler, PatchBatch, StandInFusion, load_frozen_fusion
@@ -149,6 +150,11 @@ def train(cfg: TrainCorrectorConfig) -> Path:
         log.info('resumed from %s at step %d', state_path, step)
     elif cfg.init:
         init_card = load_weights(model, cfg.init)
+        init_output = init_card.get('model_config', {}).get('output', 'retain')
+        if isinstance(model, Corrector) and model.cfg.output == 'refuse' and init_output != 'refuse':
+            # the retention block's first output was the visible gain of the other formula
+            model.reset_retention_gain()
+            log.info("the retention gain starts at 1 (init weights trained with output '%s')", init_output)
         history = list(init_card.get('history', [])) + [
             f"initialised from {cfg.init} ({init_card.get('name', '?')}, {init_card.get('steps_done', '?')} "
             f"steps, {float(init_card.get('minutes', 0.0)):.0f} min, validation recovered "

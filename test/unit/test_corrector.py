@@ -107,6 +107,62 @@ def test_full_resolution_assembly_formula():
     assert torch.allclose(out.image, expect.clamp(0, 1), atol=1e-4)
 
 
+def test_refuse_full_resolution_formula():
+    """``refuse``: image = F + gain * (warp_M(T) - T) + bias, fields upsampled bilinearly."""
+    from ros2_regionfuse.models.corrector import full_resolution
+    g = torch.Generator().manual_seed(2)
+    fused, vis, th = _inputs(32, 48, seed=6)
+    low = torch.rand(1, 5, 4, 6, generator=g)
+    low[:, :2] = 6.0 * low[:, :2] - 3.0                    # flow in px
+    out, m, flow = full_resolution(low, fused, vis, (32, 48), th, 'refuse')
+    up = torch.nn.functional.interpolate(low, size=(32, 48), mode='bilinear', align_corners=False)
+    wt = up[:, 2:3] * warp_by_flow(th, up[:, :2]) + (1 - up[:, 2:3]) * warp_by_flow(th, -up[:, :2])
+    expect = (fused + up[:, 3:4] * (wt - th) + up[:, 4:5]).clamp(0, 1)
+    assert torch.allclose(out, expect, atol=1e-5)
+    assert torch.allclose(flow, up[:, :2]) and torch.allclose(m, up[:, 2:3])
+    with pytest.raises(ValueError, match='thermal'):
+        full_resolution(low, fused, vis, (32, 48), None, 'refuse')
+
+
+def test_refuse_moves_only_the_thermal_content(test_data):
+    """A linear fusion of a misregistered pair, corrected with the true flow and the true thermal
+    weight: the result is the fusion of the aligned pair, the visible content does not move."""
+    from ros2_regionfuse.models.corrector import full_resolution, full_resolution_cv
+    th, vis = _real_pair(test_data, 'FLIR_05005')
+    t, y = convert.to_tensor(th), convert.to_tensor(vis)
+    h, w = t.shape[-2:]
+    shift = torch.zeros(1, 2, h, w)
+    shift[:, 0], shift[:, 1] = 5.0, -3.0
+    moved = warp_by_flow(t, -shift)                    # moved(p + shift) = t(p)
+    fused_mis, fused_ref = 0.4 * y + 0.6 * moved, 0.4 * y + 0.6 * t
+    low = torch.zeros(1, 5, h // 8, w // 8)
+    low[:, 0], low[:, 1], low[:, 2], low[:, 3] = 5.0, -3.0, 1.0, 0.6
+    inner = (..., slice(16, -16), slice(16, -16))
+    before = float((fused_mis - fused_ref)[inner].abs().mean())
+    for step in (full_resolution, full_resolution_cv):
+        out, _, _ = step(low, fused_mis, y, (h, w), moved, 'refuse')
+        assert float((out - fused_ref)[inner].abs().mean()) < 0.1 * before, step.__name__
+
+
+def test_thermal_weight_is_zero_on_a_flat_thermal_image():
+    from ros2_regionfuse.models.corrector import thermal_weight
+    y = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    t = torch.full_like(y, 0.4)
+    x = torch.cat([y, 0.5 * y + 0.5 * t, t], 1)
+    beta = thermal_weight(x, torch.nn.functional.avg_pool2d(x, 16))
+    assert beta.shape == (1, 1, 4, 4) and float(beta.abs().max()) < 1e-3
+
+
+def test_refuse_variant_starts_with_unit_gain_and_rejects_unknown_outputs():
+    m = build_corrector('corrector_lite_refuse')
+    assert m.cfg.output == 'refuse'
+    last = m.mrb.out[-1]
+    assert last.weight[0].abs().max().item() == 0.0 and last.bias[0].item() == 0.0
+    from dataclasses import replace
+    with pytest.raises(ValueError, match='output'):
+        Corrector(replace(m.cfg, output='blend'))
+
+
 def test_untrained_fast_corrector_leaves_a_real_aligned_image_alone(test_data):
     """With its global start: identical visible and thermal images give a zero start, so the
     untrained corrector (zero-initialised heads) returns its input."""
@@ -295,12 +351,13 @@ def test_skip_needs_the_global_flow_and_eval_mode():
     assert not model.skips(params, (48, 64))
 
 
+@pytest.mark.parametrize('output', ['retain', 'refuse'])
 @pytest.mark.parametrize('h,w', [(64, 96), (45, 61)])   # the second is padded internally
-def test_opencv_full_resolution_matches_torch(test_data, h, w):
+def test_opencv_full_resolution_matches_torch(test_data, h, w, output):
     """The runner's OpenCV full-resolution step gives the torch step's outputs (to OpenCV's
     1/32 px sampling) on a real misregistered pair; training and gradients keep torch."""
     v, moved, fused = _shifted_pair(test_data, (h, w))
-    model = _shipped_with(skip_aligned=False)
+    model = _shipped_with(skip_aligned=False, output=output)
     with torch.inference_mode():
         a, b = model(fused, v, moved), model(fused, v, moved, opencv=True)
     assert float(a.flow.abs().max()) > 1.0                     # a real correction ran
