@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.checks import ConfigError
+from ..core.checks import ConfigError, WeightsError
 from ..core.config import PipelineConfig
 from ..core.weights import load_weights, shipped_weights
 from .corrector import Corrector
@@ -53,6 +53,12 @@ def load_model(kind: str, variant: str, checkpoint: str, device: torch.device,
     path = Path(checkpoint) if checkpoint else shipped_weights(variant)
     card = load_weights(model, path)
     card = dict(card)
+    if kind == 'corrector' and isinstance(model, Corrector) and 'model_config' in card:
+        trained = card['model_config'].get('output', 'retain')
+        if trained != model.cfg.output:
+            # same tensors, another meaning: the retention block's first output is a different gain
+            raise WeightsError(f"{path}: trained for the corrector output '{trained}', but {variant} uses "
+                               f"'{model.cfg.output}' (fine-tune them with train-corrector --init)")
     card.setdefault('name', f'{variant}@{path.stem}')
     if kind == 'corrector' and not global_start:
         without_global_start(model)

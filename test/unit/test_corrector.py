@@ -153,6 +153,23 @@ def test_thermal_weight_is_zero_on_a_flat_thermal_image():
     assert beta.shape == (1, 1, 4, 4) and float(beta.abs().max()) < 1e-3
 
 
+def test_weights_of_the_other_output_formula_are_refused(tmp_path):
+    """Same tensors, another meaning: weights whose card says they were trained for the other output
+    formula are a clear error naming both; weights without a model card still load."""
+    from ros2_regionfuse.models.runtime import load_model
+    model = build_corrector('corrector_lite')
+    own = model.cfg.output
+    other = 'retain' if own == 'refuse' else 'refuse'
+    path = tmp_path / 'other.safetensors'
+    save_weights(model, path, {'model_config': {**model.config_dict(), 'output': other}})
+    with pytest.raises(WeightsError, match=f"trained for the corrector output '{other}'.*'{own}'"):
+        load_model('corrector', 'corrector_lite', str(path), torch.device('cpu'))
+    save_weights(model, path, {'model_config': model.config_dict()})
+    assert load_model('corrector', 'corrector_lite', str(path), torch.device('cpu'))[0].cfg.output == own
+    path.with_suffix('.json').unlink()
+    assert load_model('corrector', 'corrector_lite', str(path), torch.device('cpu'))[0].cfg.output == own
+
+
 def test_refuse_variant_starts_with_unit_gain_and_rejects_unknown_outputs():
     m = build_corrector('corrector_lite_refuse')
     assert m.cfg.output == 'refuse'
