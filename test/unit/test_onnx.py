@@ -140,11 +140,13 @@ def test_corrector_runner_matches_torch_on_real_pair(corrector_model, small_fusi
     _check_corrector_parity(corrector_model, small_fusion_model, real_pairs)
 
 
-def test_lite_corrector_runner_matches_torch_on_real_pair(small_fusion_model, real_pairs):
-    """corrector_lite (one stage at 1/16, input padded to a multiple of 16) exports as well."""
+@pytest.mark.parametrize('output', ['retain', 'refuse'])
+def test_lite_corrector_runner_matches_torch_on_real_pair(small_fusion_model, real_pairs, output):
+    """corrector_lite (one stage at 1/16, input padded to a multiple of 16) exports as well, with
+    either output formula (refuse: the thermal-weight fit and the warp of the thermal image)."""
     from dataclasses import replace
     model = _perturbed(build_corrector('corrector_lite'), 3, 0.1)
-    model.cfg = replace(model.cfg, skip_aligned=False)
+    model.cfg = replace(model.cfg, skip_aligned=False, output=output)
     _check_corrector_parity(model, small_fusion_model, real_pairs)
 
 
