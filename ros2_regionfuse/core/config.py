@@ -84,8 +84,10 @@ class CorrectorConfig:
     """The post-registration corrector (fuse, then register)."""
 
     enabled: bool = _f(True, 'Run the post-registration corrector.')
-    variant: str = _f('corrector_lite', 'Corrector variant (shipped weights: corrector_lite, the fastest; '
-                      'corrector_fast, slightly higher recovery at twice the cost).', read_only=True)
+    variant: str = _f('corrector_lite', 'Corrector variant (shipped weights: corrector_lite, the fastest, '
+                      'moves only the IR-derived content of the fused image; corrector_fast, warps the '
+                      'fused image and puts the visible detail back, at twice the cost and lower recovery).',
+                      read_only=True)
     checkpoint: str = _f('', 'Corrector weights (.safetensors); empty = the shipped weights.',
                          read_only=True)
     global_start: bool = _f(True, "Use the variant's global similarity registration of the thermal "

@@ -150,8 +150,11 @@ def train(cfg: TrainCorrectorConfig) -> Path:
         log.info('resumed from %s at step %d', state_path, step)
     elif cfg.init:
         init_card = load_weights(model, cfg.init)
-        init_output = init_card.get('model_config', {}).get('output', 'retain')
-        if isinstance(model, Corrector) and model.cfg.output == 'refuse' and init_output != 'refuse':
+        is_corrector = isinstance(model, Corrector)
+        # cards from before the output option have no 'output': they were 'retain'; no card: trust the file
+        init_output = (init_card['model_config'].get('output', 'retain') if 'model_config' in init_card
+                       else model.cfg.output if is_corrector else '')
+        if is_corrector and model.cfg.output == 'refuse' and init_output != 'refuse':
             # the retention block's first output was the visible gain of the other formula
             model.reset_retention_gain()
             log.info("the retention gain starts at 1 (init weights trained with output '%s')", init_output)

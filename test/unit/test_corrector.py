@@ -171,7 +171,7 @@ def test_weights_of_the_other_output_formula_are_refused(tmp_path):
 
 
 def test_refuse_variant_starts_with_unit_gain_and_rejects_unknown_outputs():
-    m = build_corrector('corrector_lite_refuse')
+    m = build_corrector('corrector_lite')
     assert m.cfg.output == 'refuse'
     last = m.mrb.out[-1]
     assert last.weight[0].abs().max().item() == 0.0 and last.bias[0].item() == 0.0

@@ -52,17 +52,20 @@ def test_refuse_init_from_retain_weights_resets_the_gain(tmp_path):
         (data / 'RoadScene' / mod).mkdir(parents=True)
         shutil.copy(TEST_DATA / mod / 'FLIR_05005.png', data / 'RoadScene' / mod / 'FLIR_05005.png')
     torch.manual_seed(4)
-    start = build_corrector('corrector_lite')
+    from dataclasses import replace
+
+    from ros2_regionfuse.models.corrector import Corrector
+    start = Corrector(replace(build_corrector('corrector_lite').cfg, output='retain'))
     with torch.no_grad():
         for p in start.parameters():
             p.add_(0.01 * torch.randn_like(p))
     init = tmp_path / 'init.safetensors'
     save_weights(start, init, {'name': 'retain@test', 'model_config': start.config_dict()})
-    cfg = TrainCorrectorConfig(data=str(data), out=str(tmp_path / 'run'), variant='corrector_lite_refuse',
+    cfg = TrainCorrectorConfig(data=str(data), out=str(tmp_path / 'run'), variant='corrector_lite',
                                weights=str(tmp_path / 'w.safetensors'), init=str(init), steps=1,
                                batch=1, patch=32, margin=0, lr=0.0,
                                weight_decay=0.0, val_samples=1, stand_in_fusion=True, stand_in_mix=0.0)
-    got = build_corrector('corrector_lite_refuse')
+    got = build_corrector('corrector_lite')
     card = load_weights(got, train(cfg))
     assert card['model_config']['output'] == 'refuse'
     reset = {'mrb.out.2.weight', 'mrb.out.2.bias'}
