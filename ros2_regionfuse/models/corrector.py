@@ -55,7 +55,8 @@ Architecture (cost-driven; facts of the paper in ../shared/README.md §2):
    features, a 3x3 conv, a multi-window gMLP (windows 1/3/5, spatial gating
    units mixing the tokens of each window, softmax-weighted merge), visible
    channel attention and IR spatial attention (7x7 conv over channel max and
-   mean). It predicts two maps: ``alpha`` (visible retention gain) and ``b``
+   mean). It predicts two maps: a gain (``retain``: the visible retention gain
+   ``alpha``; ``refuse``: ``a``, the gain ``1 + a`` on the thermal weight) and ``b``
    (bias).
 4. **Full resolution** (a few cheap ops): the flow, ``M``, ``alpha`` and ``b``
    are upsampled bilinearly; ``[F, Y]`` is warped bidirectionally,
@@ -67,7 +68,11 @@ Architecture (cost-driven; facts of the paper in ../shared/README.md §2):
    ``phi ~ 0`` and the output equals the input up to ``b ~ 0``; a soft dead
    zone (:func:`shift_gate`, shifts below ``min_shift`` = 1 px) scales flow,
    M and ``b`` toward zero, so estimation noise on aligned input does not
-   resample (blur) it.
+   resample (blur) it. That is the ``retain`` output (``corrector_fast``). The
+   ``refuse`` output (``corrector_lite``) moves only the IR-derived content:
+   ``clamp(F + (1 + a) * beta * (W(T) - T) + b, 0, 1)``, a first-order re-fusion
+   with the bidirectionally warped thermal image, ``beta`` the fusion's local
+   thermal weight (:func:`thermal_weight`); the visible content is not resampled.
 
 ``corrector_paper`` mirrors the published configuration (two scales, 1/2 and
 1, width 16, modules at full resolution, with extra encoder blocks so its
