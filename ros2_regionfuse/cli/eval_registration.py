@@ -461,7 +461,6 @@ def evaluate(args: argparse.Namespace) -> dict:
                 # bound: exact registration to where the global estimate puts the scene (needs gt)
                 outs['oracle'], _ = models.fuse(_warp(tw, consistent_target(gt, flow0['similarity'])), vis)
                 fr.ms['oracle'] = 0.0
-            if gt is not None:
                 for name, fl in flows.items():
                     fr.epe[name] = _mean_epe(fl, gt, valid)
                     fr.epe_consistent[name] = _mean_epe(fl, consistent_target(gt, flow0[name]), valid)

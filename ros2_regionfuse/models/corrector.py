@@ -83,7 +83,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import cv2
@@ -298,6 +298,15 @@ def shift_gate(flow: torch.Tensor, min_shift: float, width: float) -> torch.Tens
         return torch.ones_like(flow[:, :1])
     mag = torch.sqrt((flow * flow).sum(1, keepdim=True) + 1e-12)
     return torch.sigmoid((mag - min_shift) / width)
+
+
+def trained_output(card: dict) -> str | None:
+    """The output formula a model card's weights were trained for; None without a recorded config.
+
+    Cards written before :attr:`CorrectorConfig.output` existed record no ``output``: ``retain``.
+    """
+    cfg = card.get('model_config')
+    return None if cfg is None else cfg.get('output', 'retain')
 
 
 def thermal_weight(x: torch.Tensor, means: torch.Tensor, window: int = 3) -> torch.Tensor:
@@ -872,14 +881,6 @@ def corrector_fast() -> Corrector:
     return Corrector(CorrectorConfig(global_align=True, refine=False, min_shift=2.0))
 
 
-def _lite_config(**changes: object) -> CorrectorConfig:
-    """``corrector_lite``'s configuration, with ``changes`` applied."""
-    cfg = CorrectorConfig(stem_stride=16, widths=(24,), radii=(2,), edge_radii=(2,), heads=(32,),
-                          head_in_kernel=(3,), dilations=((1, 2),), coarse_iters=1,
-                          global_align=True, refine=False, min_shift=2.0, output='refuse')
-    return replace(cfg, **changes)
-
-
 @register_corrector('corrector_lite')
 def corrector_lite() -> Corrector:
     """One level at 1/16, the global similarity registration as the flow, the ``refuse`` output.
@@ -900,7 +901,9 @@ def corrector_lite() -> Corrector:
     evaluation pairs: 34.8 / 50.3 % of the error removed at 8 / 16 px became 44.7 / 56.4 % with the
     same weights (gain reset to 1), and the full-resolution step warps one plane instead of two.
     """
-    return Corrector(_lite_config())
+    return Corrector(CorrectorConfig(stem_stride=16, widths=(24,), radii=(2,), edge_radii=(2,), heads=(32,),
+                                     head_in_kernel=(3,), dilations=((1, 2),), coarse_iters=1,
+                                     global_align=True, refine=False, min_shift=2.0, output='refuse'))
 
 
 # Extra encoder blocks of the paper reference: with them its cost at 640x480 (234.7 GFLOPs,

@@ -21,7 +21,7 @@ from torch import nn
 from ..core.checks import ConfigError, WeightsError
 from ..core.config import PipelineConfig
 from ..core.weights import load_weights, shipped_weights
-from .corrector import Corrector
+from .corrector import Corrector, trained_output
 from .fusion_net import RegionFuseNet
 from .registry import build_corrector, build_fusion
 
@@ -53,9 +53,9 @@ def load_model(kind: str, variant: str, checkpoint: str, device: torch.device,
     path = Path(checkpoint) if checkpoint else shipped_weights(variant)
     card = load_weights(model, path)
     card = dict(card)
-    if kind == 'corrector' and isinstance(model, Corrector) and 'model_config' in card:
-        trained = card['model_config'].get('output', 'retain')
-        if trained != model.cfg.output:
+    if kind == 'corrector' and isinstance(model, Corrector):
+        trained = trained_output(card)
+        if trained is not None and trained != model.cfg.output:
             # same tensors, another meaning: the retention block's first output is a different gain
             raise WeightsError(f"{path}: trained for the corrector output '{trained}', but {variant} uses "
                                f"'{model.cfg.output}' (fine-tune them with train-corrector --init)")

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from ..core.config import CorrectorConfig, FusionConfig, _f
 from ..core.weights import WEIGHTS_DIR, load_weights, save_weights
-from ..models.corrector import Corrector
+from ..models.corrector import Corrector, trained_output
 from ..models.registry import build_corrector
 from .checkpoint import load_state, save_state
 from .corrector_data import MisalignedPatchSampler, PatchBatch, StandInFusion, load_frozen_fusion
@@ -150,11 +150,9 @@ def train(cfg: TrainCorrectorConfig) -> Path:
         log.info('resumed from %s at step %d', state_path, step)
     elif cfg.init:
         init_card = load_weights(model, cfg.init)
-        is_corrector = isinstance(model, Corrector)
-        # cards from before the output option have no 'output': they were 'retain'; no card: trust the file
-        init_output = (init_card['model_config'].get('output', 'retain') if 'model_config' in init_card
-                       else model.cfg.output if is_corrector else '')
-        if is_corrector and model.cfg.output == 'refuse' and init_output != 'refuse':
+        init_output = trained_output(init_card)   # None (no recorded config): trust the file
+        refuse = isinstance(model, Corrector) and model.cfg.output == 'refuse'
+        if refuse and init_output not in (None, 'refuse'):
             # the retention block's first output was the visible gain of the other formula
             model.reset_retention_gain()
             log.info("the retention gain starts at 1 (init weights trained with output '%s')", init_output)
