@@ -65,7 +65,7 @@ def thermal_to_unit(thermal: np.ndarray, agc: str = 'percentile',
                                       f'got {lo_p}, {hi_p}')
             # Subsample for speed: percentiles of a 4x-strided grid are indistinguishable.
             sample = x[::4, ::4] if x.size > 65536 else x
-            lo, hi = np.percentile(sample, (lo_p, hi_p))
+            lo, hi = percentiles_of(sample, (lo_p, hi_p))
         elif agc == 'fixed':
             lo, hi = float(value_range[0]), float(value_range[1])
         else:
@@ -77,6 +77,41 @@ def thermal_to_unit(thermal: np.ndarray, agc: str = 'percentile',
     if invert:
         out = 1.0 - out
     return out
+
+
+def percentiles_of(x: np.ndarray, qs: Sequence[float]) -> tuple[float, ...]:
+    """``np.percentile(x, qs)`` (default linear method) by one partial sort.
+
+    ``np.percentile`` costs 0.1-0.2 ms on a 160x120 sample where the partition
+    alone takes 0.04 ms. The interpolation is numpy's formula, in float64:
+    equal to ``np.percentile`` for integer and float64 input, within float32
+    rounding for float32 input (numpy interpolates that in float32).
+
+    Args:
+        x: any shape, no NaN; flattened.
+        qs: percentiles in [0, 100].
+
+    Returns:
+        One float per percentile.
+
+    Example:
+        >>> a = np.array([[4.0, 1.0], [3.0, 2.0]], np.float32)
+        >>> percentiles_of(a, (0, 50, 90)) == tuple(float(v) for v in np.percentile(a, (0, 50, 90)))
+        True
+    """
+    flat = np.ravel(x)
+    n = flat.size
+    pos = [float(q) / 100.0 * (n - 1) for q in qs]
+    lows = [min(int(np.floor(p)), n - 1) for p in pos]
+    part = np.partition(flat, sorted({i for lo in lows for i in (lo, min(lo + 1, n - 1))}))
+    out = []
+    for p, lo in zip(pos, lows):
+        a, b = float(part[lo]), float(part[min(lo + 1, n - 1)])
+        t = p - lo
+        diff = b - a
+        # numpy's _lerp: from the nearer end, so t = 1 gives b exactly
+        out.append(float(b - diff * (1.0 - t) if t >= 0.5 else a + diff * t))
+    return tuple(out)
 
 
 def rgb_to_unit(rgb: np.ndarray) -> np.ndarray:
@@ -203,9 +238,10 @@ def unit_to_uint8(x: np.ndarray) -> np.ndarray:
         [[0, 51, 255]]
     """
     if x.dtype == np.float32 and x.ndim in (2, 3) and x.size > 0 and (x.ndim == 2 or x.shape[2] <= 4):
-        # cv2.multiply by 255 with an 8-bit result saturates to [0, 255] and rounds.
-        out = cv2.multiply(np.ascontiguousarray(x), (255.0, 255.0, 255.0, 255.0), dtype=cv2.CV_8U)
-        return out.reshape(x.shape)
+        # Negatives (and NaN) to 0, then |255 x| rounded and saturated to [0, 255]: two SIMD passes,
+        # 0.17 ms for a 640x480 RGB frame where cv2.multiply with an 8-bit result took 1.0-1.5 ms.
+        _, pos = cv2.threshold(np.ascontiguousarray(x), 0.0, 0.0, cv2.THRESH_TOZERO)
+        return cv2.convertScaleAbs(pos, alpha=255.0).reshape(x.shape)
     return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -294,7 +330,7 @@ def contrast_bounds(y: np.ndarray, mode: str, percentiles: Sequence[float] = (0.
     if mode == 'minmax':
         lo, hi = float(sample.min()), float(sample.max())
     elif mode == 'percentile':
-        lo, hi = (float(v) for v in np.percentile(sample, (percentiles[0], percentiles[1])))
+        lo, hi = percentiles_of(sample, (percentiles[0], percentiles[1]))
     else:
         raise EncodingError(f'contrast mode must be none, minmax or percentile, got {mode!r}')
     if hi - lo < 1e-3:

@@ -159,8 +159,9 @@ class MoRA(nn.Module):
         feats = torch.cat([mu, sd], 1).flatten(2).transpose(1, 2)  # (B, N, 2C)
         if stats is not None:
             feats = torch.cat([feats, stats], -1)
-        return noisy_top_k(self.router_clean(feats), self.router_noise(feats), self.k,
-                           self.training)
+        # The noise logits only matter in training: inference skips their projection.
+        noise = self.router_noise(feats) if self.training else None
+        return noisy_top_k(self.router_clean(feats), noise, self.k, self.training)
 
     def forward(self, x: torch.Tensor, raw: torch.Tensor,
                 stats: torch.Tensor | None = None) -> torch.Tensor:

@@ -23,8 +23,8 @@ def region_gate(x: torch.Tensor, gate_conv: nn.Module, region: int) -> torch.Ten
         ``(B, C, H, W)``: ``x * sigmoid(gate_conv(avgpool_r(x)))`` broadcast per region.
     """
     g = torch.sigmoid(gate_conv(F.avg_pool2d(x, region)))
-    g = g.repeat_interleave(region, dim=2).repeat_interleave(region, dim=3)
-    return x * g
+    # nearest upsampling by the region size = the gate repeated over each region (one op)
+    return x * F.interpolate(g, scale_factor=float(region), mode='nearest')
 
 
 class RFCM(nn.Module):
