@@ -122,17 +122,75 @@ def warp_thermal(thermal: np.ndarray, h: np.ndarray | None, size_wh: tuple[int, 
 
     Returns:
         ``(warped, valid)``: ``(H, W)`` float32 and a ``(H, W)`` bool mask of
-        pixels covered by the thermal image.
+        pixels covered by the thermal image (a shared read-only all-true array
+        when :func:`covers_output` holds).
     """
     w, hgt = size_wh
     if h is None:
         shrink = w < thermal.shape[1] and hgt < thermal.shape[0]
         out = cv2.resize(thermal, (w, hgt),
                          interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        return out, np.ones((hgt, w), bool)
-    out = cv2.warpPerspective(thermal, h, (w, hgt), flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=border_value)
-    valid = cv2.warpPerspective(np.ones(thermal.shape, np.uint8), h, (w, hgt),
-                                flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
-                                borderValue=0) > 0
+        return out, _all_valid((hgt, w))
+    h = np.asarray(h, np.float64) / h[2, 2]
+    # An affine homography (the usual scale + offset of a rigid rig) takes cv2.warpAffine:
+    # same values to ~1e-7, 0.13 vs 0.71 ms for 320x256 -> 640x480.
+    affine = abs(h[2, 0]) < 1e-12 and abs(h[2, 1]) < 1e-12
+    warp = ((lambda img, **kw: cv2.warpAffine(img, h[:2], (w, hgt), **kw)) if affine
+            else (lambda img, **kw: cv2.warpPerspective(img, h, (w, hgt), **kw)))
+    out = warp(thermal, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=border_value)
+    if covers_output(h, thermal.shape[:2], (hgt, w)):
+        return out, _all_valid((hgt, w))
+    valid = warp(np.ones(thermal.shape, np.uint8), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                 borderValue=0) > 0
     return out, valid
+
+
+def covers_output(h: np.ndarray, src_hw: tuple[int, int], out_hw: tuple[int, int],
+                  margin: float = 0.05) -> bool:
+    """Whether the thermal image covers every output pixel under the homography ``h``.
+
+    The output's corner pixel centres are mapped back into the thermal image;
+    when all four land inside it (with ``margin`` px to spare, and in front of the
+    camera), so does every output pixel (the inverse image of the output rectangle
+    is a convex quadrilateral). Conservative: False only costs the exact mask.
+
+    Args:
+        h: 3x3 thermal -> output homography.
+        src_hw, out_hw: ``(H, W)`` of the thermal image and of the output.
+
+    Example:
+        >>> up2 = np.array([[2.0, 0, 0.5], [0, 2.0, 0.5], [0, 0, 1]])   # 2x, pixel centres kept
+        >>> covers_output(up2, (240, 320), (480, 640))
+        True
+        >>> covers_output(np.diag([2.0, 2.0, 1.0]), (240, 320), (480, 640))   # last row/column: x = 319.5
+        False
+        >>> covers_output(np.array([[1.0, 0, 5], [0, 1, 0], [0, 0, 1]]), (480, 640), (480, 640))
+        False
+    """
+    oh, ow = out_hw
+    corners = np.array([[0, 0, 1], [ow - 1, 0, 1], [0, oh - 1, 1], [ow - 1, oh - 1, 1]], np.float64).T
+    try:
+        src = np.linalg.inv(h) @ corners
+    except np.linalg.LinAlgError:
+        return False
+    if not (np.all(src[2] > 0) or np.all(src[2] < 0)):
+        return False
+    x, y = src[0] / src[2], src[1] / src[2]
+    lo = -0.5 + margin
+    return bool(np.all(x >= lo) and np.all(x <= src_hw[1] - 0.5 - margin)
+                and np.all(y >= lo) and np.all(y <= src_hw[0] - 0.5 - margin))
+
+
+_VALID_CACHE: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _all_valid(hw: tuple[int, int]) -> np.ndarray:
+    """A read-only all-true ``(H, W)`` mask, shared per size (no per-frame allocation)."""
+    m = _VALID_CACHE.get(hw)
+    if m is None:
+        if len(_VALID_CACHE) >= 8:
+            _VALID_CACHE.clear()
+        m = np.ones(hw, bool)
+        m.setflags(write=False)
+        _VALID_CACHE[hw] = m
+    return m

@@ -330,7 +330,10 @@ class FusionPipeline:
         fy = convert.to_numpy(fused_y)
         out_y = convert.to_numpy(corr_y) if frame.correct else fy
         bounds = convert.contrast_bounds(out_y, fcfg.contrast, fcfg.contrast_percentiles)
-        fused = convert.unit_to_uint8(convert.replace_luminance(rgb_u, convert.apply_contrast(out_y, bounds)))
+        # luminance(rgb_u) as computed in fuse() (a view on the CPU; recomputed from rgb_u elsewhere)
+        y_in = convert.to_numpy(frame.visible_t) if frame.visible_t.device.type == 'cpu' else None
+        out_y = convert.apply_contrast(out_y, bounds)
+        fused = convert.unit_to_uint8(convert.replace_luminance(rgb_u, out_y, y_in))
         t4 = time.perf_counter()
         ms = dict(frame.timings_ms)
         # The global registration belongs to the corrector, wherever it ran.

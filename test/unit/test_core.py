@@ -88,6 +88,36 @@ def test_homography_warp_shift_and_scaling() -> None:
         homography_from_values([0] * 9)
 
 
+def test_warp_thermal_fast_paths_match_the_exact_warp() -> None:
+    """Affine homographies take warpAffine; a covered output skips the mask warp; both exact."""
+    import cv2
+
+    from ros2_regionfuse.core.align import covers_output
+    rng = np.random.default_rng(3)
+    img = rng.random((64, 80)).astype(np.float32)
+    covered = partial = 0
+    for _ in range(200):
+        s = rng.uniform(0.8, 2.5)
+        h = np.array([[s * rng.uniform(0.97, 1.03), rng.uniform(-0.05, 0.05), rng.uniform(-30, 10)],
+                      [rng.uniform(-0.05, 0.05), s, rng.uniform(-30, 10)],
+                      [0.0, 0.0, 1.0]])
+        if rng.random() < 0.3:
+            h[2, :2] = rng.uniform(-2e-4, 2e-4, 2)   # perspective
+        out_wh = (int(rng.integers(40, 160)), int(rng.integers(30, 120)))
+        out, valid = warp_thermal(img, h, out_wh)
+        ref = cv2.warpPerspective(img, h, out_wh, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        exact = cv2.warpPerspective(np.ones(img.shape, np.uint8), h, out_wh, flags=cv2.INTER_NEAREST,
+                                    borderMode=cv2.BORDER_CONSTANT) > 0
+        assert np.abs(out - ref).max() < 1e-4
+        assert np.array_equal(valid, exact)
+        if covers_output(h, img.shape, out_wh[::-1]):
+            covered += 1
+            assert exact.all()
+        else:
+            partial += 1
+    assert covered > 20 and partial > 20   # both branches exercised
+
+
 def test_plane_homography_parallax() -> None:
     k = np.array([[400.0, 0, 320], [0, 400.0, 240], [0, 0, 1]])
     h = plane_homography(k, k, [0.05, 0, 0, 0, 0, 0], 2.0)  # 400 * 0.05 / 2 = 10 px
