@@ -309,6 +309,21 @@ def trained_output(card: dict) -> str | None:
     return None if cfg is None else cfg.get('output', 'retain')
 
 
+def plane_mean(x: torch.Tensor, q: int) -> torch.Tensor:
+    """``q x q`` block means of every plane of ``x`` (``F.avg_pool2d(x, q)``; H, W multiples of ``q``).
+
+    One stride-``q`` convolution per plane: on the CPU 0.46 vs 0.66-1.1 ms for three
+    640x480 planes and ``q = 4`` (1 thread); same values.
+
+    Example:
+        >>> x = torch.rand(1, 3, 8, 12)
+        >>> bool(torch.allclose(plane_mean(x, 4), F.avg_pool2d(x, 4), atol=1e-7))
+        True
+    """
+    k = x.new_full((1, 1, q, q), 1.0 / (q * q))
+    return torch.cat([F.conv2d(x[:, i:i + 1], k, stride=q) for i in range(x.shape[1])], 1)
+
+
 def thermal_weight(x: torch.Tensor, means: torch.Tensor, window: int = 3) -> torch.Tensor:
     """Local weight of the thermal image in the fused image: least squares ``F ~ beta T + gamma Y + c``.
 
@@ -336,7 +351,7 @@ def thermal_weight(x: torch.Tensor, means: torch.Tensor, window: int = 3) -> tor
     """
     s = x.shape[-1] // means.shape[-1]
     q = math.gcd(s, _BETA_POOL)
-    small, k = (F.avg_pool2d(x, q), s // q) if q > 1 else (x, s)
+    small, k = (plane_mean(x, q), s // q) if q > 1 else (x, s)
     y, f, t = small[:, 0:1], small[:, 1:2], small[:, 2:3]
     mom = torch.cat([t * t, t * y, y * y, f * t, f * y], 1)
     mom = F.avg_pool2d(mom, k) if k > 1 else mom
@@ -606,10 +621,11 @@ class Corrector(nn.Module):
         conv, act = self.stem   # stride > 1: exactly [conv, act]
         k = conv.out_channels // 3
         mean_w = conv.weight.new_full((3, 1, 1, s, s), 1.0 / (s * s))
-        w = torch.cat([conv.weight.view(3, k, 1, s, s), mean_w], 1)
+        w = torch.cat([conv.weight.view(3, k, 1, s, s), mean_w], 1)   # (3, k + 1, 1, s, s)
         b = torch.cat([conv.bias.view(3, k), conv.bias.new_zeros(3, 1)], 1)
-        y = F.conv2d(x, w.view(3 * (k + 1), 1, s, s), b.reshape(-1), stride=s, groups=3)
-        y = y.view(y.shape[0], 3, k + 1, y.shape[-2], y.shape[-1])
+        # One convolution per plane: ~2x faster on the CPU than the grouped form (0.75 vs 1.6-1.9 ms
+        # at 640x480, 1 thread), same values.
+        y = torch.stack([F.conv2d(x[:, i:i + 1], w[i], b[i], stride=s) for i in range(3)], 1)
         return act(y[:, :, :k].flatten(1, 2)), y[:, :, k]
 
     def fields(self, x: torch.Tensor, image_hw: tuple[int, int], params: torch.Tensor | None,
