@@ -155,6 +155,9 @@ def bidirectional_warp(img: torch.Tensor, flow: torch.Tensor, m: torch.Tensor) -
     return torch.lerp(bwd, fwd, m)
 
 
+_RELATIVE_MAP = getattr(cv2, 'WARP_RELATIVE_MAP', 0)   # OpenCV >= 4.10
+
+
 def pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     """Pixel coordinates ``(x, y)``: two ``(H, W)`` float32 arrays (column, row), cached (read-only)."""
     g = _PIXEL_GRID_CACHE.get((h, w))
@@ -212,19 +215,25 @@ def bidirectional_warp_cv(img: np.ndarray | Sequence[np.ndarray], flow: np.ndarr
         True
     """
     h, w = img[0].shape
-    xs, ys = pixel_grid(h, w)
     mx, my = scratch('warp.mx', (2, h, w)), scratch('warp.my', (2, h, w))
-    np.add(xs, flow[0], out=mx[0])
-    np.add(ys, flow[1], out=my[0])
-    np.subtract(xs, flow[0], out=mx[1])
-    np.subtract(ys, flow[1], out=my[1])
+    if _RELATIVE_MAP:
+        # OpenCV >= 4.10 samples at (x + map_x, y + map_y) itself: only -flow is formed (same
+        # values as absolute maps, -0.17 ms at 640x480).
+        flags = cv2.INTER_LINEAR | _RELATIVE_MAP
+        fx0, fy0 = flow[0], flow[1]
+        fx1, fy1 = np.negative(flow[0], out=mx[1]), np.negative(flow[1], out=my[1])
+    else:
+        flags = cv2.INTER_LINEAR
+        xs, ys = pixel_grid(h, w)
+        fx0, fy0 = np.add(xs, flow[0], out=mx[0]), np.add(ys, flow[1], out=my[0])
+        fx1, fy1 = np.subtract(xs, flow[0], out=mx[1]), np.subtract(ys, flow[1], out=my[1])
     fwd, bwd = scratch('warp.fwd', (h, w)), scratch('warp.bwd', (h, w))
     if out is None:
         out = np.empty((len(img), h, w), np.float32)
     for c in range(len(img)):
         # One plane at a time: single-channel remaps are ~1.5x faster than one 2-channel remap.
-        cv2.remap(img[c], mx[0], my[0], cv2.INTER_LINEAR, dst=fwd, borderMode=cv2.BORDER_REPLICATE)
-        cv2.remap(img[c], mx[1], my[1], cv2.INTER_LINEAR, dst=bwd, borderMode=cv2.BORDER_REPLICATE)
+        cv2.remap(img[c], fx0, fy0, flags, dst=fwd, borderMode=cv2.BORDER_REPLICATE)
+        cv2.remap(img[c], fx1, fy1, flags, dst=bwd, borderMode=cv2.BORDER_REPLICATE)
         np.subtract(fwd, bwd, out=fwd)
         np.multiply(fwd, m, out=fwd)
         np.add(fwd, bwd, out=out[c])

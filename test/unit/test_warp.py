@@ -194,3 +194,21 @@ def test_bidirectional_warp_cv_matches_torch():
     ones = np.ones((48, 64), np.float32)
     fwd = warp_by_flow(x, sub)[0].numpy()
     assert float(np.abs(bidirectional_warp_cv(x[0].numpy(), sub[0].numpy(), ones) - fwd).max()) < 4e-3
+
+
+def test_bidirectional_warp_cv_relative_and_absolute_maps_agree(monkeypatch):
+    """OpenCV >= 4.10 path (relative maps) and the older absolute-map path: same values, crops too."""
+    import numpy as np
+
+    from ros2_regionfuse.models import warp
+    if not warp._RELATIVE_MAP:
+        pytest.skip('this OpenCV has no WARP_RELATIVE_MAP: only the absolute-map path exists')
+    x = _smooth_image(48, 64, seed=5)[0].numpy()
+    big = (_smooth_image(56, 72, seed=6).repeat(1, 2, 1, 1) * 16 - 8)[0].numpy()
+    flow = big[:, :48, :64]                      # strided rows, as the corrector passes crops
+    m = np.random.default_rng(7).random((48, 64)).astype(np.float32)
+    rel = warp.bidirectional_warp_cv(x, flow, m).copy()
+    monkeypatch.setattr(warp, '_RELATIVE_MAP', 0)
+    absolute = warp.bidirectional_warp_cv(x, flow, m)
+    assert float(np.abs(rel - absolute).max()) < 1e-6
+    assert float(np.abs(rel - x).max()) > 0.05    # the flow moved the image
