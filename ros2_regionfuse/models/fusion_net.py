@@ -207,7 +207,7 @@ class RegionFuseNet(nn.Module):
         if ph or pw or torch.jit.is_tracing():  # traced (ONNX): pads are dynamic, keep the op
             mode = 'reflect' if (ph < h and pw < w) else 'replicate'
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        gauss = gaussian_pyramid(x, levels)
+        gauss = gaussian_pyramid(x, levels, opencv)
         details, base = laplacian_pyramid(x, levels, opencv, gaussians=gauss)
         g_net, g_fine = gauss[ln], gauss[ln - 1]
         b = thermal.shape[0]

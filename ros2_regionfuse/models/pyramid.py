@@ -11,12 +11,15 @@ import torch
 import torch.nn.functional as F
 
 
-def down2(x: torch.Tensor) -> torch.Tensor:
+def down2(x: torch.Tensor, opencv: bool = False) -> torch.Tensor:
     """Halve H and W by 2x2 averaging (H, W even).
 
     Strided sums in ``F.avg_pool2d(x, 2)``'s order: bit-identical to it and ~4x
     faster on the CPU for the 1-2 channel full-resolution images used here
-    (the pooling kernel parallelises over channels only).
+    (the pooling kernel parallelises over channels only). With ``opencv`` and in
+    CPU inference (:func:`opencv_eligible`) ``cv2.resize`` with ``INTER_AREA``
+    averages each plane instead: equal to ~2e-7, 0.04 ms per 640x480 plane
+    against ~0.2 ms for the strided sums (1 thread).
 
     Example:
         >>> x = torch.rand(2, 1, 6, 8)
@@ -26,6 +29,9 @@ def down2(x: torch.Tensor) -> torch.Tensor:
     h, w = x.shape[-2:]
     if h % 2 or w % 2:
         return F.avg_pool2d(x, 2)
+    if opencv and opencv_eligible(x):
+        return _per_plane(x, (h // 2, w // 2), lambda src, dst: cv2.resize(
+            src, (w // 2, h // 2), dst=dst, interpolation=cv2.INTER_AREA))
     return (x[..., ::2, ::2] + x[..., ::2, 1::2] + x[..., 1::2, ::2] + x[..., 1::2, 1::2]) * 0.25
 
 
@@ -132,11 +138,11 @@ def up_to(x: torch.Tensor, size: tuple[int, int], opencv: bool = False) -> torch
     return F.interpolate(x, size=size, mode='bilinear', align_corners=False)
 
 
-def gaussian_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
-    """``[x, down2(x), ...]``: ``levels + 1`` images, level ``l`` of size ``H / 2**l``."""
+def gaussian_pyramid(x: torch.Tensor, levels: int, opencv: bool = False) -> list[torch.Tensor]:
+    """``[x, down2(x), ...]``: ``levels + 1`` images, level ``l`` of size ``H / 2**l`` (``opencv``: :func:`down2`)."""
     out = [x]
     for _ in range(levels):
-        out.append(down2(out[-1]))
+        out.append(down2(out[-1], opencv))
     return out
 
 

@@ -116,10 +116,10 @@ class TorchFusionRunner:
       TorchScript trace, frozen, one per feature size (built on the first frame
       of a size, ~0.5 s): same values (max difference 0), less per-operation
       overhead: measured -4.6 ms per frame with 1 thread, -2.7 ms with 2 (paired rounds);
-    * with torch single-threaded (the node's default per stage) the
-      full-resolution pyramid operations run in OpenCV (-2.8 ms there, but
-      +2.7 ms with 2 intra-op threads, whose spinning workers compete with
-      OpenCV's own threads). See docs/performance.md.
+    * the full-resolution pyramid operations run in OpenCV (plane by plane;
+      values equal to ~5e-7): paired rounds at 640x480, 13.2 vs 16.1 ms with
+      1 intra-op thread, 17.9 vs 19.5 ms with 2. (Until the pyramid's 2x2
+      means also ran in OpenCV, this held for 1 thread only.) See docs/performance.md.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -137,8 +137,7 @@ class TorchFusionRunner:
         """Fused luminance ``(1, 1, H, W)`` in [0, 1]."""
         if not self._fast or self.model.training:
             return self.model(thermal, visible_y)
-        return self.model(thermal, visible_y, opencv=torch.get_num_threads() == 1,
-                          region_params=self._region_params)
+        return self.model(thermal, visible_y, opencv=True, region_params=self._region_params)
 
 
 class _CorrectorFields(nn.Module):
