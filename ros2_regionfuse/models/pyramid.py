@@ -139,7 +139,10 @@ def up_to(x: torch.Tensor, size: tuple[int, int], opencv: bool = False) -> torch
 
 
 def gaussian_pyramid(x: torch.Tensor, levels: int, opencv: bool = False) -> list[torch.Tensor]:
-    """``[x, down2(x), ...]``: ``levels + 1`` images, level ``l`` of size ``H / 2**l`` (``opencv``: :func:`down2`)."""
+    """``[x, down2(x), ...]``: ``levels + 1`` images, level ``l`` of size ``H / 2**l``.
+
+    ``opencv`` as in :func:`down2`.
+    """
     out = [x]
     for _ in range(levels):
         out.append(down2(out[-1], opencv))
