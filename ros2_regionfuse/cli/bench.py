@@ -10,7 +10,10 @@ inputs: the corrector's ``paper`` configuration (published widths and scales)
 and ``reference_dense`` (a SeAFusion-sized dense CNN fusion, ~100 GFLOPs at
 640x480); the ratios are printed (targets at 640x480: pipeline median <= 50 ms,
 >= 100x faster than ``corrector_paper`` and >= 40x faster than
-``reference_dense``).
+``reference_dense``). At a size timed for both, the pipeline's runs and the
+references' runs alternate in ``--rounds`` rounds (default 3), so a drift of
+the machine's speed during the run weighs on both sides of a ratio alike; the
+ratio of the pooled medians is the result, the per-round ratios show the spread.
 
 Inputs, in this order: ``--data`` (a folder with ``ir/`` and ``vi/`` or a ROS 2
 bag), the bundled demo recording (``ros2_regionfuse/data/sample_demo``: mono16
@@ -67,6 +70,7 @@ class BenchDefaults:
     warmup: int = 3
     reference_repeats: int = 3
     reference_warmup: int = 1
+    rounds: int = 3
     max_pairs: int = 4
     thermal_size: tuple[int, int] = (640, 512)   # camera size given to 8-bit thermal image pairs
     counts_offset: float = 7000.0                # 8-bit grey -> 14-bit raw counts (Boson-like)
@@ -267,56 +271,92 @@ def _import_references() -> None:
 # timing
 # ---------------------------------------------------------------------------
 
-def time_pipeline(pipe: Any, thermal: list[np.ndarray], rgb: list[np.ndarray], repeats: int,
-                  warmup: int) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
-    """Run ``pipe.process`` over the frames (cycling) and summarise each stage's timings.
+def pipeline_samples(pipe: Any, thermal: list[np.ndarray], rgb: list[np.ndarray], repeats: int,
+                     warmup: int, start: int = 0) -> tuple[dict[str, list[float]], int]:
+    """Run ``pipe.process`` over the frames (cycling from frame ``start``); raw stage times.
 
     Returns:
-        ``(stage summaries, unchanged)``; ``unchanged`` = ``{'frames', 'of'}``:
-        the timed frames the corrector left unchanged (M = 0 everywhere:
-        skipped as aligned, so its time is that of the global check alone).
+        ``(ms per stage, unchanged)``; ``unchanged``: timed frames the corrector left
+        unchanged (M = 0 everywhere: skipped as aligned, so its time is that of the
+        global check alone).
     """
     n = len(rgb)
     for i in range(warmup):
-        pipe.process(thermal[i % n], rgb[i % n])
+        pipe.process(thermal[(start + i) % n], rgb[(start + i) % n])
     samples: dict[str, list[float]] = {k: [] for k in STAGES}
     unchanged = 0
-    for i in range(repeats):
+    for i in range(start, start + repeats):
         res = pipe.process(thermal[i % n], rgb[i % n])
         for k in STAGES:
             samples[k].append(res.timings_ms.get(k, 0.0))
         unchanged += int(res.misregistration is not None and not res.misregistration.any())
-    return {k: profiling.summarize_ms(v) for k, v in samples.items()}, {'frames': unchanged, 'of': repeats}
+    return samples, unchanged
 
 
-def time_reference(kind: str, variant: str, inputs: list[torch.Tensor], device: torch.device,
-                   repeats: int, warmup: int, seed: int) -> dict[str, Any]:
-    """Time an untrained reference model on ``inputs`` in its faster memory layout.
+class Reference:
+    """An untrained reference model, ready to time on fixed inputs in its faster memory layout.
 
     Both NCHW and channels_last are tried once after warm-up; the faster one is
-    timed ``repeats`` times (the references get their best case).
+    kept (the references get their best case) and its first time is the first sample.
     """
-    from ..models.registry import build_corrector, build_fusion
-    torch.manual_seed(seed)
-    model = (build_fusion(variant) if kind == 'fusion' else build_corrector(variant)).eval().to(device)
-    sync = profiling.device_sync(device)
-    layouts: dict[torch.memory_format, float] = {}
-    with torch.inference_mode():
-        for fmt in (torch.contiguous_format, torch.channels_last):
-            call = functools.partial(model.to(memory_format=fmt),
-                                     *[x.contiguous(memory_format=fmt) for x in inputs])
-            layouts[fmt] = min(profiling.time_call(call, 1, warmup, sync))
+
+    def __init__(self, kind: str, variant: str, inputs: list[torch.Tensor], device: torch.device,
+                 warmup: int, seed: int) -> None:
+        from ..models.registry import build_corrector, build_fusion
+        torch.manual_seed(seed)
+        model = (build_fusion(variant) if kind == 'fusion' else build_corrector(variant)).eval().to(device)
+        self.sync = profiling.device_sync(device)
+        layouts: dict[torch.memory_format, float] = {}
+        with torch.inference_mode():
+            for fmt in (torch.contiguous_format, torch.channels_last):
+                call = functools.partial(model.to(memory_format=fmt),
+                                         *[x.contiguous(memory_format=fmt) for x in inputs])
+                layouts[fmt] = min(profiling.time_call(call, 1, warmup, self.sync))
         best = min(layouts, key=layouts.__getitem__)
-        call = functools.partial(model.to(memory_format=best),
-                                 *[x.contiguous(memory_format=best) for x in inputs])
-        samples = [layouts[best]]
-        if repeats > 1:
-            samples += profiling.time_call(call, repeats - 1, 0, sync)
-    del call, model
-    gc.collect()
-    out = profiling.summarize_ms(samples)
-    out['layout'] = 'channels_last' if best == torch.channels_last else 'nchw'
-    return out
+        self.call = functools.partial(model.to(memory_format=best),
+                                      *[x.contiguous(memory_format=best) for x in inputs])
+        self.samples = [layouts[best]]
+        self.layout = 'channels_last' if best == torch.channels_last else 'nchw'
+
+    def time(self, repeats: int) -> list[float]:
+        """Time ``repeats`` more calls; returns their ms (also kept in :attr:`samples`)."""
+        with torch.inference_mode():
+            out = profiling.time_call(self.call, repeats, 0, self.sync)
+        self.samples += out
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """Median/p95/... of all samples and the layout; frees the model."""
+        out = profiling.summarize_ms(self.samples)
+        out['layout'] = self.layout
+        self.call = None
+        gc.collect()
+        return out
+
+
+def _split(total: int, parts: int) -> list[int]:
+    """``total`` as ``parts`` near-equal counts (the first ones larger).
+
+    Example:
+        >>> _split(30, 3), _split(7, 3), _split(2, 3)
+        ([10, 10, 10], [3, 2, 2], [1, 1, 0])
+    """
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def _build_references(pipe: Any, frames: BenchFrames, rgb: list[np.ndarray], device: torch.device,
+                      args: argparse.Namespace) -> dict[str, Reference]:
+    """Both references on the first pair at this size (its fusion as the corrector's input)."""
+    from ..core import convert
+    th, rgb_u = pipe.preprocess(frames.thermal[0], rgb[0])
+    y_t = convert.to_tensor(convert.luminance(rgb_u), device)
+    th_t = convert.to_tensor(th, device)
+    fused_t = pipe.fusion(th_t, y_t)
+    log.info('bench: preparing %s and %s', REFERENCE_CORRECTOR, REFERENCE_FUSION)
+    return {REFERENCE_CORRECTOR: Reference('corrector', REFERENCE_CORRECTOR, [fused_t, y_t, th_t], device,
+                                           DEFAULTS.reference_warmup, args.seed),
+            REFERENCE_FUSION: Reference('fusion', REFERENCE_FUSION, [th_t, y_t], device,
+                                        DEFAULTS.reference_warmup, args.seed)}
 
 
 def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
@@ -365,43 +405,65 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         'sizes': {},
     }
     results = report['sizes']
-    for size in sizes:
+    rounds = max(1, min(args.rounds, args.reference_repeats))
+    report['config']['rounds'] = rounds
+    rss_pipeline = None
+    for size in sizes + [z for z in ref_sizes if z not in sizes]:
         key = f'{size[0]}x{size[1]}'
         rgb, hom = frames_at(frames, size)
         pipe.cfg.align.homography = hom.ravel().tolist()
-        log.info('bench %s: pipeline, %d warm-up + %d timed runs', key, args.warmup, args.repeats)
-        stages, unchanged = time_pipeline(pipe, frames.thermal, rgb, args.repeats, args.warmup)
-        results[key] = {
-            'stages_ms': stages,
-            'corrector_unchanged': unchanged,
-            'cost': {'fusion': model_cost('fusion', cfg.fusion.variant, size),
-                     'corrector': model_cost('corrector', cfg.corrector.variant, size)},
-        }
-    report['peak_rss_mb_pipeline'] = profiling.peak_rss_mb()
-    report['rss_mb'] = {'start': rss_start, 'after_pipeline': profiling.rss_mb()}
-    for size in ref_sizes:
-        key = f'{size[0]}x{size[1]}'
-        rgb, hom = frames_at(frames, size)
-        pipe.cfg.align.homography = hom.ravel().tolist()
-        th, rgb_u = pipe.preprocess(frames.thermal[0], rgb[0])
-        from ..core import convert
-        y_t = convert.to_tensor(convert.luminance(rgb_u), device)
-        th_t = convert.to_tensor(th, device)
-        fused_t = pipe.fusion(th_t, y_t)
-        refs = {}
-        log.info('bench %s: %s, %d runs', key, REFERENCE_CORRECTOR, args.reference_repeats)
-        refs[REFERENCE_CORRECTOR] = time_reference('corrector', REFERENCE_CORRECTOR, [fused_t, y_t, th_t],
-                                                   device, args.reference_repeats, DEFAULTS.reference_warmup,
-                                                   args.seed)
-        refs[REFERENCE_CORRECTOR].update(model_cost('corrector', REFERENCE_CORRECTOR, size))
-        log.info('bench %s: %s, %d runs', key, REFERENCE_FUSION, args.reference_repeats)
-        refs[REFERENCE_FUSION] = time_reference('fusion', REFERENCE_FUSION, [th_t, y_t], device,
-                                                args.reference_repeats, DEFAULTS.reference_warmup, args.seed)
-        refs[REFERENCE_FUSION].update(model_cost('fusion', REFERENCE_FUSION, size))
         res = results.setdefault(key, {})
-        res['references'] = refs
-        if 'stages_ms' in res:
-            res['ratios'] = ratios(res['stages_ms'], refs)
+        timed_here = size in sizes
+        refs: dict[str, Reference] = {}
+        # With references at this size the pipeline and the references alternate in `rounds`
+        # rounds, so a change of the machine's speed during the run (these VMs drift by up to
+        # 2x within minutes) affects both sides of the ratios alike.
+        n_rounds = rounds if size in ref_sizes and timed_here else 1
+        p_counts = _split(args.repeats, n_rounds)
+        r_counts = _split(args.reference_repeats, n_rounds)
+        samples: dict[str, list[float]] = {k: [] for k in STAGES}
+        unchanged = 0
+        per_round: dict[str, list[float]] = {}
+        for rnd in range(n_rounds):
+            if timed_here:
+                log.info('bench %s: pipeline, %d warm-up + %d timed runs (round %d/%d)', key,
+                         args.warmup if rnd == 0 else 0, p_counts[rnd], rnd + 1, n_rounds)
+                got, unch = pipeline_samples(pipe, frames.thermal, rgb, p_counts[rnd],
+                                             args.warmup if rnd == 0 else 0, start=sum(p_counts[:rnd]))
+                unchanged += unch
+                for k in STAGES:
+                    samples[k] += got[k]
+                if rss_pipeline is None and size == sizes[-1]:
+                    rss_pipeline = profiling.peak_rss_mb()   # every pipeline size seen, no reference yet
+            if size not in ref_sizes:
+                continue
+            more = r_counts[rnd]
+            if not refs:
+                refs = _build_references(pipe, frames, rgb, device, args)   # one sample each
+                more -= 1
+            if more > 0:
+                for r in refs.values():
+                    r.time(more)
+            if timed_here and r_counts[rnd]:
+                ours = float(np.median(got['total']))
+                for name, r in refs.items():
+                    per_round.setdefault(f'pipeline_vs_{name}', []).append(
+                        float(np.median(r.samples[-r_counts[rnd]:])) / ours)
+        if timed_here:
+            res['stages_ms'] = {k: profiling.summarize_ms(v) for k, v in samples.items()}
+            res['corrector_unchanged'] = {'frames': unchanged, 'of': args.repeats}
+            res['cost'] = {'fusion': model_cost('fusion', cfg.fusion.variant, size),
+                           'corrector': model_cost('corrector', cfg.corrector.variant, size)}
+        if refs:
+            res['references'] = {}
+            for name, r in refs.items():
+                kind = 'corrector' if name == REFERENCE_CORRECTOR else 'fusion'
+                res['references'][name] = {**r.summary(), **model_cost(kind, name, size)}
+            if timed_here:
+                res['ratios'] = ratios(res['stages_ms'], res['references'])
+                res['ratios_by_round'] = per_round
+    report['peak_rss_mb_pipeline'] = rss_pipeline if rss_pipeline is not None else profiling.peak_rss_mb()
+    report['rss_mb'] = {'start': rss_start, 'after_pipeline': profiling.rss_mb()}
     report['peak_rss_mb_total'] = profiling.peak_rss_mb()
     report['rss_mb']['end'] = profiling.rss_mb()
     report['targets'] = check_targets(results)
@@ -482,7 +544,9 @@ def format_report(rep: dict[str, Any]) -> str:
             lines.append(f'  ref {name:<18s} median {r["median"]:10.1f} ms (n={r["n"]}, {r["layout"]}), '
                          f'{r["gflops"]:.1f} GFLOPs, {r["params"]:,d} params')
         for name, v in res.get('ratios', {}).items():
-            lines.append(f'  {name:<30s} {v:8.1f}x')
+            by_round = res.get('ratios_by_round', {}).get(name)
+            rounds = f"   (by round: {', '.join(f'{x:.1f}x' for x in by_round)})" if by_round else ''
+            lines.append(f'  {name:<30s} {v:8.1f}x{rounds}')
         lines.append('')
     lines.append(f"peak RSS: {rep['peak_rss_mb_pipeline']:.0f} MiB (pipeline), "
                  f"{rep['peak_rss_mb_total']:.0f} MiB (with references)")
@@ -518,6 +582,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--warmup', type=int, default=d.warmup, help='untimed pipeline runs per size first')
     p.add_argument('--reference-repeats', type=int, default=d.reference_repeats,
                    help='timed runs of each reference (they take seconds each)')
+    p.add_argument('--rounds', type=int, default=d.rounds,
+                   help='rounds in which the pipeline and the references alternate at the reference '
+                        'size (at most --reference-repeats), so a drift of the machine speed '
+                        'affects both sides of the ratios alike')
     p.add_argument('--reference-sizes', action='append', metavar='WxH',
                    help='sizes at which the references are timed (default: the first --size)')
     p.add_argument('--no-reference', action='store_true', help='skip the reference models')
@@ -536,8 +604,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark, print the tables, write the JSON."""
-    if args.repeats < 1 or args.reference_repeats < 1 or args.warmup < 0 or args.pairs < 1:
-        raise ConfigError('--repeats, --reference-repeats and --pairs must be >= 1, --warmup >= 0')
+    if args.repeats < 1 or args.reference_repeats < 1 or args.warmup < 0 or args.pairs < 1 or args.rounds < 1:
+        raise ConfigError('--repeats, --reference-repeats, --rounds and --pairs must be >= 1, --warmup >= 0')
     if args.threads < 0:
         raise ConfigError('--threads must be >= 0')
     args.argv = sys.argv[sys.argv.index('bench') + 1:] if 'bench' in sys.argv[1:] else []

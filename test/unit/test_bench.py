@@ -136,3 +136,25 @@ def test_summarize_ms():
     assert s['median'] == 2.5 and s['min'] == 1.0 and s['max'] == 10.0 and s['n'] == 4
     assert s['median'] <= s['p95'] <= s['max']
     assert profiling.summarize_ms([])['n'] == 0
+
+
+def test_bench_alternates_pipeline_and_references_in_rounds(tmp_path, test_data):
+    """At a size timed for both, the pipeline and the references alternate: per-round ratios."""
+    out = tmp_path / 'bench.json'
+    rc = main(['bench', '--size', '64x48', '--repeats', '5', '--warmup', '1', '--reference-repeats', '2',
+               '--rounds', '3', '--threads', '1', '--data', str(test_data), '--pairs', '2',
+               '--json', str(out)])
+    assert rc == 0
+    rep = json.loads(out.read_text())
+    assert rep['config']['rounds'] == 2                      # capped by --reference-repeats
+    res = rep['sizes']['64x48']
+    assert res['stages_ms']['total']['n'] == 5 and res['corrector_unchanged']['of'] == 5
+    assert all(r['n'] == 2 for r in res['references'].values())
+    by_round = res['ratios_by_round']
+    assert set(by_round) == {'pipeline_vs_corrector_paper', 'pipeline_vs_reference_dense'}
+    assert all(len(v) == 2 and min(v) > 0 for v in by_round.values())
+    ref = res['references']['corrector_paper']['median'] / res['stages_ms']['total']['median']
+    assert res['ratios']['pipeline_vs_corrector_paper'] == pytest.approx(ref)
+    # the overall ratio lies within the spread of the rounds' ratios (same samples, pooled)
+    lo, hi = min(by_round['pipeline_vs_corrector_paper']), max(by_round['pipeline_vs_corrector_paper'])
+    assert 0.5 * lo <= ref <= 2.0 * hi
