@@ -70,6 +70,11 @@ class FusionConfig:
                       'higher MI, about twice the fusion time).', read_only=True)
     checkpoint: str = _f('', 'Fusion weights (.safetensors); empty = the shipped weights.',
                          read_only=True)
+    region_runtime: str = _f('onnxruntime', "Runtime of the fusion's region network in the torch backend "
+                             'on the CPU: onnxruntime (exported per input size at the first frame, ~1 s; '
+                             'fewer, fused operators: -0.9 ms per 640x480 frame on 2 cores) or torch (a '
+                             'TorchScript trace). Falls back to torch, with a warning, when the export or '
+                             'its check fails.', choices=('onnxruntime', 'torch'), read_only=True)
     contrast: str = _f('percentile', 'Output contrast of the fused luminance: none (as the network '
                        'emits it), minmax (full range per frame) or percentile (the '
                        'fusion.contrast_percentiles of the frame mapped to black and white).',

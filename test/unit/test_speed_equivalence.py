@@ -122,7 +122,9 @@ def test_fusion_opencv_path_matches_torch_on_real_pairs(test_data):
     from ros2_regionfuse.core.imageio import read_gray, read_rgb
     from ros2_regionfuse.models.runtime import build_runner, load_model
     model, _ = load_model('fusion', FUSION, '', torch.device('cpu'))
-    run, _ = build_runner('fusion', PipelineConfig(), torch.device('cpu'))
+    cfg = PipelineConfig()
+    cfg.fusion.region_runtime = 'torch'   # the traced region network: exact (ONNX Runtime: next test)
+    run, _ = build_runner('fusion', cfg, torch.device('cpu'))
     threads = torch.get_num_threads()
     try:
         for stem in ('00537D', 'FLIR_05005'):
@@ -186,3 +188,36 @@ def test_fusion_runner_traces_the_region_network_per_size(test_data, monkeypatch
     with torch.inference_mode():
         assert torch.equal(out, model(t, v, opencv=cv))
     assert 'running it eagerly' in caplog.text and 'fusion region network' in caplog.text
+
+
+def test_fusion_region_network_in_onnxruntime(test_data, monkeypatch, caplog):
+    """The default CPU runner runs the region network in ONNX Runtime: within 1e-4 of the torch
+    runner's fused image on real pairs, one session per size; a failed export keeps torch."""
+    from ros2_regionfuse.core import convert
+    from ros2_regionfuse.core.config import PipelineConfig
+    from ros2_regionfuse.core.imageio import read_gray, read_rgb
+    from ros2_regionfuse.models.runtime import OrtRegionNetwork, TorchFusionRunner, build_runner, load_model
+    assert PipelineConfig().fusion.region_runtime == 'onnxruntime'
+    run, _ = build_runner('fusion', PipelineConfig(), torch.device('cpu'))
+    model, _ = load_model('fusion', FUSION, '', torch.device('cpu'))
+    exact = TorchFusionRunner(model, region_runtime='torch')
+    for stem in ('00537D', 'FLIR_05005'):
+        th = read_gray(test_data / 'ir' / f'{stem}.png', as_uint8=True).astype('float32') / 255.0
+        y = convert.luminance(convert.rgb_to_unit(read_rgb(test_data / 'vi' / f'{stem}.png')))
+        t, v = convert.to_tensor(th), convert.to_tensor(y)
+        ref, got = exact(t, v), run(t, v)
+        assert float(ref.std()) > 0.05
+        assert 0.0 < float((got - ref).abs().max()) < 1e-4     # a different runtime, same result
+    sessions = [s for s in run._ort.values() if s is not None]
+    assert len(sessions) == 2 and all(isinstance(s, OrtRegionNetwork) for s in sessions)
+    assert all(s.max_error < 1e-4 for s in sessions)
+    assert not run._traces                                     # no trace was needed
+
+    def broken(*args, **kwargs):
+        raise RuntimeError('no export here')
+    monkeypatch.setattr(torch.onnx, 'export', broken)
+    fallback = TorchFusionRunner(model, region_runtime='onnxruntime')
+    with caplog.at_level('WARNING'):
+        out = fallback(t, v)
+    assert torch.equal(out, exact(t, v))
+    assert 'ONNX Runtime unavailable' in caplog.text and list(fallback._ort.values()) == [None]
