@@ -408,11 +408,15 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     rounds = max(1, min(args.rounds, args.reference_repeats))
     report['config']['rounds'] = rounds
     rss_pipeline = None
-    for size in sizes + [z for z in ref_sizes if z not in sizes]:
+    order = sizes + [z for z in ref_sizes if z not in sizes]
+    for size in order:
+        results[f'{size[0]}x{size[1]}'] = {}   # report order = command-line order
+    # Sizes without references first, so the pipeline's peak memory is taken before any reference exists.
+    for size in sorted(order, key=lambda z: (z in ref_sizes, order.index(z))):
         key = f'{size[0]}x{size[1]}'
         rgb, hom = frames_at(frames, size)
         pipe.cfg.align.homography = hom.ravel().tolist()
-        res = results.setdefault(key, {})
+        res = results[key]
         timed_here = size in sizes
         refs: dict[str, Reference] = {}
         # With references at this size the pipeline and the references alternate in `rounds`
@@ -433,12 +437,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 unchanged += unch
                 for k in STAGES:
                     samples[k] += got[k]
-                if rss_pipeline is None and size == sizes[-1]:
-                    rss_pipeline = profiling.peak_rss_mb()   # every pipeline size seen, no reference yet
             if size not in ref_sizes:
                 continue
             more = r_counts[rnd]
             if not refs:
+                if rss_pipeline is None:
+                    rss_pipeline = profiling.peak_rss_mb()   # before the first reference model exists
                 refs = _build_references(pipe, frames, rgb, device, args)   # one sample each
                 more -= 1
             if more > 0:
