@@ -405,9 +405,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         'sizes': {},
     }
     results = report['sizes']
-    rounds = max(1, min(args.rounds, args.reference_repeats))
+    rounds = max(1, min(args.rounds, args.reference_repeats, args.repeats))   # >= 1 run of each per round
     report['config']['rounds'] = rounds
-    rss_pipeline = None
+    rss_pipeline = rss_after = None
     order = sizes + [z for z in ref_sizes if z not in sizes]
     for size in order:
         results[f'{size[0]}x{size[1]}'] = {}   # report order = command-line order
@@ -441,8 +441,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             more = r_counts[rnd]
             if not refs:
-                if rss_pipeline is None:
-                    rss_pipeline = profiling.peak_rss_mb()   # before the first reference model exists
+                if rss_pipeline is None:   # before the first reference model exists
+                    rss_pipeline, rss_after = profiling.peak_rss_mb(), profiling.rss_mb()
                 refs = _build_references(pipe, frames, rgb, device, args)   # one sample each
                 more -= 1
             if more > 0:
@@ -466,8 +466,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             if timed_here:
                 res['ratios'] = ratios(res['stages_ms'], res['references'])
                 res['ratios_by_round'] = per_round
-    report['peak_rss_mb_pipeline'] = rss_pipeline if rss_pipeline is not None else profiling.peak_rss_mb()
-    report['rss_mb'] = {'start': rss_start, 'after_pipeline': profiling.rss_mb()}
+    if rss_pipeline is None:   # no reference timed
+        rss_pipeline, rss_after = profiling.peak_rss_mb(), profiling.rss_mb()
+    report['peak_rss_mb_pipeline'] = rss_pipeline
+    report['rss_mb'] = {'start': rss_start, 'after_pipeline': rss_after}
     report['peak_rss_mb_total'] = profiling.peak_rss_mb()
     report['rss_mb']['end'] = profiling.rss_mb()
     report['targets'] = check_targets(results)
@@ -588,8 +590,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help='timed runs of each reference (they take seconds each)')
     p.add_argument('--rounds', type=int, default=d.rounds,
                    help='rounds in which the pipeline and the references alternate at the reference '
-                        'size (at most --reference-repeats), so a drift of the machine speed '
-                        'affects both sides of the ratios alike')
+                        'size (at most --reference-repeats and --repeats), so a drift of the machine '
+                        'speed affects both sides of the ratios alike')
     p.add_argument('--reference-sizes', action='append', metavar='WxH',
                    help='sizes at which the references are timed (default: the first --size)')
     p.add_argument('--no-reference', action='store_true', help='skip the reference models')

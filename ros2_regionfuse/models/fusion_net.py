@@ -229,7 +229,8 @@ class RegionFuseNet(nn.Module):
         # Detail gains: softplus at the network level, then upsampled with the selection bias
         # (softplus at full resolution cost 0.5 ms per 640x480 level).
         gains = F.softplus(p[:, 2 + BANDS:2 + 2 * BANDS])
-        inplace = opencv and opencv_eligible(thermal)   # eager CPU inference: fewer fresh buffers
+        # eager CPU inference without autograd: the same formula with fewer fresh buffers
+        inplace = opencv and opencv_eligible(thermal) and not torch.is_grad_enabled()
         fused_details = []
         for lvl, d in enumerate(details):
             band = min(ln - lvl, BANDS - 1)

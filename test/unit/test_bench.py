@@ -158,3 +158,17 @@ def test_bench_alternates_pipeline_and_references_in_rounds(tmp_path, test_data)
     # the overall ratio lies within the spread of the rounds' ratios (same samples, pooled)
     lo, hi = min(by_round['pipeline_vs_corrector_paper']), max(by_round['pipeline_vs_corrector_paper'])
     assert 0.5 * lo <= ref <= 2.0 * hi
+
+
+def test_bench_rounds_never_leave_a_side_without_runs(tmp_path, test_data):
+    """Fewer pipeline runs than rounds: the rounds shrink, every ratio has both sides."""
+    out = tmp_path / 'bench.json'
+    assert main(['bench', '--size', '64x48', '--repeats', '1', '--warmup', '0', '--reference-repeats', '3',
+                 '--rounds', '3', '--threads', '1', '--data', str(test_data), '--pairs', '1',
+                 '--json', str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep['config']['rounds'] == 1
+    res = rep['sizes']['64x48']
+    assert res['stages_ms']['total']['n'] == 1 and all(r['n'] == 3 for r in res['references'].values())
+    assert all(len(v) == 1 and np.isfinite(v[0]) for v in res['ratios_by_round'].values())
+    assert rep['rss_mb']['after_pipeline'] <= rep['peak_rss_mb_pipeline'] <= rep['peak_rss_mb_total']
