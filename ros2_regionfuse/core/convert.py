@@ -191,13 +191,16 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
     return (_KR * rgb[..., 0] + _KG * rgb[..., 1] + _KB * rgb[..., 2]).astype(np.float32)
 
 
-def replace_luminance(rgb: np.ndarray, y_new: np.ndarray, y_old: np.ndarray | None = None) -> np.ndarray:
+def replace_luminance(rgb: np.ndarray, y_new: np.ndarray, y_old: np.ndarray | None = None,
+                      clip: bool = True) -> np.ndarray:
     """Keep the chroma (Cb, Cr) of ``rgb`` and put ``y_new`` as luminance.
 
     Args:
         rgb: ``(H, W, 3)`` float32 in [0, 1].
         y_new: ``(H, W)`` float32 in [0, 1].
         y_old: ``luminance(rgb)`` when the caller has it already (saves computing it).
+        clip: clip the result to [0, 1]; False when :func:`unit_to_uint8` follows (it saturates
+            the same way), which saves a pass over the three channels.
 
     Returns:
         ``(H, W, 3)`` float32 in [0, 1]; gray ``rgb`` gives gray output.
@@ -217,7 +220,7 @@ def replace_luminance(rgb: np.ndarray, y_new: np.ndarray, y_old: np.ndarray | No
     d = np.subtract(np.asarray(y_new, dtype=np.float32), luminance(rgb) if y_old is None else y_old,
                     dtype=np.float32)
     out = cv2.add(rgb, cv2.merge([d, d, d]))
-    return np.clip(out, 0.0, 1.0, out=out)
+    return np.clip(out, 0.0, 1.0, out=out) if clip else out
 
 
 def resize_to(img: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:

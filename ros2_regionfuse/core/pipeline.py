@@ -59,7 +59,7 @@ class FusionResult:
         if self._raw is None:
             rgb, y, bounds = self.raw_source
             y_out = convert.apply_contrast(y, bounds)
-            self._raw = convert.unit_to_uint8(convert.replace_luminance(rgb, y_out))
+            self._raw = convert.unit_to_uint8(convert.replace_luminance(rgb, y_out, clip=False))
         return self._raw
 
     @property
@@ -333,7 +333,7 @@ class FusionPipeline:
         # luminance(rgb_u) as computed in fuse() (a view on the CPU; recomputed from rgb_u elsewhere)
         y_in = convert.to_numpy(frame.visible_t) if frame.visible_t.device.type == 'cpu' else None
         out_y = convert.apply_contrast(out_y, bounds)
-        fused = convert.unit_to_uint8(convert.replace_luminance(rgb_u, out_y, y_in))
+        fused = convert.unit_to_uint8(convert.replace_luminance(rgb_u, out_y, y_in, clip=False))
         t4 = time.perf_counter()
         ms = dict(frame.timings_ms)
         # The global registration belongs to the corrector, wherever it ran.

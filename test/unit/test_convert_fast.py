@@ -85,3 +85,15 @@ def test_replace_luminance_keeps_gray_exactly_gray():
     out = convert.replace_luminance(np.repeat(g[..., None], 3, -1), y)
     assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 1], out[..., 2])
     assert float(np.abs(out[..., 0] - y).max()) < 1e-6   # gray: the new luminance itself
+
+
+def test_unclipped_replace_luminance_gives_the_same_bytes(rng):
+    """The pipeline skips replace_luminance's clip: unit_to_uint8 saturates the same way."""
+    rgb = rng.random((48, 64, 3)).astype(np.float32)
+    y_old = convert.luminance(rgb)
+    for _ in range(5):
+        y = (rng.random((48, 64)) * 1.6 - 0.3).astype(np.float32)    # out of [0, 1] on purpose
+        loose = convert.replace_luminance(rgb, y, y_old, clip=False)
+        assert loose.min() < 0.0 and loose.max() > 1.0
+        tight = convert.replace_luminance(rgb, y)
+        assert np.array_equal(convert.unit_to_uint8(loose), convert.unit_to_uint8(tight))
