@@ -38,7 +38,7 @@ from torch import nn
 
 from .layers import ConvMlp, LayerNorm2d
 from .mora import MoRA, balance_loss
-from .pyramid import box_mean3, gaussian_pyramid, laplacian_pyramid, opencv_eligible, reconstruct, up_to
+from .pyramid import box_mean3, gaussian_pyramid, laplacian_pyramid, reconstruct, up_to
 from .registry import register_fusion
 from .rfcm import RFCM
 
@@ -229,8 +229,6 @@ class RegionFuseNet(nn.Module):
         # Detail gains: softplus at the network level, then upsampled with the selection bias
         # (softplus at full resolution cost 0.5 ms per 640x480 level).
         gains = F.softplus(p[:, 2 + BANDS:2 + 2 * BANDS])
-        # eager CPU inference without autograd: the same formula with fewer fresh buffers
-        inplace = opencv and opencv_eligible(thermal) and not torch.is_grad_enabled()
         fused_details = []
         for lvl, d in enumerate(details):
             band = min(ln - lvl, BANDS - 1)
@@ -239,13 +237,8 @@ class RegionFuseNet(nn.Module):
             pl = up_to(pl, dt.shape[-2:], opencv)
             a = box_mean3(abs_details[lvl], opencv)  # = F.avg_pool2d(., 3, 1, 1), faster
             at, ay = a[:b], a[b:]
-            if inplace:   # the same formula in place: sigmoid(k (at - ay) / (at + ay + eps) + bias)
-                num = torch.sub(at, ay)
-                s = torch.addcdiv(pl[:, :1], num, torch.add(at, ay).add_(1e-3), value=float(temps[band]))
-                fused_details.append(torch.lerp(dy, dt, s.sigmoid_(), out=num).mul_(pl[:, 1:2]))
-            else:
-                s = torch.sigmoid(temps[band] * (at - ay) / (at + ay + 1e-3) + pl[:, :1])
-                fused_details.append(pl[:, 1:2] * torch.lerp(dy, dt, s))   # dy + s * (dt - dy) in one op
+            s = torch.sigmoid(temps[band] * (at - ay) / (at + ay + 1e-3) + pl[:, :1])
+            fused_details.append(pl[:, 1:2] * torch.lerp(dy, dt, s))   # dy + s * (dt - dy) in one op
         out = reconstruct(fused_details, fused_base, opencv)[..., :h, :w]
         return out.clamp(0.0, 1.0)
 
