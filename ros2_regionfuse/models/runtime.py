@@ -92,7 +92,7 @@ def set_skip_aligned(model: nn.Module, skip: bool) -> nn.Module:
 
 def _torch_runner(kind: str, model: nn.Module, cfg: PipelineConfig) -> Callable:
     if kind == 'fusion':
-        return TorchFusionRunner(model, region_runtime=cfg.fusion.region_runtime, threads=cfg.threads)
+        return TorchFusionRunner(model, region_runtime=cfg.fusion.region_runtime)
     return TorchCorrectorRunner(model)
 
 
@@ -111,14 +111,21 @@ class _RegionParams(nn.Module):
 # outputs are O(1) logits; measured ~5e-5 on real frames).
 ORT_REGION_TOLERANCE = 1e-3
 
+# Intra-op threads of the region network's ONNX Runtime session, whatever the pipeline's count:
+# the network works on a bounded token grid (40x30 cells at 640x480), too small to split. With
+# a second ORT thread it was slower on its own (6.3 vs 5.2 ms) and slowed the torch/OpenCV work
+# around it: paired rounds of the whole pipeline at 640x480, 2 threads, -2.1 ms (8 of 10 rounds)
+# and -1.3 ms (11 of 12) with one ORT thread (docs/performance.md, session 12).
+REGION_ORT_THREADS = 1
+
 
 class OrtRegionNetwork:
     """The fusion's region network (:meth:`RegionFuseNet.region_params`) in ONNX Runtime, one input size.
 
     Exported in memory at the given inputs' shapes (static: ORT then fuses and plans
     the whole graph, ~1 s) and checked against ``reference`` (the torch output on
-    the same inputs). Threads do not spin between calls: the rest of the frame's
-    work shares the cores. Against the TorchScript trace, paired rounds of the whole
+    the same inputs). One intra-op thread (:data:`REGION_ORT_THREADS`), which does not
+    spin between calls. Against the TorchScript trace, paired rounds of the whole
     pipeline at 640x480 gave -0.9 ms per frame with 1 and with 2 threads.
 
     Raises:
@@ -126,7 +133,7 @@ class OrtRegionNetwork:
     """
 
     def __init__(self, model: RegionFuseNet, feats: torch.Tensor, stats: torch.Tensor,
-                 reference: torch.Tensor, threads: int) -> None:
+                 reference: torch.Tensor) -> None:
         import io
 
         import onnxruntime as ort
@@ -138,7 +145,7 @@ class OrtRegionNetwork:
             torch.onnx.export(_RegionParams(model).eval(), (feats.clone(), stats.clone()), buf,
                               input_names=['feats', 'stats'], output_names=['params'],
                               opset_version=17, dynamo=False)
-        so = session_options(threads)
+        so = session_options(REGION_ORT_THREADS)
         so.add_session_config_entry('session.intra_op.allow_spinning', '0')
         self.session = ort.InferenceSession(buf.getvalue(), so, providers=['CPUExecutionProvider'])
         err = float((self(feats, stats) - reference).abs().max())
@@ -168,13 +175,12 @@ class TorchFusionRunner:
       means also ran in OpenCV, this held for 1 thread only.) See docs/performance.md.
     """
 
-    def __init__(self, model: nn.Module, region_runtime: str = 'torch', threads: int = 0) -> None:
+    def __init__(self, model: nn.Module, region_runtime: str = 'torch') -> None:
         self.model = model
         self._fast = isinstance(model, RegionFuseNet) and next(model.parameters()).device.type == 'cpu'
         self._traces = _TraceCache('fusion region network')
         self._use_ort = self._fast and region_runtime == 'onnxruntime'
         self._ort: dict[tuple, OrtRegionNetwork | None] = {}   # None: ORT failed for that size
-        self._threads = threads
 
     def _region_params(self, feats: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
         key = (tuple(feats.shape), tuple(stats.shape), feats.dtype, feats.is_contiguous())
@@ -184,8 +190,7 @@ class TorchFusionRunner:
                     self._ort.clear()
                 reference = self.model.region_params(feats, stats)
                 try:
-                    threads = self._threads if self._threads > 0 else torch.get_num_threads()
-                    self._ort[key] = OrtRegionNetwork(self.model, feats, stats, reference, threads)
+                    self._ort[key] = OrtRegionNetwork(self.model, feats, stats, reference)
                 except Exception as e:   # noqa: BLE001 - any ORT failure: keep torch for this size
                     log.warning('fusion region network: ONNX Runtime unavailable for %s (%s); using torch',
                                 tuple(feats.shape), e)
