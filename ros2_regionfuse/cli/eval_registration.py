@@ -390,8 +390,7 @@ def _load(pair: ImagePair) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def evaluate(args: argparse.Namespace) -> dict:
     """Run the evaluation; return the summary and per-frame results (JSON-ready)."""
-    torch.set_num_threads(max(1, args.threads))
-    cv2.setNumThreads(max(1, args.threads))
+    torch.set_num_threads(max(1, args.threads))   # OpenCV: single-threaded (FusionPipeline)
     models = _Models(args)
     pcfg = PerturbConfig(blur_prob=0.0, noise_std_max=0.0)
     frames: list[Frame] = []

@@ -13,6 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import torch
 
@@ -106,6 +107,14 @@ class FusedFrame:
     align_params: torch.Tensor | None = None
 
 
+# OpenCV's thread pool stays unused: with cv2.setNumThreads(1) its functions run in the calling
+# thread. Its pool's workers wait actively after each parallel call and take the cores from
+# torch's OpenMP workers (and from the node's second stage). Separate processes at 640x480 with 2
+# threads, alternating: pipeline median lower with OpenCV single-threaded in 9 of 11 runs, by
+# 1-9 ms (docs/performance.md, session 12). Every OpenCV call of the pipeline works on one plane.
+OPENCV_THREADS = 1
+
+
 def stage_threads(stages: int, cores: int | None = None) -> int:
     """Intra-op threads per stage when ``stages`` pipeline stages run concurrently.
 
@@ -168,6 +177,7 @@ class FusionPipeline:
         self.device = select_device(self.cfg.device)
         if self.cfg.threads > 0:
             torch.set_num_threads(self.cfg.threads)
+        cv2.setNumThreads(OPENCV_THREADS)   # process-wide, like torch's count
         self.fusion, self.fusion_card = build_runner('fusion', self.cfg, self.device, fusion)
         self._corrector = None
         self._corrector_module = corrector

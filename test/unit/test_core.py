@@ -182,6 +182,22 @@ def test_stage_threads_split_the_cores() -> None:
     assert stage_threads(1, 6) == 6 and stage_threads(2) >= 1
 
 
+def test_pipeline_keeps_opencv_single_threaded() -> None:
+    """OpenCV's own thread pool contends with torch's workers: a pipeline sets it to one thread."""
+    import cv2
+
+    from ros2_regionfuse.core.pipeline import OPENCV_THREADS
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(4)
+        cfg = PipelineConfig(device='cpu')
+        cfg.corrector.enabled = False
+        FusionPipeline(cfg, fusion=build_fusion('regionfuse_tiny'))
+        assert OPENCV_THREADS == 1 and cv2.getNumThreads() == 1
+    finally:
+        cv2.setNumThreads(before)
+
+
 def test_pipeline_gray_rgb_gives_gray_output(pipeline: FusionPipeline,
                                              rng: np.random.Generator) -> None:
     res = pipeline.process(rng.integers(0, 256, (40, 40)).astype(np.uint8),
