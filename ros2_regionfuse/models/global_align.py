@@ -28,16 +28,20 @@ the doubled-angle gradient orientation ``(gx^2 - gy^2, 2 gx gy) / |g|^2``
 weighted by the gradient magnitude relative to its local mean (contrast
 invariant), then blurred to widen the capture range.
 
-**Solver.** Gauss-Newton on the sum of squared descriptor differences
-``sum |D_T(p + phi(p)) - D_V(p)|^2`` with Levenberg-Marquardt damping,
-coarse to fine (1/8 then 1/4 of a 640-px-wide input), a fixed number of
-iterations per level, started by an exhaustive image-wide translation search
-at the coarsest level (one grouped convolution). Each iteration warps the
-thermal descriptor once and takes the Jacobian from the gradients of the
-warped descriptor (:func:`normal_equations`). Only tensor operations (in a
-traced graph the 4x4 system is solved by an unrolled Cholesky
-factorisation), so it runs in ONNX Runtime as well; docs/performance.md has
-its time.
+**Solver.** Inverse-compositional Gauss-Newton on the sum of squared descriptor
+differences ``sum |D_T(W(p; params)) - D_V(p)|^2`` with Levenberg-Marquardt damping,
+coarse to fine (1/8 then 1/4 of a 640-px-wide input), a fixed number of iterations
+per level, started by an exhaustive image-wide translation search at the coarsest
+level (one grouped convolution). ``W(p) = p + phi(p)`` is a similarity transform
+(``1 + a + ib`` times the centred coordinate ``u + iv``, plus ``tx + i ty``), so warps
+compose and invert exactly. The Jacobian is taken from the gradients of the
+*visible* descriptor, which does not move: it and the Gauss-Newton matrix are built
+once per level (:func:`steepest_descent`); each iteration warps the thermal
+descriptor once, reduces the residual against the fixed Jacobian and composes the
+current warp with the inverse of the step (:func:`compose_inverse`). Only tensor
+operations (in a traced graph the 4x4 system is solved by an unrolled Cholesky
+factorisation), so it runs in ONNX Runtime as well; docs/performance.md has its time
+and the comparison with the forward-additive form it replaced.
 
 **Confidence.** ``gain`` is the relative reduction of the descriptor
 difference between ``phi = 0`` and the estimate at the finest level;
@@ -78,10 +82,10 @@ class GlobalAlignConfig:
         coarse_cells: the coarsest level is about this many cells wide: its
             downsampling factor is the largest power of two ``<= W / coarse_cells``
             (8 at 640x480), clamped to [1, 16]; each further level halves it.
-        iters: Gauss-Newton iterations per level, coarse to fine. (6, 3)
-            lands within 0.4-0.5 px (mean field distance) of a 30 + 15
-            iteration solution on RoadScene training pairs with 8 and 16 px
-            synthetic misalignment, well inside the estimator's accuracy.
+        iters: Gauss-Newton iterations per level, coarse to fine. With the
+            inverse-compositional solver (8, 4) costs less than the former
+            forward-additive (6, 3) and matched or beat it on the evaluation
+            pairs (docs/performance.md, session 12).
         blur: Gaussian sigma (cells of the level) applied to the descriptors.
         damping: Levenberg-Marquardt damping (relative to the diagonal).
         gain_low, gain_high: :func:`gain_gate` ramps from 0 at ``gain_low`` to
@@ -96,7 +100,7 @@ class GlobalAlignConfig:
     """
 
     coarse_cells: int = 80
-    iters: tuple[int, ...] = (6, 3)
+    iters: tuple[int, ...] = (8, 4)
 
     blur: float = 1.0
     damping: float = 1e-2
@@ -263,24 +267,43 @@ def solve_spd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.stack(x, 1)
 
 
-def normal_equations(jx: torch.Tensor, jy: torch.Tensor, r: torch.Tensor, u: torch.Tensor,
-                     v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gauss-Newton normal equations ``J^T J``, ``J^T r`` of the similarity model.
+def steepest_descent(jx: torch.Tensor, jy: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Jacobian of residuals with respect to the similarity parameters, ``(B, 4, N)``.
 
     The Jacobian row of a residual is ``[jx, jy, jx u + jy v, jy u - jx v]``
-    (``jx, jy = d r / d phi``, :func:`similarity_field`): the four columns
-    are built as maps and reduced by two batched matrix products.
+    (``jx, jy = d r / d phi``, :func:`similarity_field`).
 
     Args:
-        jx, jy, r: ``(B, C, h, w)``.
+        jx, jy: ``(B, C, h, w)``.
         u, v: ``(1, 1, h, w)`` centred coordinates of the grid (:func:`centred_coords`).
 
     Returns:
-        ``(hess (B, 4, 4), grad (B, 4))``.
+        ``(B, 4, C * h * w)``.
     """
-    b = r.shape[0]
-    jac = torch.stack([jx, jy, jx * u + jy * v, jy * u - jx * v], 1).reshape(b, PARAMS, -1)
-    return jac @ jac.transpose(1, 2), (jac @ r.reshape(b, -1, 1)).squeeze(-1)
+    b = jx.shape[0]
+    return torch.stack([jx, jy, jx * u + jy * v, jy * u - jx * v], 1).reshape(b, PARAMS, -1)
+
+
+def compose_inverse(params: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """Parameters of ``W(params) o W(step)^-1`` (the inverse-compositional update), ``(B, 4)``.
+
+    With centred coordinates as complex numbers ``x = u + iv``, ``W(x) = z x + t`` where
+    ``z = 1 + a + ib`` and ``t = tx + i ty`` (:func:`similarity_field`: ``W(x) = x + phi(x)``),
+    so the result is ``z = z1 / z2``, ``t = t1 - z t2``. Elementwise operations only (ONNX).
+
+    Example:
+        >>> p = torch.tensor([[3.0, -2.0, 0.01, 0.02]])
+        >>> bool(compose_inverse(p, p).abs().max() < 1e-6), bool(torch.equal(compose_inverse(p, 0 * p), p))
+        (True, True)
+    """
+    t1x, t1y, a1, b1 = params.unbind(1)
+    t2x, t2y, a2, b2 = step.unbind(1)
+    p1, p2 = 1.0 + a1, 1.0 + a2
+    n = p2 * p2 + b2 * b2
+    zr, zi = (p1 * p2 + b1 * b2) / n, (b1 * p2 - p1 * b2) / n    # z1 * conj(z2) / |z2|^2
+    tx = t1x - (zr * t2x - zi * t2y)
+    ty = t1y - (zr * t2y + zi * t2x)
+    return torch.stack([tx, ty, zr - 1.0, zi], 1)
 
 
 def _inner_mask(u: torch.Tensor, v: torch.Tensor, big: int, bigw: int, margin: float) -> torch.Tensor:
@@ -370,21 +393,20 @@ def estimate_similarity(visible: torch.Tensor, thermal: torch.Tensor,
         dvm = dv * mask
         if lvl == 0 and cfg.search > 0:
             params = _translation_search(dvm, dt, cfg.search, down)
+        # Inverse compositional: the Jacobian from the fixed visible descriptor, per input px
+        gx, gy = central_gradients(dv)
+        sm = mask * scale
+        jac = steepest_descent(gx * sm, gy * sm, u, v)
+        hess = jac @ jac.transpose(1, 2)
+        hess = hess + cfg.damping * hess * eye + 1e-9 * eye
         for _ in range(iters):
             wt = warp_by_flow(dt, similarity_field(params, u, v) * scale)
-            r = wt * mask - dvm
-            # d r / d phi (per input px): gradients of the warped descriptor (they differ from the
-            # descriptor's gradients at p + phi by the field's Jacobian, I + O(|a| + |b|), a few
-            # per cent; one 4-channel warp instead of 12 channels)
-            gx, gy = central_gradients(wt)
-            sm = mask * scale
-            hess, grad = normal_equations(gx * sm, gy * sm, r, u, v)
-            hess = hess + cfg.damping * hess * eye + 1e-9 * eye
+            grad = (jac @ (wt * mask - dvm).reshape(b, -1, 1)).squeeze(-1)
             if torch.jit.is_tracing():
                 step = solve_spd(hess, grad)
             else:   # same result, one call instead of ~60 small ops
                 step = torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
-            params = params - step
+            params = compose_inverse(params, step)
     # Confidence at the finest level: descriptor difference at the estimate vs at phi = 0.
     r = (warp_by_flow(dt, similarity_field(params, u, v) * scale) - dv) * mask
     at_zero = (((dt - dv) * mask) ** 2).mean((1, 2, 3))
@@ -530,59 +552,48 @@ def estimate_similarity_cv(visible: np.ndarray, thermal: np.ndarray, cfg: Global
             dvm = np.zeros_like(dv)
             dvm[inner] = dvi
             params = _translation_search_cv(dvm, dt, cfg.search, down)
+        gx, gy = _gradients_cv(dv)   # inverse compositional: the fixed visible descriptor's
+        sd, hess = _steepest_descent_cv(gx[inner], gy[inner], u, v, down)
+        hess += cfg.damping * np.diag(np.diag(hess)) + 1e-9 * np.eye(PARAMS)
+        sd_t = torch.from_numpy(sd)
+        res = np.empty(dvi.shape, np.float32)
         for _ in range(iters):
-            wt = _warp_cv(dt, params, big, bigw, down)
-            gx, gy = _gradients_cv(wt)
-            hess, grad = _normal_equations_cv(gx[inner], gy[inner], wt[inner] - dvi, u, v)
-            hess *= 1.0 / (down * down)   # d r / d phi per input px = gradient per cell / down
-            grad *= 1.0 / down
-            hess += cfg.damping * np.diag(np.diag(hess)) + 1e-9 * np.eye(PARAMS)
-            params = params - np.linalg.solve(hess, grad)
+            np.subtract(_warp_cv(dt, params, big, bigw, down)[inner], dvi, out=res)
+            # J^T r in torch: its threads, not a second (BLAS) thread pool on the same cores
+            grad = torch.mv(sd_t, torch.from_numpy(res).view(-1)).double().numpy()
+            params = _compose_inverse_np(params, np.linalg.solve(hess, grad))
     r = _warp_cv(dt, params, big, bigw, down)[inner] - dvi
     at_zero = float(np.sum((dt[inner] - dvi) ** 2, dtype=np.float64))
     gain = 1.0 - float(np.sum(r * r, dtype=np.float64)) / max(at_zero, 1e-12 * dv.size)
     return params.astype(np.float32), gain
 
 
-def _normal_equations_cv(gx: np.ndarray, gy: np.ndarray, r: np.ndarray, u: np.ndarray, v: np.ndarray
+def _steepest_descent_cv(gx: np.ndarray, gy: np.ndarray, u: np.ndarray, v: np.ndarray, down: int
                          ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`normal_equations` from channel sums (no ``(4, N)`` Jacobian is built).
-
-    The Jacobian columns are ``jx, jy, jx u + jy v, jy u - jx v``; every entry of
-    ``J^T J`` and ``J^T r`` is a sum of the per-cell channel sums ``gx gx``, ``gx gy``,
-    ``gy gy``, ``gx r``, ``gy r`` weighted by 1, u, v, u^2, uv or v^2, so it reduces
-    to row/column sums and one ``v^T S u`` per map.
+    """:func:`steepest_descent` of one level (per input px) and its Gauss-Newton matrix.
 
     Args:
-        gx, gy, r: ``(h, w, c)`` float32 (gradients and residual of the warped descriptor).
-        u, v: ``(w,)`` and ``(h,)`` float64 centred input coordinates of the columns and rows.
+        gx, gy: ``(h, w, c)`` float32 gradients (per cell) of the visible descriptor.
+        u, v: ``(w,)`` and ``(h,)`` centred input coordinates of the columns and rows.
+        down: input px per cell.
 
     Returns:
-        ``(hess (4, 4), grad (4,))`` float64.
+        ``(J (4, h * w * c) float32, J J^T (4, 4) float64)``.
     """
-    c = gx.shape[-1]
-    hh = gx.shape[0]
-    # (h, w, c) -> (h, w * c) views: a column weight applies to the c channels of its cell
-    gx, gy, r = (a.reshape(hh, -1) for a in (gx, gy, r))
-    uc = np.repeat(u, c)
-    prod = np.empty((5,) + gx.shape, np.float32)
-    for k, (a, b) in enumerate(((gx, gx), (gx, gy), (gy, gy), (gx, r), (gy, r))):
-        np.multiply(a, b, out=prod[k])
-    cs, rs = prod.sum(1).astype(np.float64), prod.sum(2).astype(np.float64)   # per column, per row
-    mu = (prod @ uc.astype(np.float32)).astype(np.float64)
-    # moments of each product map: (sum, u, v, u^2, v^2, uv)
-    mom = np.stack([cs.sum(1), cs @ uc, rs @ v, cs @ (uc * uc), rs @ (v * v), mu @ v], 1)
-    xx, xy, yy, xr, yr = mom
-    h = np.empty((PARAMS, PARAMS))
-    h[0, 0], h[0, 1], h[1, 1] = xx[0], xy[0], yy[0]
-    h[0, 2], h[0, 3] = xx[1] + xy[2], xy[1] - xx[2]
-    h[1, 2], h[1, 3] = xy[1] + yy[2], yy[1] - xy[2]
-    h[2, 2] = xx[3] + 2 * xy[5] + yy[4]
-    h[2, 3] = xy[3] - xx[5] + yy[5] - xy[4]
-    h[3, 3] = yy[3] - 2 * xy[5] + xx[4]
-    h = np.triu(h) + np.triu(h, 1).T
-    g = np.array([xr[0], yr[0], xr[1] + yr[2], yr[1] - xr[2]])
-    return h, g
+    s = np.float32(1.0 / down)
+    uu = u.astype(np.float32)[None, :, None]
+    vv = v.astype(np.float32)[:, None, None]
+    jx, jy = gx * s, gy * s
+    sd = np.stack([jx, jy, jx * uu + jy * vv, jy * uu - jx * vv]).reshape(PARAMS, -1)
+    sd_t = torch.from_numpy(sd)
+    return sd, (sd_t @ sd_t.t()).double().numpy()
+
+
+def _compose_inverse_np(params: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """:func:`compose_inverse` of ``(4,)`` float64 arrays."""
+    z = complex(1.0 + params[2], params[3]) / complex(1.0 + step[2], step[3])
+    t = complex(params[0], params[1]) - z * complex(step[0], step[1])
+    return np.array([t.real, t.imag, z.real - 1.0, z.imag])
 
 
 def _translation_search_cv(dvm: np.ndarray, dt: np.ndarray, radius: int, down: int) -> np.ndarray:
