@@ -47,8 +47,9 @@ class FusionResult:
     misregistration: np.ndarray | None = None
     flow: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
-    #: ``(rgb (H, W, 3) float32, raw fused luminance (H, W) float32, contrast bounds)`` from which
-    #: :attr:`fused_raw` is built; None: ``fused_raw`` is ``fused`` (no correction ran).
+    #: ``(colour (H, W, 3) uint8 or float32 in [0, 1], raw fused luminance (H, W) float32,
+    #: contrast bounds)``, from which :attr:`fused_raw` is built; None: ``fused_raw`` is ``fused``
+    #: (no correction ran).
     raw_source: tuple[np.ndarray, np.ndarray, tuple[float, float]] | None = field(default=None, repr=False)
     _raw: np.ndarray | None = field(default=None, init=False, repr=False)
 
@@ -60,7 +61,7 @@ class FusionResult:
         if self._raw is None:
             rgb, y, bounds = self.raw_source
             y_out = convert.apply_contrast(y, bounds)
-            self._raw = convert.unit_to_uint8(convert.replace_luminance(rgb, y_out, clip=False))
+            self._raw = convert.recolour_uint8(rgb, y_out)
         return self._raw
 
     @property
@@ -84,7 +85,8 @@ class FusedFrame:
 
     Attributes:
         thermal: ``(H, W)`` float32 in [0, 1], thermal after AGC and alignment.
-        rgb: ``(H, W, 3)`` float32 in [0, 1] at the output size.
+        rgb: the output's colour source at the output size: the ``(H, W, 3)`` uint8 input
+            when it needed no conversion, else float32 RGB in [0, 1] (``visible_t`` is its luminance).
         thermal_t, visible_t, fused_t: ``(1, 1, H, W)`` float32 tensors in [0, 1]
             on the pipeline's device (thermal, visible luminance, fused luminance).
         correct: whether :meth:`FusionPipeline.finish` runs the corrector.
@@ -246,20 +248,36 @@ class FusionPipeline:
             the output size; thermal pixels outside the thermal field of view
             take the visible luminance (so fusion there shows the RGB image).
         """
+        th, colour, _ = self._prepare(thermal, rgb, out_size)
+        return th, (convert.rgb_to_unit(colour) if convert.is_rgb8(colour) else colour)
+
+    def _prepare(self, thermal: np.ndarray, rgb: np.ndarray, out_size: tuple[int, int] | None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`preprocess` for the frame loop: ``(thermal_unit, colour, luminance)``.
+
+        ``colour`` is the colour source of the output at the output size: the uint8
+        ``(H, W, 3)`` input itself when it needs no resizing (the output's colour step
+        then works on 8-bit planes, :func:`~.convert.recolour_uint8`), else the float
+        RGB of :meth:`preprocess`. ``luminance`` is ``(H, W)`` float32 in [0, 1].
+        """
         t = self.cfg.thermal
         thermal = check_image(thermal, 'thermal', channels=(1,))
         th = convert.thermal_to_unit(thermal, t.agc, t.percentiles, t.range, t.invert)
-        rgb_u = convert.rgb_to_unit(rgb)
-        h0, w0 = rgb_u.shape[:2]
+        rgb = check_image(rgb, 'rgb', channels=(1, 3))
+        h0, w0 = rgb.shape[:2]
         w, hgt = out_size or (w0, h0)
-        rgb_u = convert.resize_to(rgb_u, (w, hgt))
+        if convert.is_rgb8(rgb) and (w, hgt) == (w0, h0):
+            colour = np.ascontiguousarray(rgb)
+        else:
+            colour = convert.resize_to(convert.rgb_to_unit(rgb), (w, hgt))
+        y = convert.unit_luminance(colour)
         hom = self.homography()
         if hom is not None:
             hom = scale_homography(hom, (1.0, 1.0), (w / w0, hgt / h0))
         th_al, valid = warp_thermal(th, hom, (w, hgt))
         if not valid.all():
-            th_al = np.where(valid, th_al, convert.luminance(rgb_u)).astype(np.float32)
-        return th_al, rgb_u
+            th_al = np.where(valid, th_al, y).astype(np.float32)
+        return th_al, colour, y
 
     def process(self, thermal: np.ndarray, rgb: np.ndarray, *, correct: bool | None = None,
                 out_size: tuple[int, int] | None = None) -> FusionResult:
@@ -291,8 +309,7 @@ class FusionPipeline:
                 cannot be loaded.
         """
         t0 = time.perf_counter()
-        th, rgb_u = self.preprocess(thermal, rgb, out_size)
-        y = convert.luminance(rgb_u)
+        th, colour, y = self._prepare(thermal, rgb, out_size)
         dev = self.device
         t1 = time.perf_counter()
         th_t = convert.to_tensor(th, dev)
@@ -309,7 +326,7 @@ class FusionPipeline:
             if align is not None and self.cfg.corrector.align_stage == 'fuse':
                 params = align(y_t, th_t)
         t3 = time.perf_counter()
-        return FusedFrame(thermal=th, rgb=rgb_u, thermal_t=th_t, visible_t=y_t, fused_t=fused_y,
+        return FusedFrame(thermal=th, rgb=colour, thermal_t=th_t, visible_t=y_t, fused_t=fused_y,
                           correct=do_correct, align_params=params,
                           timings_ms={'preprocess': (t1 - t0) * 1e3, 'fusion': (t2 - t1) * 1e3,
                                       'align': (t3 - t2) * 1e3})
@@ -336,18 +353,18 @@ class FusionPipeline:
         t3 = time.perf_counter()
         # Output contrast: bounds from the final luminance, applied to it and to the raw fusion.
         fcfg = self.cfg.fusion
-        rgb_u = frame.rgb
+        colour = frame.rgb
         fy = convert.to_numpy(fused_y)
         out_y = convert.to_numpy(corr_y) if frame.correct else fy
         bounds = convert.contrast_bounds(out_y, fcfg.contrast, fcfg.contrast_percentiles)
-        # luminance(rgb_u) as computed in fuse() (a view on the CPU; recomputed from rgb_u elsewhere)
+        # the colour source's luminance as computed in fuse() (a view on the CPU; recomputed elsewhere)
         y_in = convert.to_numpy(frame.visible_t) if frame.visible_t.device.type == 'cpu' else None
         out_y = convert.apply_contrast(out_y, bounds)
-        fused = convert.unit_to_uint8(convert.replace_luminance(rgb_u, out_y, y_in, clip=False))
+        fused = convert.recolour_uint8(colour, out_y, y_in)
         t4 = time.perf_counter()
         ms = dict(frame.timings_ms)
         # The global registration belongs to the corrector, wherever it ran.
         ms.update({'corrector': (t3 - t2) * 1e3 + ms.pop('align', 0.0), 'postprocess': (t4 - t3) * 1e3})
         ms['total'] = ms['preprocess'] + ms['fusion'] + ms['corrector'] + ms['postprocess']
         return FusionResult(fused=fused, thermal=frame.thermal, misregistration=misreg, flow=flow,
-                            timings_ms=ms, raw_source=(rgb_u, fy, bounds) if frame.correct else None)
+                            timings_ms=ms, raw_source=(colour, fy, bounds) if frame.correct else None)

@@ -97,3 +97,35 @@ def test_unclipped_replace_luminance_gives_the_same_bytes(rng):
         assert loose.min() < 0.0 and loose.max() > 1.0
         tight = convert.replace_luminance(rgb, y)
         assert np.array_equal(convert.unit_to_uint8(loose), convert.unit_to_uint8(tight))
+
+
+@pytest.mark.parametrize('shape', [(480, 640), (7, 5), (1, 1)])
+def test_unit_luminance_of_8bit_rgb_matches_float_path(rng, shape):
+    rgb = rng.integers(0, 256, shape + (3,), dtype=np.uint8)
+    y = convert.unit_luminance(rgb)
+    assert y.shape == shape and y.dtype == np.float32
+    np.testing.assert_allclose(y, _luma_numpy(rgb.astype(np.float32) / 255), atol=1e-6)
+    # float input in [0, 1] is plain luminance
+    f = convert.rgb_to_unit(rgb)
+    assert np.array_equal(convert.unit_luminance(f), convert.luminance(f))
+
+
+@pytest.mark.parametrize('shape', [(480, 640), (9, 13)])
+def test_recolour_uint8_matches_the_float_colour_step(rng, shape):
+    """8-bit planes plus the luminance change (saturating) = unit_to_uint8(replace_luminance(...))
+    to 1 LSB on exact halves; gray stays gray; out-of-range luminance saturates."""
+    rgb = rng.integers(0, 256, shape + (3,), dtype=np.uint8)
+    rgb[0, 0] = (90, 90, 90)   # a gray pixel
+    y_new = (rng.random(shape, dtype=np.float32) * 1.4 - 0.2).astype(np.float32)   # some outside [0, 1]
+    y_new[-1, -1], y_new[0, -1] = 2.0, -1.0   # far outside: every channel saturates
+    reference = convert.unit_to_uint8(convert.replace_luminance(convert.rgb_to_unit(rgb), y_new))
+    for y_old in (None, convert.unit_luminance(rgb)):
+        out = convert.recolour_uint8(rgb, y_new, y_old)
+        assert out.dtype == np.uint8 and out.shape == shape + (3,)
+        diff = np.abs(out.astype(int) - reference)
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+    assert len(set(out[0, 0].tolist())) == 1                      # gray in, gray out
+    assert out[-1, -1].tolist() == [255] * 3 and out[0, -1].tolist() == [0] * 3   # saturation
+    # float RGB takes the float path, bit for bit
+    f = convert.rgb_to_unit(rgb)
+    assert np.array_equal(convert.recolour_uint8(f, y_new), reference)
