@@ -334,6 +334,16 @@ class Reference:
         return out
 
 
+def _rss_now() -> tuple[float, float]:
+    """``(peak RSS so far, current RSS)`` in MiB.
+
+    The peak is never below the current value: the kernel's high-water mark can lag the
+    current RSS by a few pages (and reading the current RSS may itself load a module).
+    """
+    now = profiling.rss_mb()
+    return max(profiling.peak_rss_mb(), now), now
+
+
 def _split(total: int, parts: int) -> list[int]:
     """``total`` as ``parts`` near-equal counts (the first ones larger).
 
@@ -442,7 +452,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             more = r_counts[rnd]
             if not refs:
                 if rss_pipeline is None:   # before the first reference model exists
-                    rss_pipeline, rss_after = profiling.peak_rss_mb(), profiling.rss_mb()
+                    rss_pipeline, rss_after = _rss_now()
                 refs = _build_references(pipe, frames, rgb, device, args)   # one sample each
                 more -= 1
             if more > 0:
@@ -467,10 +477,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 res['ratios'] = ratios(res['stages_ms'], res['references'])
                 res['ratios_by_round'] = per_round
     if rss_pipeline is None:   # no reference timed
-        rss_pipeline, rss_after = profiling.peak_rss_mb(), profiling.rss_mb()
+        rss_pipeline, rss_after = _rss_now()
     report['peak_rss_mb_pipeline'] = rss_pipeline
     report['rss_mb'] = {'start': rss_start, 'after_pipeline': rss_after}
-    report['peak_rss_mb_total'] = profiling.peak_rss_mb()
+    report['peak_rss_mb_total'] = max(profiling.peak_rss_mb(), rss_pipeline)
     report['rss_mb']['end'] = profiling.rss_mb()
     report['targets'] = check_targets(results)
     return report

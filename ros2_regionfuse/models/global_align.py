@@ -293,7 +293,7 @@ def compose_inverse(params: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
 
     Example:
         >>> p = torch.tensor([[3.0, -2.0, 0.01, 0.02]])
-        >>> bool(compose_inverse(p, p).abs().max() < 1e-6), bool(torch.equal(compose_inverse(p, 0 * p), p))
+        >>> bool(compose_inverse(p, p).abs().max() < 1e-6), bool(torch.allclose(compose_inverse(p, 0 * p), p))
         (True, True)
     """
     t1x, t1y, a1, b1 = params.unbind(1)
