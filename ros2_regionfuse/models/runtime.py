@@ -180,22 +180,13 @@ class TorchFusionRunner:
         self._fast = isinstance(model, RegionFuseNet) and next(model.parameters()).device.type == 'cpu'
         self._traces = _TraceCache('fusion region network')
         self._use_ort = self._fast and region_runtime == 'onnxruntime'
-        self._ort: dict[tuple, OrtRegionNetwork | None] = {}   # None: ORT failed for that size
+        self._ort = _BuildCache('fusion region network', 'ONNX Runtime unavailable', 'using torch')
 
     def _region_params(self, feats: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
         key = (tuple(feats.shape), tuple(stats.shape), feats.dtype, feats.is_contiguous())
         if self._use_ort:
-            if key not in self._ort:
-                if len(self._ort) >= _TraceCache.MAX:
-                    self._ort.clear()
-                reference = self.model.region_params(feats, stats)
-                try:
-                    self._ort[key] = OrtRegionNetwork(self.model, feats, stats, reference)
-                except Exception as e:   # noqa: BLE001 - any ORT failure: keep torch for this size
-                    log.warning('fusion region network: ONNX Runtime unavailable for %s (%s); using torch',
-                                tuple(feats.shape), e)
-                    self._ort[key] = None
-            session = self._ort[key]
+            session = self._ort.get_or_build(key, lambda: OrtRegionNetwork(
+                self.model, feats, stats, self.model.region_params(feats, stats)))
             if session is not None:
                 return session(feats, stats)
         traced = self._traces.lookup(key, lambda: _RegionParams(self.model), (feats, stats))
@@ -221,35 +212,52 @@ class _CorrectorFields(nn.Module):
         return (low, *flows, *logits)
 
 
-class _TraceCache(dict):
-    """Frozen TorchScript traces by input signature (at most ``MAX`` kept); None marks a failure.
+class _BuildCache(dict):
+    """Objects built once per input signature (at most ``MAX`` kept); None marks a failed build.
+
+    A failed build is warned once per signature (``what: failure for <first shape> (error);
+    fallback``) and leaves the caller on its fallback.
+    """
+
+    MAX = 4
+
+    def __init__(self, what: str, failure: str, fallback: str) -> None:
+        super().__init__()
+        self.what, self.failure, self.fallback = what, failure, fallback
+
+    def get_or_build(self, key: tuple, build: Callable[[], Callable]) -> Callable | None:
+        """The object for ``key``, from ``build()`` the first time; None: the build failed."""
+        if key not in self:
+            if len(self) >= self.MAX:
+                self.clear()
+            try:
+                self[key] = build()
+            except Exception as e:   # noqa: BLE001 - any failure: the caller falls back
+                log.warning('%s: %s for %s (%s); %s', self.what, self.failure, key[0], e, self.fallback)
+                self[key] = None
+        return self[key]
+
+
+class _TraceCache(_BuildCache):
+    """Frozen TorchScript traces by input signature; None marks a failure (the caller runs eagerly).
 
     ``torch.jit`` is deprecated in favour of ``torch.compile``, whose compile step took
     80-100 s here; torch is pinned (requirements.txt), and a failed trace (warned once per
     signature) leaves the caller on its eager module.
     """
 
-    MAX = 4
-
     def __init__(self, what: str) -> None:
-        super().__init__()
-        self.what = what
+        super().__init__(what, 'tracing failed', 'running it eagerly')
 
     def lookup(self, key: tuple, build: Callable[[], nn.Module], inputs: tuple[torch.Tensor, ...]
                ) -> Callable | None:
         """The trace for ``key``, tracing ``build()`` on ``inputs`` the first time; None: run eagerly."""
-        if key not in self:
-            if len(self) >= self.MAX:
-                self.clear()
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter('ignore', torch.jit.TracerWarning)
-                    warnings.simplefilter('ignore', DeprecationWarning)
-                    self[key] = torch.jit.freeze(torch.jit.trace(build().eval(), inputs, check_trace=False))
-            except Exception as e:   # noqa: BLE001 - any tracing failure: keep the eager module
-                log.warning('%s: tracing failed (%s); running it eagerly', self.what, e)
-                self[key] = None
-        return self[key]
+        def trace() -> Callable:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore', torch.jit.TracerWarning)
+                warnings.simplefilter('ignore', DeprecationWarning)
+                return torch.jit.freeze(torch.jit.trace(build().eval(), inputs, check_trace=False))
+        return self.get_or_build(key, trace)
 
 
 class TorchCorrectorRunner:
