@@ -72,5 +72,8 @@ if [ "$(cat install/.build-hash 2>/dev/null)" != "$BUILD_HASH" ]; then
   "$VENV/bin/python" -c 'from ros2_regionfuse.msg import FusionStatus; FusionStatus(); print("FusionStatus ok")'
   echo "$BUILD_HASH" > install/.build-hash
 fi
+step "native kernels: build the fused C loops now (cached; see ros2_regionfuse/native)"
+"$VENV/bin/python" -m ros2_regionfuse.native \
+  || echo "[bootstrap] warning: no native kernels here; the pipeline runs its torch/OpenCV code instead"
 trap - ERR
 echo "[bootstrap] ready: $VENV"

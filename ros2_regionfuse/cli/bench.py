@@ -43,6 +43,7 @@ import cv2
 import numpy as np
 import torch
 
+from .. import native
 from ..core import profiling
 from ..core.checks import ConfigError
 from ..core.config import PipelineConfig, field_specs
@@ -380,6 +381,7 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     if hasattr(cfg, 'precision'):
         cfg.precision = args.precision
     cfg.align.mode = 'homography'
+    cfg.native_kernels = not args.no_native
     return cfg
 
 
@@ -482,6 +484,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     report['rss_mb'] = {'start': rss_start, 'after_pipeline': rss_after}
     report['peak_rss_mb_total'] = max(profiling.peak_rss_mb(), rss_pipeline)
     report['rss_mb']['end'] = profiling.rss_mb()
+    report['config']['native_kernels'] = native.status() if cfg.native_kernels else 'off (--no-native)'
     report['targets'] = check_targets(results)
     return report
 
@@ -538,6 +541,7 @@ def format_report(rep: dict[str, Any]) -> str:
     lines = [f"machine: {m['cpu']}, {m['cpus_available']} CPUs, torch {m['torch']} "
              f"({c['threads']} threads), device {c['device']}, backend {c['backend']}, "
              f"precision {c['precision']}",
+             f"native kernels: {c.get('native_kernels', 'n/a')}",
              f"data: {rep['data']['source']} ({len(rep['data']['frames'])} frames, thermal "
              f"{rep['data']['thermal_size'][0]}x{rep['data']['thermal_size'][1]})",
              f"fusion: {rep['models']['fusion']['name']} ({rep['models']['fusion']['weights']}); "
@@ -605,6 +609,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--reference-sizes', action='append', metavar='WxH',
                    help='sizes at which the references are timed (default: the first --size)')
     p.add_argument('--no-reference', action='store_true', help='skip the reference models')
+    p.add_argument('--no-native', action='store_true',
+                   help="time the pipeline without its fused C kernels (native_kernels: false), "
+                        "for comparison")
     p.add_argument('--fusion-variant', default=specs['fusion.variant'].default, help='fusion variant')
     p.add_argument('--corrector-variant', default=specs['corrector.variant'].default,
                    help='corrector variant')

@@ -79,6 +79,7 @@ from ..core import convert
 from ..core.checks import ConfigError
 from ..core.config import CorrectorConfig as CorrectorSettings
 from ..core.config import FusionConfig as FusionSettings
+from ..core.config import PipelineConfig
 from ..core.imageio import (
     ImagePair,
     atomic_write_bytes,
@@ -327,8 +328,9 @@ class _Models:
                                                            args.stand_in_fusion)
         model, self.corrector_card = load_model('corrector', args.corrector_variant,
                                                 args.corrector_checkpoint, torch.device('cpu'))
-        # as the pipeline runs it on the CPU: traced learned stages, OpenCV registration and warp
-        self.corrector = TorchCorrectorRunner(model)
+        # as the pipeline runs it on the CPU: traced learned stages, OpenCV registration, fused
+        # full-resolution kernel (the default PipelineConfig.native_kernels)
+        self.corrector = TorchCorrectorRunner(model, native=PipelineConfig().native_kernels)
         self._size: tuple[int, ...] = ()
 
     @torch.inference_mode()

@@ -92,6 +92,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import native as native_kernels
 from .global_align import GlobalAlignConfig, field_on_grid, gated_similarity, max_shift
 from .pyramid import opencv_eligible, window_mean
 from .registry import register_corrector
@@ -734,7 +735,7 @@ class Corrector(nn.Module):
                 aux: bool = False, init_flow: torch.Tensor | None = None, opencv: bool = False,
                 align_params: torch.Tensor | None = None,
                 fields: Callable[..., tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]]
-                | None = None) -> CorrectorOutput:
+                | None = None, native: bool = False) -> CorrectorOutput:
         """Correct ``fused``; see the class docstring for shapes.
 
         ``init_flow`` (``(B, 2, H, W)``, pixels) replaces the start of the
@@ -748,7 +749,9 @@ class Corrector(nn.Module):
         beforehand (:meth:`align`), so the pipeline can run the global
         registration in its first stage; None computes them here. ``fields``
         replaces :meth:`fields` (the pipeline's runner passes a traced, frozen
-        copy: same values, less overhead).
+        copy: same values, less overhead). ``native`` runs the full-resolution step as
+        one fused C pass (:func:`full_resolution_native`; honoured for one frame in
+        eager CPU float32 inference when the kernels are available; else ``opencv`` decides).
         """
         cfg = self.cfg
         h, w = fused.shape[-2:]
@@ -766,7 +769,9 @@ class Corrector(nn.Module):
         hp, wp = x.shape[-2:]
         low, flows, logits = (fields or self.fields)(x, (h, w), params, init_flow)
         n = len(cfg.stages)
-        if self._use_opencv(opencv, low):
+        if native and low.shape[0] == 1 and self._use_opencv(True, low) and native_kernels.available():
+            out, m, flow = full_resolution_native(low, fused, visible, (hp, wp), thermal, cfg.output)
+        elif self._use_opencv(opencv, low):
             out, m, flow = full_resolution_cv(low, fused, visible, (hp, wp), thermal, cfg.output)
         else:
             out, m, flow = full_resolution(low, fused, visible, (hp, wp), thermal, cfg.output)
@@ -878,6 +883,26 @@ def full_resolution_cv(low: torch.Tensor, fused: torch.Tensor, visible: torch.Te
     if len(outs) == 1:   # no copies for the usual single frame
         return outs[0], ms[0], flows[0]
     return torch.cat(outs), torch.cat(ms), torch.cat(flows)
+
+
+def full_resolution_native(low: torch.Tensor, fused: torch.Tensor, visible: torch.Tensor,
+                           padded_hw: tuple[int, int], thermal: torch.Tensor | None = None,
+                           output: str = 'retain') -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`full_resolution` for one CPU float32 frame in one fused C pass (same arguments and results).
+
+    :func:`ros2_regionfuse.native.corrector_full_resolution`: exact bilinear sampling
+    as ``grid_sample``, so within ~1e-6 of the torch step (OpenCV's ``remap``
+    quantises positions to 1/32 px). The results are new arrays shared with the tensors.
+    """
+    if output == 'refuse' and thermal is None:
+        raise ValueError("full_resolution_native: output 'refuse' needs the thermal image")
+    refuse = output == 'refuse'
+    img, m, flow = native_kernels.corrector_full_resolution(
+        low[0].contiguous().numpy(), padded_hw, fused[0, 0].contiguous().numpy(),
+        None if refuse else visible[0, 0].contiguous().numpy(),
+        thermal[0, 0].contiguous().numpy() if refuse else None, refuse)
+    return (torch.from_numpy(img)[None, None], torch.from_numpy(m)[None, None],
+            torch.from_numpy(flow)[None])
 
 
 @register_corrector('corrector_fast')

@@ -32,13 +32,15 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import native as native_kernels
 from .layers import ConvMlp, LayerNorm2d
 from .mora import MoRA, balance_loss
-from .pyramid import box_mean3, gaussian_pyramid, laplacian_pyramid, reconstruct, up_to
+from .pyramid import box_mean3, gaussian_pyramid, laplacian_pyramid, opencv_eligible, reconstruct, up_to
 from .registry import register_fusion
 from .rfcm import RFCM
 
@@ -119,6 +121,33 @@ def region_stats(t: torch.Tensor, y: torch.Tensor, r: int) -> torch.Tensor:
     return torch.cat(out, 1).flatten(2).transpose(1, 2)
 
 
+def _native_energies(g: torch.Tensor, g1: torch.Tensor, f: int) -> torch.Tensor:
+    """:meth:`RegionFuseNet._energies` of one level for ``(2, 1, H, W)`` sources, by the C kernel."""
+    gn, g1n = g.numpy(), g1.numpy()
+    return torch.from_numpy(np.stack([native_kernels.detail_energy(gn[i, 0], g1n[i, 0], f)
+                                      for i in range(2)])[:, None])
+
+
+def _native_blend(gauss: list[torch.Tensor], p: torch.Tensor, gains: torch.Tensor,
+                  fused_base: torch.Tensor, temps: torch.Tensor, ln: int) -> torch.Tensor:
+    """The detail blending and reconstruction of :meth:`RegionFuseNet.forward` for one frame, by the C kernel.
+
+    ``gauss``: the ``(2, 1, .)`` Gaussian pyramid (thermal, visible) down to the base; returns
+    ``(1, 1, H, W)`` clamped to [0, 1] on the padded grid.
+    """
+    g = [t.numpy() for t in gauss]
+    bias = p[0, 2:2 + BANDS].numpy()
+    gain = gains[0].numpy()
+    temps = temps.tolist()
+    x = fused_base[0, 0].contiguous().numpy()
+    for lvl in range(ln, -1, -1):
+        band = min(ln - lvl, BANDS - 1)
+        x = native_kernels.fuse_level(g[lvl][0, 0], g[lvl][1, 0], g[lvl + 1][0, 0], g[lvl + 1][1, 0], x,
+                                      np.ascontiguousarray(bias[band]), np.ascontiguousarray(gain[band]),
+                                      temps[band], clamp=lvl == 0)
+    return torch.from_numpy(x)[None, None]
+
+
 class RegionFuseNet(nn.Module):
     """Region-adaptive thermal/visible luminance fusion.
 
@@ -150,17 +179,20 @@ class RegionFuseNet(nn.Module):
         self.aux_loss = torch.zeros(())
 
     # ------------------------------------------------------------------------
-    def _features(self, x: torch.Tensor, g_net: torch.Tensor, g_fine: torch.Tensor,
-                  abs_details: list[torch.Tensor], ln: int) -> torch.Tensor:
-        energies = []
-        for lvl in range(ln - 3, ln):
-            lv = max(lvl, 0)
-            d = abs_details[lv]
-            # level lv is exactly 2**(ln - lv) times larger than the network level:
-            # a plain average pool equals adaptive pooling here and exports with dynamic H/W
-            f = 2 ** (ln - lv)
-            energies.append(F.avg_pool2d(d, f) if f > 1 else d)
+    @staticmethod
+    def _energy_levels(ln: int) -> list[tuple[int, int]]:
+        """``(level, pooling factor)`` of the three detail energies fed to the region network."""
+        return [(max(lvl, 0), 2 ** (ln - max(lvl, 0))) for lvl in range(ln - 3, ln)]
+
+    def _features(self, g_net: torch.Tensor, g_fine: torch.Tensor, energies: list[torch.Tensor]
+                  ) -> torch.Tensor:
         return torch.cat([g_net, F.pixel_unshuffle(g_fine, 2)] + energies, 1)
+
+    def _energies(self, abs_details: list[torch.Tensor], ln: int) -> list[torch.Tensor]:
+        # level lv is exactly f = 2**(ln - lv) times larger than the network level:
+        # a plain average pool equals adaptive pooling here and exports with dynamic H/W
+        return [F.avg_pool2d(abs_details[lv], f) if f > 1 else abs_details[lv]
+                for lv, f in self._energy_levels(ln)]
 
     def region_params(self, feats: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
         """The region network: pyramid features -> fusion parameters at the network level.
@@ -187,13 +219,17 @@ class RegionFuseNet(nn.Module):
         return p
 
     def forward(self, thermal: torch.Tensor, visible: torch.Tensor, opencv: bool = False,
-                region_params: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-                ) -> torch.Tensor:
+                region_params: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                native: bool = False) -> torch.Tensor:
         """Fuse ``(B, 1, H, W)`` thermal and visible luminance into ``(B, 1, H, W)``, all in [0, 1].
 
         ``opencv`` runs the full-resolution pyramid upsampling and box means in
         OpenCV (honoured in eager CPU float32 inference only, where the
         pipeline's runner sets it; values equal to ~1e-6, see :func:`.pyramid.up_to`).
+        ``native`` runs the detail energies and each level's blending and
+        reconstruction as one fused C pass (:mod:`ros2_regionfuse.native`; honoured
+        for one frame in eager CPU float32 inference when the kernels are
+        available, else ignored; values equal to ~1e-6).
         ``region_params`` replaces :meth:`region_params` (the pipeline's runner
         passes a traced, frozen copy of it: same values, less overhead).
         """
@@ -207,12 +243,19 @@ class RegionFuseNet(nn.Module):
         if ph or pw or torch.jit.is_tracing():  # traced (ONNX): pads are dynamic, keep the op
             mode = 'reflect' if (ph < h and pw < w) else 'replicate'
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        gauss = gaussian_pyramid(x, levels, opencv)
-        details, base = laplacian_pyramid(x, levels, opencv, gaussians=gauss)
-        g_net, g_fine = gauss[ln], gauss[ln - 1]
         b = thermal.shape[0]
-        abs_details = [d.abs() for d in details]   # shared by the energies and the selection below
-        feats = self._features(x, g_net, g_fine, abs_details, ln)
+        native = native and b == 1 and opencv_eligible(x) and not self.training and native_kernels.available()
+        gauss = gaussian_pyramid(x, levels, opencv or native)
+        if native:
+            details, abs_details = [], []
+            energies = [_native_energies(gauss[lv], gauss[lv + 1], f) for lv, f in self._energy_levels(ln)]
+        else:
+            details, _ = laplacian_pyramid(x, levels, opencv, gaussians=gauss)
+            abs_details = [d.abs() for d in details]   # shared by the energies and the selection below
+            energies = self._energies(abs_details, ln)
+        base = gauss[levels]
+        g_net, g_fine = gauss[ln], gauss[ln - 1]
+        feats = self._features(g_net, g_fine, energies)
         hn, wn = g_net.shape[-2:]
         rh, rw = (-hn) % cfg.region, (-wn) % cfg.region
         if rh or rw or torch.jit.is_tracing():   # whole regions: pad the low-resolution inputs only
@@ -229,6 +272,8 @@ class RegionFuseNet(nn.Module):
         # Detail gains: softplus at the network level, then upsampled with the selection bias
         # (softplus at full resolution cost 0.5 ms per 640x480 level).
         gains = F.softplus(p[:, 2 + BANDS:2 + 2 * BANDS])
+        if native:
+            return _native_blend(gauss, p, gains, fused_base, temps, ln)[..., :h, :w]
         fused_details = []
         for lvl, d in enumerate(details):
             band = min(ln - lvl, BANDS - 1)

@@ -92,8 +92,8 @@ def set_skip_aligned(model: nn.Module, skip: bool) -> nn.Module:
 
 def _torch_runner(kind: str, model: nn.Module, cfg: PipelineConfig) -> Callable:
     if kind == 'fusion':
-        return TorchFusionRunner(model, region_runtime=cfg.fusion.region_runtime)
-    return TorchCorrectorRunner(model)
+        return TorchFusionRunner(model, region_runtime=cfg.fusion.region_runtime, native=cfg.native_kernels)
+    return TorchCorrectorRunner(model, native=cfg.native_kernels)
 
 
 class _RegionParams(nn.Module):
@@ -175,8 +175,9 @@ class TorchFusionRunner:
       means also ran in OpenCV, this held for 1 thread only.) See docs/performance.md.
     """
 
-    def __init__(self, model: nn.Module, region_runtime: str = 'torch') -> None:
+    def __init__(self, model: nn.Module, region_runtime: str = 'torch', native: bool = False) -> None:
         self.model = model
+        self.native = native
         self._fast = isinstance(model, RegionFuseNet) and next(model.parameters()).device.type == 'cpu'
         self._traces = _TraceCache('fusion region network')
         self._use_ort = self._fast and region_runtime == 'onnxruntime'
@@ -197,7 +198,8 @@ class TorchFusionRunner:
         """Fused luminance ``(1, 1, H, W)`` in [0, 1]."""
         if not self._fast or self.model.training:
             return self.model(thermal, visible_y)
-        return self.model(thermal, visible_y, opencv=True, region_params=self._region_params)
+        return self.model(thermal, visible_y, opencv=True, region_params=self._region_params,
+                          native=self.native)
 
 
 class _CorrectorFields(nn.Module):
@@ -273,8 +275,9 @@ class TorchCorrectorRunner:
     eager); see docs/performance.md.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, native: bool = False) -> None:
         self.model = model
+        self.native = native
         self._is_corrector = isinstance(model, Corrector)
         self._cpu = next(model.parameters()).device.type == 'cpu'
         self._traces = _TraceCache('corrector')
@@ -304,7 +307,8 @@ class TorchCorrectorRunner:
         """``(corrected, M, flow)``; ``align_params`` from :meth:`align` of the same frame, if known."""
         if self._is_corrector:
             fields = self._fields if self._cpu and not self.model.training else None
-            out = self.model(fused, visible_y, thermal, opencv=True, align_params=align_params, fields=fields)
+            out = self.model(fused, visible_y, thermal, opencv=True, align_params=align_params, fields=fields,
+                             native=self.native)
         else:
             out = self.model(fused, visible_y, thermal)
         return out.image, out.misregistration, out.flow

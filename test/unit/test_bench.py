@@ -33,6 +33,7 @@ def test_bench_report_structure(report, test_data):
                            'peak_rss_mb_pipeline', 'peak_rss_mb_total', 'rss_mb'}
     assert report['machine']['cpu'] and report['machine']['torch'] == torch.__version__
     assert report['config']['threads'] == 1 and report['config']['backend'] == 'torch'
+    assert report['config']['native_kernels'].startswith(('built ', 'loaded '))   # the fused C kernels ran
     assert report['data']['source'].endswith(str(test_data)) and len(report['data']['frames']) == 2
     assert list(report['sizes']) == ['96x72', '80x64', '64x48']
     assert set(report['targets']) >= {'pipeline_median_ms', 'pipeline_vs_corrector_paper',

@@ -276,7 +276,7 @@ def test_corrector_global_start_switch(corrector_model, small_fusion_model, real
         expected = Corrector(CorrectorConfig(global_align=False))
         expected.load_state_dict(corrector_model.state_dict())
         ref = expected.eval()(f, y, t)
-        ref_cv = expected(f, y, t, opencv=True)   # the torch runner's CPU full-resolution step
+        ref_cv = expected(f, y, t, opencv=True, native=True)   # the torch runner's CPU full-resolution step
         with_start = corrector_model(f, y, t)
     assert float((ref.flow - with_start.flow).abs().max()) > 0.1   # the switch matters on this pair
     off = PipelineConfig()
@@ -284,7 +284,8 @@ def test_corrector_global_start_switch(corrector_model, small_fusion_model, real
     run_torch, _ = build_runner('corrector', off, torch.device('cpu'), corrector_model)
     assert corrector_model.cfg.global_align   # the caller's module is not changed
     image, _m, flow = run_torch(f, y, t)
-    assert torch.equal(flow, ref_cv.flow) and torch.equal(image, ref_cv.image)
+    # the runner's traced learned stages: eager values to float rounding (thread-count dependent)
+    assert float((flow - ref_cv.flow).abs().max()) < 1e-3 and float((image - ref_cv.image).abs().max()) < 1e-4
     off.backend, off.threads = 'onnxruntime', 1
     run_onnx, card = _onnx_corrector(off, corrector_model)
     image_o, _m, flow_o = run_onnx(f, y, t)

@@ -115,8 +115,9 @@ def test_opencv_pyramid_ops_match_torch():
 
 
 def test_fusion_opencv_path_matches_torch_on_real_pairs(test_data):
-    """RegionFuseNet(opencv=True) gives the torch outputs on real pairs (shipped weights), and the
-    pipeline's fusion runner uses it at any thread count."""
+    """RegionFuseNet(opencv=True) and (native=True: the fused C kernels) give the torch outputs on
+    real pairs (shipped weights), and the pipeline's fusion runner uses the native path at any
+    thread count."""
     from ros2_regionfuse.core import convert
     from ros2_regionfuse.core.config import PipelineConfig
     from ros2_regionfuse.core.imageio import read_gray, read_rgb
@@ -136,9 +137,11 @@ def test_fusion_opencv_path_matches_torch_on_real_pairs(test_data):
                 torch.set_num_threads(n)
                 with torch.inference_mode():
                     ref, got = model(t, y), model(t, y, opencv=True)
+                    nat = model(t, y, opencv=True, native=True)
                 assert float((got - ref).abs().max()) < 5e-6
+                assert 0.0 < float((nat - ref).abs().max()) < 5e-6   # another order of operations
                 assert float(ref.std()) > 0.05          # a real image, not a flat one
-                assert torch.equal(run(t, y), got)
+                assert torch.equal(run(t, y), nat)
     finally:
         torch.set_num_threads(threads)
 

@@ -1,0 +1,300 @@
+"""Fused C kernels for the full-resolution steps of CPU inference (``kernels.c``), through ctypes.
+
+The frame's full-resolution work is bound by memory traffic (docs/performance.md):
+each torch or OpenCV operation reads and writes whole planes, and the fusion's
+finest level alone took ~20 such passes. The kernels here do the same arithmetic
+in one pass per level (fusion) or per frame (corrector):
+
+* :func:`detail_energy`: mean |Laplacian detail| over blocks (the region network's inputs);
+* :func:`fuse_level`: one level of the fusion's detail blending and reconstruction;
+* :func:`corrector_full_resolution`: the corrector's full-resolution step.
+
+``kernels.c`` is compiled on first use with the machine's C compiler (``$CC``,
+else ``cc``; gcc or clang, ~1 s) into a cache directory
+(``$REGIONFUSE_NATIVE_CACHE``, else ``$XDG_CACHE_HOME/ros2_regionfuse`` or
+``~/.cache/ros2_regionfuse``) under a name made from the source, the flags, the
+compiler and the CPU's features, so a changed file or another machine gets its
+own build. ``tools/bootstrap.sh`` builds it ahead (``python -m ros2_regionfuse.native``).
+Nothing is downloaded. Without a compiler, or when the build fails,
+:func:`load` returns None with the reason in :func:`status`, and the callers
+keep their torch/OpenCV code (same results to float rounding, tested).
+
+Arrays: float32, C-contiguous planes ``(H, W)`` (numpy); outputs are new arrays unless given.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name('kernels.c')
+# -ffast-math lets gcc vectorise expf (glibc's libmvec) and reorder sums; the shared object is linked
+# in a second step without it, so it does not carry the flush-to-zero start-up code of crtfastmath.
+CFLAGS = ('-O3', '-march=native', '-ffast-math', '-fPIC', '-std=c11')
+LDFLAGS = ('-shared', '-lm')
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_status = 'not loaded'
+_tried = False
+
+_F = ctypes.POINTER(ctypes.c_float)
+_I = ctypes.c_int
+_SIGNATURES = {
+    'rf_detail_energy': (_F, _F, _I, _I, _I, _F),
+    'rf_fuse_level': (_F, _F, _F, _F, _F, _I, _I, _F, _F, _I, _I, ctypes.c_float, _I, _F),
+    'rf_corrector_full': (_F, _I, _I, _I, _I, _F, _F, _F, _I, _I, _I, _F, _F, _F),
+}
+
+
+def cache_dir() -> Path:
+    """Where built kernels are kept (created on demand; see the module docstring)."""
+    env = os.environ.get('REGIONFUSE_NATIVE_CACHE')
+    if env:
+        return Path(env)
+    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    return Path(base) / 'ros2_regionfuse'
+
+
+def _compiler() -> str | None:
+    cc = os.environ.get('CC') or 'cc'
+    return shutil.which(cc)
+
+
+def _cpu_features() -> str:
+    """The CPU's feature flags (``-march=native`` builds are valid for these only)."""
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith(('flags', 'Features')):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _build_key(cc: str) -> str:
+    try:
+        version = subprocess.run([cc, '--version'], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = ''
+    h = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), ' '.join(CFLAGS + LDFLAGS).encode(), version.encode(),
+                 _cpu_features().encode(), platform.machine().encode()):
+        h.update(part)
+        h.update(b'\0')
+    return h.hexdigest()[:16]
+
+
+def _build(cc: str, target: Path) -> None:
+    """Compile ``kernels.c`` into ``target`` (atomically: a temporary file, then a rename)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        obj, so = Path(tmp) / 'kernels.o', Path(tmp) / target.name
+        compile_ = [cc, *CFLAGS, '-c', str(SOURCE), '-o', str(obj)]
+        for cmd in (compile_, [cc, str(obj), *LDFLAGS, '-o', str(so)]):
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            if r.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} failed: {(r.stderr or r.stdout).strip()[:500]}")
+        os.replace(so, target)
+
+
+def load() -> ctypes.CDLL | None:
+    """The kernels' library, built on first use; None when unavailable (reason: :func:`status`).
+
+    Thread-safe; the build or the failure is attempted once per process.
+    """
+    global _lib, _status, _tried
+    if _tried:
+        return _lib
+    with _lock:
+        if _tried:
+            return _lib
+        try:
+            if os.environ.get('REGIONFUSE_NATIVE', '1') == '0':
+                raise RuntimeError('disabled by REGIONFUSE_NATIVE=0')
+            cc = _compiler()
+            if cc is None:
+                raise RuntimeError(f"no C compiler ({os.environ.get('CC') or 'cc'} not found)")
+            target = cache_dir() / f'regionfuse_kernels-{_build_key(cc)}.so'
+            built = False
+            if not target.exists():
+                _build(cc, target)
+                built = True
+            lib = ctypes.CDLL(str(target))
+            for name, args in _SIGNATURES.items():
+                fn = getattr(lib, name)
+                fn.argtypes, fn.restype = args, ctypes.c_int
+            _lib = lib
+            _status = f"{'built' if built else 'loaded'} {target}"
+            log.debug('native kernels: %s', _status)
+        except Exception as e:   # noqa: BLE001 - any failure: the callers keep torch/OpenCV
+            _lib = None
+            _status = f'unavailable: {e}'
+            log.warning('native kernels %s; using the torch/OpenCV code', _status)
+        _tried = True
+    return _lib
+
+
+def available() -> bool:
+    """Whether the kernels are loaded (builds them on first call)."""
+    return load() is not None
+
+
+def status() -> str:
+    """``built <path>``, ``loaded <path>``, ``unavailable: <reason>`` or ``not loaded``."""
+    return _status
+
+
+def _reset_for_tests() -> None:
+    """Forget the loaded library so the next :func:`load` builds or loads again (tests only)."""
+    global _lib, _status, _tried
+    with _lock:
+        _lib, _status, _tried = None, 'not loaded', False
+
+
+def _ptr(a: np.ndarray) -> ctypes._Pointer:
+    return a.ctypes.data_as(_F)
+
+
+def _plane(a: np.ndarray, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    if a.dtype != np.float32 or not a.flags.c_contiguous:
+        raise ValueError(f'{name}: expected a C-contiguous float32 array, got {a.dtype} '
+                         f"{'contiguous' if a.flags.c_contiguous else 'strided'}")
+    if shape is not None and a.shape != shape:
+        raise ValueError(f'{name}: expected shape {shape}, got {a.shape}')
+    return a
+
+
+def _lib_or_raise() -> ctypes.CDLL:
+    lib = load()
+    if lib is None:
+        raise RuntimeError(f'native kernels {_status}')
+    return lib
+
+
+def _check(rc: int, name: str) -> None:
+    if rc != 0:
+        raise MemoryError(f'{name}: could not allocate its row buffers')
+
+
+def detail_energy(g: np.ndarray, g1: np.ndarray, f: int) -> np.ndarray:
+    """Mean absolute Laplacian detail of a level over ``f x f`` blocks.
+
+    Args:
+        g: ``(H, W)`` Gaussian pyramid level (H, W even and multiples of ``f``).
+        g1: ``(H/2, W/2)`` the next level.
+        f: block size (>= 1).
+
+    Returns:
+        ``(H/f, W/f)`` float32: ``F.avg_pool2d((g - up(g1)).abs(), f)``, ``up`` bilinear x2
+        (``align_corners=False``); equal to ~1e-7.
+    """
+    h, w = g.shape
+    _plane(g, 'g')
+    _plane(g1, 'g1', (h // 2, w // 2))
+    if f < 1 or h % f or w % f or h % 2 or w % 2:
+        raise ValueError(f'detail_energy: size {h}x{w} must be even and a multiple of f={f}')
+    out = np.empty((h // f, w // f), np.float32)
+    _check(_lib_or_raise().rf_detail_energy(_ptr(g), _ptr(g1), h, w, f, _ptr(out)), 'rf_detail_energy')
+    return out
+
+
+def fuse_level(gt: np.ndarray, gy: np.ndarray, gt1: np.ndarray, gy1: np.ndarray, x1: np.ndarray,
+               bias: np.ndarray, gain: np.ndarray, temperature: float, clamp: bool,
+               out: np.ndarray | None = None) -> np.ndarray:
+    """One level of the fusion's detail blending and reconstruction, in one pass.
+
+    With ``up`` bilinear upsampling (``align_corners=False``) and ``box`` the 3x3 mean
+    with zero padding::
+
+        dT, dY = gt - up(gt1), gy - up(gy1)
+        s = sigmoid(temperature * (box|dT| - box|dY|) / (box|dT| + box|dY| + 1e-3) + up(bias))
+        out = up(x1) + up(gain) * (dY + s * (dT - dY))      # clamped to [0, 1] with clamp
+
+    Args:
+        gt, gy: ``(H, W)`` thermal and visible Gaussian level (H, W even).
+        gt1, gy1, x1: ``(H/2, W/2)`` their next level and the coarser levels' fused reconstruction.
+        bias, gain: ``(hn, wn)`` selection bias (logits) and detail gain at the network level.
+        temperature: the band's selection sharpness ``k`` (> 0).
+        clamp: clamp the result to [0, 1] (the finest level).
+        out: ``(H, W)`` float32 array to write into (default: a new one).
+
+    Returns:
+        ``(H, W)`` float32, the reconstruction up to this level.
+    """
+    h, w = gt.shape
+    for a, name in ((gt, 'gt'), (gy, 'gy')):
+        _plane(a, name, (h, w))
+    for a, name in ((gt1, 'gt1'), (gy1, 'gy1'), (x1, 'x1')):
+        _plane(a, name, (h // 2, w // 2))
+    _plane(bias, 'bias')
+    _plane(gain, 'gain', bias.shape)
+    if h % 2 or w % 2:
+        raise ValueError(f'fuse_level: size {h}x{w} must be even')
+    out = np.empty((h, w), np.float32) if out is None else _plane(out, 'out', (h, w))
+    hn, wn = bias.shape
+    rc = _lib_or_raise().rf_fuse_level(_ptr(gt), _ptr(gy), _ptr(gt1), _ptr(gy1), _ptr(x1), h, w,
+                                       _ptr(bias), _ptr(gain), hn, wn, float(temperature),
+                                       int(bool(clamp)), _ptr(out))
+    _check(rc, 'rf_fuse_level')
+    return out
+
+
+def corrector_full_resolution(low: np.ndarray, padded_hw: tuple[int, int], fused: np.ndarray,
+                              visible: np.ndarray | None, thermal: np.ndarray | None, refuse: bool
+                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The corrector's full-resolution step for one frame (see ``models.corrector.full_resolution``).
+
+    Args:
+        low: ``(5, h, w)`` finest fields on the padded grid: flow x, y (full-resolution
+            pixels), M, gain, bias.
+        padded_hw: ``(Hp, Wp)`` the padded frame size the fields cover.
+        fused, visible, thermal: ``(H, W)`` planes in [0, 1], ``H <= Hp``, ``W <= Wp``
+            (``visible`` for ``retain``, ``thermal`` for ``refuse``).
+        refuse: the ``refuse`` output (``F + gain * (warp_M(T) - T) + bias``); else ``retain``
+            (``warp_M(F) + gain * (Y - warp_M(Y)) + bias``).
+
+    Returns:
+        ``(image (H, W) in [0, 1], M (H, W), flow (2, H, W) pixels)``, new float32 arrays.
+        Exact bilinear sampling (as ``grid_sample``), so closer to the torch step than OpenCV's
+        ``remap`` (positions quantised to 1/32 px).
+    """
+    h, w = fused.shape
+    hp, wp = int(padded_hw[0]), int(padded_hw[1])
+    _plane(low, 'low')
+    if low.ndim != 3 or low.shape[0] != 5:
+        raise ValueError(f'low: expected (5, h, w), got {low.shape}')
+    if h > hp or w > wp:
+        raise ValueError(f'padded size {hp}x{wp} smaller than the image {h}x{w}')
+    _plane(fused, 'fused')
+    other = thermal if refuse else visible
+    if other is None:
+        raise ValueError(f"corrector_full_resolution: {'thermal' if refuse else 'visible'} image missing")
+    _plane(other, 'thermal' if refuse else 'visible', (h, w))
+    out, m, flow = (np.empty((h, w), np.float32), np.empty((h, w), np.float32),
+                    np.empty((2, h, w), np.float32))
+    vis_p = _ptr(other) if not refuse else None
+    th_p = _ptr(other) if refuse else None
+    rc = _lib_or_raise().rf_corrector_full(_ptr(low), low.shape[1], low.shape[2], hp, wp, _ptr(fused),
+                                           vis_p, th_p, h, w, int(bool(refuse)), _ptr(out), _ptr(m),
+                                           _ptr(flow))
+    _check(rc, 'rf_corrector_full')
+    return out, m, flow
+
+
+def main() -> int:
+    """``python -m ros2_regionfuse.native``: build (or find) the kernels and print where; 1 if unavailable."""
+    ok = available()
+    print(f'ros2_regionfuse native kernels: {status()}')
+    return 0 if ok else 1
