@@ -96,6 +96,8 @@ class Snapshot:
         topics: per camera, the resolved image topic.
         latency: from :meth:`LatencyStats.take`.
         device, backend, fusion_model, corrector_model: what runs the pipeline.
+        native_kernels: the fused C kernels' state (``loaded <path>``, ``unavailable: <reason>``,
+            ``not loaded`` before the first frame, ``off``).
         last_pair: monotonic time the last pair was formed (None: never).
     """
 
@@ -114,6 +116,7 @@ class Snapshot:
     fusion_model: str = ''
     corrector_model: str = ''
     last_pair: float | None = None
+    native_kernels: str = ''
 
 
 def _kv(key: str, value: Any) -> KeyValue:
@@ -219,7 +222,8 @@ def _fusion_status(node_name: str, cur: Snapshot, prev: Snapshot | None, dt: flo
     values += [_kv(f'latency_{k}', v) for k, v in lat.items()]
     values += [_kv('device', cur.device), _kv('backend', cur.backend),
                _kv('fusion_model', cur.fusion_model), _kv('corrector_model', cur.corrector_model),
-               _kv('corrector_enabled', cfg.pipeline.corrector.enabled)]
+               _kv('corrector_enabled', cfg.pipeline.corrector.enabled),
+               _kv('native_kernels', cur.native_kernels)]
     return DiagnosticStatus(level=level, name=f'{node_name}: fusion', message=msg,
                             hardware_id=cur.device, values=values)
 

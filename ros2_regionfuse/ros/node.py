@@ -45,6 +45,7 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
+from .. import native
 from ..core.align import plane_homography
 from ..core.allocator import retain_freed_memory
 from ..core.checks import ConfigError, RegionFuseError
@@ -485,7 +486,8 @@ class RegionFuseNode(LifecycleNode):
             topics={s: self.resolve_topic_name(self._image_topic(s)) for s in STREAMS},
             latency=self._latency.take(), device=str(p.device) if p else '',
             backend=self.cfg.pipeline.backend, fusion_model=p.fusion_name if p else '',
-            corrector_model=p.corrector_name if p else '', last_pair=self._last_pair)
+            corrector_model=p.corrector_name if p else '', last_pair=self._last_pair,
+            native_kernels=native.status() if self.cfg.pipeline.native_kernels else 'off')
 
     def _publish_diagnostics(self) -> None:
         if self.sync is None or 'diagnostics' not in self._pubs:
