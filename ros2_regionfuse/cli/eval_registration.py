@@ -236,7 +236,7 @@ def similarity_register(thermal: np.ndarray, visible: np.ndarray) -> tuple[np.nd
     """
     t, v = convert.to_tensor(thermal), convert.to_tensor(visible)
     t0 = time.perf_counter()
-    flow = similarity_flow(v, t, opencv=True)
+    flow = similarity_flow(v, t, opencv=True, native=PipelineConfig().native_kernels)
     reg = warp_by_flow(t, flow)
     ms = (time.perf_counter() - t0) * 1e3
     return convert.to_numpy(reg), convert.to_numpy(flow), ms

@@ -581,18 +581,22 @@ class Corrector(nn.Module):
             return False
         return bool((max_shift(params, image_hw) <= cfg.min_shift - 4 * cfg.min_shift_width).all())
 
-    def align(self, visible: torch.Tensor, thermal: torch.Tensor, opencv: bool = False
+    def align(self, visible: torch.Tensor, thermal: torch.Tensor, opencv: bool = False, native: bool = False
               ) -> torch.Tensor | None:
         """Gated global similarity parameters ``(B, 4)`` the forward pass starts from.
 
         None without ``cfg.global_align``. No learned weights are involved (no gradient).
         ``opencv`` solves with numpy/OpenCV in eager CPU inference
-        (:func:`~.global_align.estimate_similarity_cv`; parameters within ~2e-4 px of torch).
+        (:func:`~.global_align.estimate_similarity_cv`; parameters within ~2e-4 px of torch),
+        ``native`` with the fused C kernels when available
+        (:func:`~.global_align.estimate_similarity_native`, same values to ~1e-4 px).
         """
         if not self.cfg.global_align:
             return None
         with torch.no_grad():
-            return gated_similarity(visible, thermal, self.cfg.align, opencv=opencv and not self.training)
+            eager = not self.training
+            return gated_similarity(visible, thermal, self.cfg.align, opencv=opencv and eager,
+                                    native=native and eager)
 
     def config_dict(self) -> dict:
         """Hyper-parameters as a plain dict (for model cards)."""
@@ -751,13 +755,14 @@ class Corrector(nn.Module):
         replaces :meth:`fields` (the pipeline's runner passes a traced, frozen
         copy: same values, less overhead). ``native`` runs the full-resolution step as
         one fused C pass (:func:`full_resolution_native`; honoured for one frame in
-        eager CPU float32 inference when the kernels are available; else ``opencv`` decides).
+        eager CPU float32 inference when the kernels are available; else ``opencv`` decides),
+        and the global registration as one C call (:meth:`align`).
         """
         cfg = self.cfg
         h, w = fused.shape[-2:]
         params = None
         if cfg.global_align and init_flow is None:
-            params = self.align(visible, thermal, opencv) if align_params is None else align_params
+            params = self.align(visible, thermal, opencv, native) if align_params is None else align_params
             if self.skips(params, (h, w)):
                 zero = torch.zeros_like(fused)
                 return CorrectorOutput(fused, zero, torch.cat([zero, zero], 1), [], [], [])

@@ -64,6 +64,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import native as native_kernels
 from .pyramid import opencv_eligible, window_mean
 from .warp import warp_by_flow
 
@@ -427,20 +428,51 @@ def gain_gate(gain: torch.Tensor, cfg: GlobalAlignConfig) -> torch.Tensor:
 
 
 def gated_similarity(visible: torch.Tensor, thermal: torch.Tensor, cfg: GlobalAlignConfig | None = None,
-                     opencv: bool = False) -> torch.Tensor:
+                     opencv: bool = False, native: bool = False) -> torch.Tensor:
     """Similarity parameters scaled by their confidence gate (:func:`gain_gate`), ``(B, 4)``.
 
-    ``opencv`` computes them with :func:`estimate_similarity_cv` (eager CPU float32
-    inference only, see :func:`~.pyramid.opencv_eligible`; otherwise the torch solver runs).
+    ``opencv`` computes them with :func:`estimate_similarity_cv`, ``native`` with
+    :func:`estimate_similarity_native` when the fused C kernels are available (else
+    ``opencv`` decides); both in eager CPU float32 inference only (see
+    :func:`~.pyramid.opencv_eligible`), otherwise the torch solver runs.
     """
     cfg = cfg or GlobalAlignConfig()
-    if opencv and opencv_eligible(visible) and opencv_eligible(thermal):
-        rows = [estimate_similarity_cv(v[0].numpy(), t[0].numpy(), cfg) for v, t in zip(visible, thermal)]
+    if (opencv or native) and opencv_eligible(visible) and opencv_eligible(thermal):
+        solve = estimate_similarity_native if native and native_kernels.available() else estimate_similarity_cv
+        rows = [solve(v[0].numpy(), t[0].numpy(), cfg) for v, t in zip(visible, thermal)]
         params = torch.from_numpy(np.stack([p for p, _ in rows])).to(visible.dtype)
         gain = torch.tensor([g for _, g in rows], dtype=visible.dtype)
     else:
         params, gain = estimate_similarity(visible, thermal, cfg)
     return params * gain_gate(gain, cfg).view(-1, 1)
+
+
+def estimate_similarity_native(visible: np.ndarray, thermal: np.ndarray, cfg: GlobalAlignConfig | None = None
+                               ) -> tuple[np.ndarray, float]:
+    """:func:`estimate_similarity` of one pair in one call of the fused C kernels.
+
+    (:func:`ros2_regionfuse.native.similarity`: the same levels, descriptor, search, steps and
+    confidence, exact bilinear sampling.) Falls back to :func:`estimate_similarity_cv` for a
+    descriptor blur wider than the kernel takes (``blur > 7.5``).
+
+    Args:
+        visible, thermal: ``(H, W)`` float32 in [0, 1].
+        cfg: solver settings.
+
+    Returns:
+        ``(params (4,) float32, gain)`` as in :func:`estimate_similarity`.
+    """
+    cfg = cfg or GlobalAlignConfig()
+    big, bigw = visible.shape
+    if min(big, bigw) < 16:
+        return np.zeros(PARAMS, np.float32), 0.0
+    taps = gaussian_taps(cfg.blur) if cfg.blur > 0 else []
+    if len(taps) > 31:
+        return estimate_similarity_cv(visible, thermal, cfg)
+    params, gain = native_kernels.similarity(
+        np.ascontiguousarray(visible, np.float32), np.ascontiguousarray(thermal, np.float32),
+        cfg.factors(bigw, big), list(cfg.iters), taps, cfg.damping, cfg.search, cfg.margin)
+    return params.astype(np.float32), gain
 
 
 # ---------------------------------------------------------------------------------------------
@@ -649,18 +681,19 @@ def max_shift(params: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
 
 
 def similarity_flow(visible: torch.Tensor, thermal: torch.Tensor, cfg: GlobalAlignConfig | None = None,
-                    size: tuple[int, int] | None = None, cell: float | None = None, opencv: bool = False
-                    ) -> torch.Tensor:
+                    size: tuple[int, int] | None = None, cell: float | None = None, opencv: bool = False,
+                    native: bool = False) -> torch.Tensor:
     """Gated similarity flow registering ``thermal`` to ``visible``.
 
     Args:
         visible, thermal: ``(B, 1, H, W)`` in [0, 1].
         cfg: solver settings.
         size, cell: the grid to evaluate the field on (:func:`field_on_grid`).
-        opencv: solve with :func:`estimate_similarity_cv` (see :func:`gated_similarity`).
+        opencv, native: solve with :func:`estimate_similarity_cv` or :func:`estimate_similarity_native`
+            (see :func:`gated_similarity`).
 
     Returns:
         ``(B, 2, h, w)`` pixels of the input (x, y).
     """
-    return field_on_grid(gated_similarity(visible, thermal, cfg, opencv=opencv), tuple(visible.shape[-2:]),
-                         size, cell)
+    return field_on_grid(gated_similarity(visible, thermal, cfg, opencv=opencv, native=native),
+                         tuple(visible.shape[-2:]), size, cell)

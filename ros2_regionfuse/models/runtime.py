@@ -270,7 +270,8 @@ class TorchCorrectorRunner:
     stage (the node then overlaps it with the correction of the previous frame).
     On the CPU the global registration runs in numpy/OpenCV (fields within 2e-4 px
     of torch), the full-resolution step in OpenCV (outputs within 0.006 of
-    torch on real frames, 75 dB) and the learned stages (:meth:`Corrector.fields`)
+    torch on real frames, 75 dB), both as fused C kernels with ``native`` (when
+    available; closer to torch), and the learned stages (:meth:`Corrector.fields`)
     run as a frozen TorchScript trace per image size (values within 2e-6 of
     eager); see docs/performance.md.
     """
@@ -298,7 +299,9 @@ class TorchCorrectorRunner:
     @torch.inference_mode()
     def align(self, visible_y: torch.Tensor, thermal: torch.Tensor) -> torch.Tensor | None:
         """Gated global similarity parameters ``(1, 4)`` of the frame, or None (no global start)."""
-        return self.model.align(visible_y, thermal, opencv=self._cpu) if self._is_corrector else None
+        if not self._is_corrector:
+            return None
+        return self.model.align(visible_y, thermal, opencv=self._cpu, native=self.native and self._cpu)
 
     @torch.inference_mode()
     def __call__(self, fused: torch.Tensor, visible_y: torch.Tensor, thermal: torch.Tensor,

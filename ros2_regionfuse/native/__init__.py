@@ -7,7 +7,9 @@ in one pass per level (fusion) or per frame (corrector):
 
 * :func:`detail_energy`: mean |Laplacian detail| over blocks (the region network's inputs);
 * :func:`fuse_level`: one level of the fusion's detail blending and reconstruction;
-* :func:`corrector_full_resolution`: the corrector's full-resolution step.
+* :func:`corrector_full_resolution`: the corrector's full-resolution step;
+* :func:`similarity`: the corrector's global similarity registration (one call per frame
+  instead of ~100 small numpy/OpenCV calls).
 
 ``kernels.c`` is compiled on first use with the machine's C compiler (``$CC``,
 else ``cc``; gcc or clang, ~1 s) into a cache directory
@@ -51,10 +53,14 @@ _tried = False
 
 _F = ctypes.POINTER(ctypes.c_float)
 _I = ctypes.c_int
+_IP = ctypes.POINTER(ctypes.c_int)
+_D = ctypes.c_double
+_DP = ctypes.POINTER(ctypes.c_double)
 _SIGNATURES = {
     'rf_detail_energy': (_F, _F, _I, _I, _I, _F),
     'rf_fuse_level': (_F, _F, _F, _F, _F, _I, _I, _F, _F, _I, _I, ctypes.c_float, _I, _F),
     'rf_corrector_full': (_F, _I, _I, _I, _I, _F, _F, _F, _I, _I, _I, _F, _F, _F),
+    'rf_similarity': (_F, _F, _I, _I, _I, _IP, _IP, _F, _I, _D, _I, _D, _DP, _DP),
 }
 
 
@@ -291,6 +297,58 @@ def corrector_full_resolution(low: np.ndarray, padded_hw: tuple[int, int], fused
                                            _ptr(flow))
     _check(rc, 'rf_corrector_full')
     return out, m, flow
+
+
+def similarity(visible: np.ndarray, thermal: np.ndarray, factors: list[int], iters: list[int],
+               taps: list[float], damping: float, search: int, margin: float) -> tuple[np.ndarray, float]:
+    """Similarity parameters registering ``thermal`` to ``visible`` and their confidence.
+
+    The solver of ``models.global_align.estimate_similarity`` (see its module docstring) in one
+    call: block-mean pooling, edge descriptors, translation search at the coarsest level,
+    inverse-compositional Gauss-Newton iterations per level, the confidence at the finest.
+    Sampling is exact bilinear (as ``grid_sample``), so it agrees with the torch solver more
+    closely than the OpenCV one (``cv2.warpAffine`` quantises positions to 1/32 cell).
+
+    Args:
+        visible, thermal: ``(H, W)`` float32 planes in [0, 1].
+        factors: downsampling factor per level, coarse to fine (each a multiple of the last;
+            every level at least 3x3 cells), as ``GlobalAlignConfig.factors``.
+        iters: Gauss-Newton iterations per level (same length).
+        taps: the descriptor blur's Gaussian taps (odd count up to 31, i.e. sigma <= 7.5 cells;
+            empty or one tap: no blur).
+        damping: Levenberg-Marquardt damping relative to the diagonal (>= 0).
+        search: translation search radius in cells of the coarsest level (0: none).
+        margin: border band left out of the measure (fraction of each side, [0, 0.5)).
+
+    Returns:
+        ``(params (4,) float64: tx, ty (px), a (scale - 1), b (rad), gain)``.
+    """
+    _plane(visible, 'visible')
+    _plane(thermal, 'thermal', visible.shape)
+    big, bigw = visible.shape
+    nlev = len(factors)
+    if nlev < 1 or len(iters) != nlev:
+        raise ValueError(f'similarity: {nlev} factors and {len(iters)} iteration counts')
+    fine = factors[-1]
+    if fine < 1 or any(f % fine for f in factors) or min(big, bigw) // max(factors) < 3:
+        raise ValueError(f'similarity: factors {list(factors)} do not fit a {big}x{bigw} image '
+                         '(each a multiple of the last, every level at least 3x3 cells)')
+    if (len(taps) % 2 == 0 and len(taps) > 0) or len(taps) > 31:
+        raise ValueError(f'similarity: {len(taps)} blur taps (need an odd count up to 31)')
+    if not 0.0 <= margin < 0.5 or damping < 0 or search < 0 or min(iters) < 0:
+        raise ValueError(f'similarity: margin {margin}, damping {damping}, search {search}, iters {iters}')
+    fa = (ctypes.c_int * nlev)(*factors)
+    it = (ctypes.c_int * nlev)(*iters)
+    tp = np.ascontiguousarray(taps if len(taps) else [1.0], np.float32)
+    params = np.zeros(4, np.float64)
+    gain = np.zeros(1, np.float64)
+    rc = _lib_or_raise().rf_similarity(_ptr(visible), _ptr(thermal), big, bigw, nlev, fa, it, _ptr(tp), len(tp),
+                                       float(damping), int(search), float(margin),
+                                       params.ctypes.data_as(_DP), gain.ctypes.data_as(_DP))
+    if rc == -2:   # the checks above should have caught it
+        raise ValueError(f'similarity: invalid arguments for a {big}x{bigw} image: factors {list(factors)}')
+    _check(rc, 'rf_similarity')
+    return params, float(gain[0])
 
 
 def main() -> int:

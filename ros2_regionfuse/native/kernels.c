@@ -268,3 +268,377 @@ int rf_corrector_full(const float *low, int hl, int wl, int hp, int wp, const fl
     free(tx); free(ty); free(buf);
     return 0;
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * Global similarity registration (models/global_align.py: estimate_similarity, the module
+ * docstring has the model). One call per frame pair: pooling, edge descriptors, the translation
+ * search, the inverse-compositional Gauss-Newton iterations of every level and the confidence.
+ * Descriptors are kept as 4 planes (channel-major); sampling is exact bilinear with clamped
+ * coordinates (grid_sample's 'border' padding), sums are accumulated in double per row. */
+
+#define SIM_EDGE_EPS 0.02f    /* global_align._EDGE_EPS */
+#define SIM_GRAD_EPS 1e-6f    /* global_align._GRAD_EPS */
+#define SIM_WINDOW 7          /* global_align._LOCAL_WINDOW */
+
+/* Mean over f x f blocks of the (h, w) plane src (row stride sw), floor size (h / f, w / f).
+ * acc: w floats. The f rows of a block row are summed first (contiguous, vectorised). */
+static void block_mean(const float *src, int h, int w, int sw, int f, float *dst, float *acc) {
+    const int ho = h / f, wo = w / f, wf = wo * f;
+    const float inv = 1.f / (float)(f * f);
+    for (int i = 0; i < ho; ++i) {
+        const float *restrict s0 = src + (size_t)i * f * sw;
+        float *restrict a = acc;
+        for (int j = 0; j < wf; ++j) a[j] = s0[j];
+        for (int r = 1; r < f; ++r) {
+            const float *restrict s = s0 + (size_t)r * sw;
+            for (int j = 0; j < wf; ++j) a[j] += s[j];
+        }
+        float *restrict o = dst + (size_t)i * wo;
+        for (int j = 0; j < wo; ++j) {
+            float t = 0.f;
+            for (int k = 0; k < f; ++k) t += a[j * f + k];
+            o[j] = t * inv;
+        }
+    }
+}
+
+/* Central differences per cell of an (h, w) plane (h, w >= 3); the border rows and columns
+ * repeat their neighbour's difference (global_align.central_gradients). */
+static void gradients(const float *x, int h, int w, float *gx, float *gy) {
+    for (int i = 0; i < h; ++i) {
+        const float *restrict r = x + (size_t)i * w;
+        float *restrict o = gx + (size_t)i * w;
+        for (int j = 1; j < w - 1; ++j) o[j] = 0.5f * (r[j + 1] - r[j - 1]);
+        o[0] = o[1];
+        o[w - 1] = o[w - 2];
+    }
+    for (int i = 1; i < h - 1; ++i) {
+        const float *restrict a = x + (size_t)(i - 1) * w, *restrict b = x + (size_t)(i + 1) * w;
+        float *restrict o = gy + (size_t)i * w;
+        for (int j = 0; j < w; ++j) o[j] = 0.5f * (b[j] - a[j]);
+    }
+    for (int j = 0; j < w; ++j) {
+        gy[j] = gy[w + j];
+        gy[(size_t)(h - 1) * w + j] = gy[(size_t)(h - 2) * w + j];
+    }
+}
+
+/* Separable blur of an (h, w) plane by ntaps (odd) taps, replicate border, in place.
+ * tmp: h * w floats; pad: w + ntaps floats. */
+static void blur_plane(float *x, int h, int w, const float *taps, int ntaps, float *tmp, float *pad) {
+    const int r = ntaps / 2;
+    for (int i = 0; i < h; ++i) {
+        const float *restrict s = x + (size_t)i * w;
+        float *restrict p = pad;
+        for (int k = 0; k < r; ++k) { p[k] = s[0]; p[r + w + k] = s[w - 1]; }
+        for (int j = 0; j < w; ++j) p[r + j] = s[j];
+        float *restrict o = tmp + (size_t)i * w;
+        for (int j = 0; j < w; ++j) o[j] = taps[0] * p[j];
+        for (int k = 1; k < ntaps; ++k) {
+            const float t = taps[k];
+            for (int j = 0; j < w; ++j) o[j] += t * p[j + k];
+        }
+    }
+    for (int i = 0; i < h; ++i) {
+        float *restrict o = x + (size_t)i * w;
+        for (int j = 0; j < w; ++j) o[j] = 0.f;
+        for (int k = -r; k <= r; ++k) {
+            int ii = i + k;
+            ii = ii < 0 ? 0 : (ii > h - 1 ? h - 1 : ii);
+            const float *restrict s = tmp + (size_t)ii * w;
+            const float t = taps[k + r];
+            for (int j = 0; j < w; ++j) o[j] += t * s[j];
+        }
+    }
+}
+
+/* The blurred edge descriptor of an (h, w) image (global_align.align_descriptor, gaussian_blur):
+ * d = 4 planes (h, w): (gx^2 - gy^2) inv, 2 gx gy inv, |gx| ww, |gy| ww.
+ * scratch: 4 h w floats; line: 2 w + max(ntaps, 7) floats. */
+static void descriptor(const float *img, int h, int w, const float *taps, int ntaps, float *d,
+                       float *scratch, float *line) {
+    const size_t n = (size_t)h * w;
+    float *gx = scratch, *gy = scratch + n, *mag = scratch + 2 * n, *box = scratch + 3 * n;
+    gradients(img, h, w, gx, gy);
+    for (size_t k = 0; k < n; ++k) mag[k] = sqrtf(gx[k] * gx[k] + gy[k] * gy[k] + SIM_GRAD_EPS * SIM_GRAD_EPS);
+    /* local mean of mag over the in-image part of a 7x7 window: horizontal sums of the
+     * zero-padded row divided by the in-image count, then vertical */
+    const int r = SIM_WINDOW / 2;
+    float *pad = line, *inv_count = line + w + SIM_WINDOW;   /* w + 2 r; w */
+    for (int j = 0; j < w; ++j) {
+        const int a = j - r < 0 ? 0 : j - r, b = j + r > w - 1 ? w - 1 : j + r;
+        inv_count[j] = 1.f / (float)(b - a + 1);
+    }
+    for (int i = 0; i < h; ++i) {
+        const float *restrict s = mag + (size_t)i * w;
+        float *restrict p = pad, *restrict o = d + (size_t)i * w;   /* d's first plane as scratch */
+        for (int k = 0; k < r; ++k) p[k] = p[r + w + k] = 0.f;
+        for (int j = 0; j < w; ++j) p[r + j] = s[j];
+        for (int j = 0; j < w; ++j) o[j] = p[j];
+        for (int k = 1; k < SIM_WINDOW; ++k)
+            for (int j = 0; j < w; ++j) o[j] += p[j + k];
+        for (int j = 0; j < w; ++j) o[j] *= inv_count[j];
+    }
+    for (int i = 0; i < h; ++i) {
+        const int a = i - r < 0 ? 0 : i - r, b = i + r > h - 1 ? h - 1 : i + r;
+        float *restrict o = box + (size_t)i * w;
+        for (int j = 0; j < w; ++j) o[j] = 0.f;
+        for (int k = a; k <= b; ++k) {
+            const float *restrict s = d + (size_t)k * w;
+            for (int j = 0; j < w; ++j) o[j] += s[j];
+        }
+        const float inv = 1.f / (float)(b - a + 1);
+        for (int j = 0; j < w; ++j) o[j] *= inv;
+    }
+    float *d0 = d, *d1 = d + n, *d2 = d + 2 * n, *d3 = d + 3 * n;
+    for (size_t k = 0; k < n; ++k) {
+        const float m2 = gx[k] * gx[k] + gy[k] * gy[k];
+        const float wgt = mag[k] / (box[k] + SIM_EDGE_EPS);
+        const float inv = wgt / (m2 + SIM_GRAD_EPS), ww = wgt / mag[k];
+        d0[k] = (gx[k] * gx[k] - gy[k] * gy[k]) * inv;
+        d1[k] = 2.f * gx[k] * gy[k] * inv;
+        d2[k] = fabsf(gx[k]) * ww;
+        d3[k] = fabsf(gy[k]) * ww;
+    }
+    if (ntaps > 1)
+        for (int c = 0; c < 4; ++c) blur_plane(d + c * n, h, w, taps, ntaps, scratch, line);
+}
+
+/* Solve a x = b for the 4x4 symmetric positive definite a (Cholesky, double). */
+static void solve4(const double a[4][4], const double b[4], double x[4]) {
+    double l[4][4] = {{0}}, y[4];
+    for (int j = 0; j < 4; ++j) {
+        double s = a[j][j];
+        for (int k = 0; k < j; ++k) s -= l[j][k] * l[j][k];
+        l[j][j] = sqrt(s > 1e-30 ? s : 1e-30);
+        for (int i = j + 1; i < 4; ++i) {
+            double t = a[i][j];
+            for (int k = 0; k < j; ++k) t -= l[i][k] * l[j][k];
+            l[i][j] = t / l[j][j];
+        }
+    }
+    for (int i = 0; i < 4; ++i) {
+        double s = b[i];
+        for (int k = 0; k < i; ++k) s -= l[i][k] * y[k];
+        y[i] = s / l[i][i];
+    }
+    for (int i = 3; i >= 0; --i) {
+        double s = y[i];
+        for (int k = i + 1; k < 4; ++k) s -= l[k][i] * x[k];
+        x[i] = s / l[i][i];
+    }
+}
+
+/* params <- W(params) o W(step)^-1 (global_align.compose_inverse). */
+static void compose_inverse4(double p[4], const double s[4]) {
+    const double p1 = 1.0 + p[2], p2 = 1.0 + s[2], n = p2 * p2 + s[3] * s[3];
+    const double zr = (p1 * p2 + p[3] * s[3]) / n, zi = (p[3] * p2 - p1 * s[3]) / n;
+    const double tx = p[0] - (zr * s[0] - zi * s[1]), ty = p[1] - (zr * s[1] + zi * s[0]);
+    p[0] = tx; p[1] = ty; p[2] = zr - 1.0; p[3] = zi;
+}
+
+/* One level: where each cell samples the thermal descriptor, and the residuals on the inner
+ * rectangle. Level geometry: cell (i, j) lies at x = m[0] j + m[1] i + m[2], y = m[3] j + m[4] i + m[5]. */
+typedef struct {
+    int h, w, r0, r1, c0, c1;   /* level size; inner rows [r0, r1), columns [c0, c1) */
+    const float *dv, *dt;       /* descriptors, 4 planes each */
+} SimLevel;
+
+static void sample_matrix(const double p[4], int h, int w, int big, int bigw, int down, double m[6]) {
+    const double sx = (double)bigw / w, sy = (double)big / h;
+    const double u0 = 0.5 * sx - bigw / 2.0, v0 = 0.5 * sy - big / 2.0;
+    m[0] = 1 + p[2] * sx / down; m[1] = -p[3] * sy / down; m[2] = (p[0] + p[2] * u0 - p[3] * v0) / down;
+    m[3] = p[3] * sx / down;     m[4] = 1 + p[2] * sy / down; m[5] = (p[1] + p[3] * u0 + p[2] * v0) / down;
+}
+
+/* Residual row i (inner columns): res[c * nc + (j - c0)] = dt(W(j, i)) - dv(j, i), c = 0..3.
+ * The sampling positions are turned into corner offsets and weights once for the four planes
+ * (tap: 2 nc floats, off: 4 nc ints), so each plane's loop is four vector gathers. */
+static void residual_row(const SimLevel *L, const double m[6], int i, float *restrict res,
+                         float *restrict tap, int *restrict off) {
+    const int w = L->w, h = L->h, c0 = L->c0, nc = L->c1 - L->c0;
+    const size_t n = (size_t)h * w;
+    const float bx = (float)(m[1] * i + m[2]), by = (float)(m[4] * i + m[5]);
+    const float m0 = (float)m[0], m3 = (float)m[3], xmax = (float)(w - 1), ymax = (float)(h - 1);
+    float *restrict ax = tap, *restrict ay = tap + nc;
+    int *restrict o00 = off, *restrict o01 = off + nc, *restrict o10 = off + 2 * nc, *restrict o11 = off + 3 * nc;
+    for (int k = 0; k < nc; ++k) {
+        const float fj = (float)(c0 + k);
+        const float x = fminf(fmaxf(m0 * fj + bx, 0.f), xmax), y = fminf(fmaxf(m3 * fj + by, 0.f), ymax);
+        const int x0 = (int)x, y0 = (int)y;
+        const int sx = x0 < w - 1, sy = y0 < h - 1 ? w : 0;   /* clamped: the neighbour is itself */
+        ax[k] = x - (float)x0;
+        ay[k] = y - (float)y0;
+        o00[k] = y0 * w + x0;
+        o01[k] = o00[k] + sx;
+        o10[k] = o00[k] + sy;
+        o11[k] = o00[k] + sy + sx;
+    }
+    for (int c = 0; c < 4; ++c) {
+        const float *restrict dt = L->dt + c * n, *restrict dv = L->dv + c * n + (size_t)i * w + c0;
+        float *restrict o = res + (size_t)c * nc;
+        for (int k = 0; k < nc; ++k) {
+            const float p00 = dt[o00[k]], p01 = dt[o01[k]], p10 = dt[o10[k]], p11 = dt[o11[k]];
+            const float top = p00 + ax[k] * (p01 - p00), bot = p10 + ax[k] * (p11 - p10);
+            o[k] = top + ay[k] * (bot - top) - dv[k];
+        }
+    }
+}
+
+/* Similarity parameters registering thermal to visible (global_align.estimate_similarity_cv).
+ *   vis, th: (big, bigw) planes in [0, 1]; factors[nlev], iters[nlev]: level downsampling factors
+ *   (coarse to fine, each a power-of-two multiple of the last) and Gauss-Newton iterations;
+ *   taps[ntaps]: the descriptor blur (odd ntaps <= 31; 1: none); damping: Levenberg-Marquardt (relative
+ *   to the diagonal); search: radius (cells) of the coarsest level's translation search (0: none);
+ *   margin: border band left out (fraction of each side).
+ * Out: params[4] (tx, ty in px, a, b), gain[0] (relative reduction of the descriptor difference).
+ * Returns 0, -1 (allocation failed) or -2 (invalid: a level below 3x3 cells, factors not nested,
+ * no level, or not an odd number of taps up to 31). */
+int rf_similarity(const float *vis, const float *th, int big, int bigw, int nlev, const int *factors,
+                  const int *iters, const float *taps, int ntaps, double damping, int search,
+                  double margin, double *params, double *gain) {
+    if (nlev < 1 || ntaps < 1 || ntaps > 31 || ntaps % 2 == 0) return -2;
+    const int fine = factors[nlev - 1];
+    for (int l = 0; l < nlev; ++l) {
+        if (factors[l] < 1 || factors[l] % fine || big / factors[l] < 3 || bigw / factors[l] < 3) return -2;
+    }
+    const int hb = big / fine, wb = bigw / fine;
+    const size_t nb = (size_t)hb * wb;
+    /* base (2 planes), pooled level (2), descriptors (2 x 4), x-gradients (4), scratch (4: the
+     * descriptors' temporaries, then the y-gradients), residual rows (4 wb), sampling taps
+     * (2 wb), u (wb), v (hb), a line buffer (2 bigw + 32), corner offsets (4 wb ints) */
+    const size_t nfl = nb * 20 + 10 * (size_t)wb + (size_t)hb + 2 * (size_t)bigw + 32;
+    float *mem = malloc(sizeof(float) * nfl);
+    int *off = malloc(sizeof(int) * 4 * (size_t)wb);
+    if (!mem || !off) { free(mem); free(off); return -1; }
+    float *base_v = mem, *base_t = mem + nb, *pv = mem + 2 * nb, *pt = mem + 3 * nb;
+    float *dv = mem + 4 * nb, *dt = mem + 8 * nb, *gx = mem + 12 * nb, *scratch = mem + 16 * nb;
+    float *res = mem + 20 * nb, *tap = res + 4 * (size_t)wb, *uu = tap + 4 * (size_t)wb, *vv = uu + wb;
+    float *line = vv + hb;
+    block_mean(vis, big, bigw, bigw, fine, base_v, line);
+    block_mean(th, big, bigw, bigw, fine, base_t, line);
+    double p[4] = {0, 0, 0, 0}, hs[4][4], g[4];
+    SimLevel L = {0};
+    for (int l = 0; l < nlev; ++l) {
+        const int down = factors[l], k = down / fine, h = hb / k, w = wb / k;
+        const size_t n = (size_t)h * w;
+        const float *sv = base_v, *st = base_t;
+        if (k > 1) {
+            block_mean(base_v, hb, wb, wb, k, pv, line);
+            block_mean(base_t, hb, wb, wb, k, pt, line);
+            sv = pv; st = pt;
+        }
+        descriptor(sv, h, w, taps, ntaps, dv, scratch, line);
+        descriptor(st, h, w, taps, ntaps, dt, scratch, line);
+        const float lim_u = (float)(bigw * (0.5 - margin)), lim_v = (float)(big * (0.5 - margin));
+        int c0 = w, c1 = 0, r0 = h, r1 = 0;
+        for (int j = 0; j < w; ++j) {
+            uu[j] = (float)((j + 0.5) * ((double)bigw / w) - bigw / 2.0);
+            if (fabsf(uu[j]) < lim_u) { if (j < c0) c0 = j; c1 = j + 1; }
+        }
+        for (int i = 0; i < h; ++i) {
+            vv[i] = (float)((i + 0.5) * ((double)big / h) - big / 2.0);
+            if (fabsf(vv[i]) < lim_v) { if (i < r0) r0 = i; r1 = i + 1; }
+        }
+        if (c1 <= c0 || r1 <= r0) c0 = c1 = r0 = r1 = 0;
+        L = (SimLevel){h, w, r0, r1, c0, c1, dv, dt};
+        if (l == 0 && search > 0) {   /* best integer translation of the whole inner rectangle */
+            const int r = search, side = 2 * r + 1;
+            double best_s = -INFINITY, centre_s = 0.0;
+            int best = side * r + r;
+            for (int oy = -r; oy <= r; ++oy)
+                for (int ox = -r; ox <= r; ++ox) {
+                    double s = 0.0;
+                    for (int c = 0; c < 4; ++c)
+                        for (int i = r0; i < r1; ++i) {
+                            const int ti = i + oy;
+                            if (ti < 0 || ti >= h) continue;
+                            const float *restrict a = dv + c * n + (size_t)i * w;
+                            const float *restrict b = dt + c * n + (size_t)ti * w;
+                            const int ja = c0 + ox < 0 ? -ox : c0, jb = c1 + ox > w ? w - ox : c1;
+                            float acc = 0.f;
+                            for (int j = ja; j < jb; ++j) acc += a[j] * b[j + ox];
+                            s += acc;
+                        }
+                    s /= 4.0 * (double)n;
+                    const int idx = (oy + r) * side + (ox + r);
+                    if (s > best_s) { best_s = s; best = idx; }
+                    if (ox == 0 && oy == 0) centre_s = s;
+                }
+            if (!(best_s > centre_s * (1 + 1e-4) + 1e-12)) best = side * r + r;
+            p[0] = (double)(best % side - r) * down;
+            p[1] = (double)(best / side - r) * down;
+            p[2] = p[3] = 0.0;
+        }
+        /* inverse compositional: the Jacobian from the visible descriptor's gradients, per input px */
+        float *gxl = gx, *gyl = scratch;   /* 4 planes each (scratch is free after the descriptors) */
+        for (int c = 0; c < 4; ++c) gradients(dv + c * n, h, w, gxl + c * n, gyl + c * n);
+        const float s = 1.f / (float)down;
+        for (int a = 0; a < 4; ++a) for (int b = 0; b < 4; ++b) hs[a][b] = 0.0;
+        for (int c = 0; c < 4; ++c)
+            for (int i = r0; i < r1; ++i) {
+                const float *restrict ax = gxl + c * n + (size_t)i * w, *restrict ay = gyl + c * n + (size_t)i * w;
+                const float v = vv[i];
+                float q[10] = {0};
+                for (int j = c0; j < c1; ++j) {
+                    const float jx = ax[j] * s, jy = ay[j] * s;
+                    const float j2 = jx * uu[j] + jy * v, j3 = jy * uu[j] - jx * v;
+                    q[0] += jx * jx; q[1] += jx * jy; q[2] += jx * j2; q[3] += jx * j3;
+                    q[4] += jy * jy; q[5] += jy * j2; q[6] += jy * j3;
+                    q[7] += j2 * j2; q[8] += j2 * j3; q[9] += j3 * j3;
+                }
+                hs[0][0] += q[0]; hs[0][1] += q[1]; hs[0][2] += q[2]; hs[0][3] += q[3];
+                hs[1][1] += q[4]; hs[1][2] += q[5]; hs[1][3] += q[6];
+                hs[2][2] += q[7]; hs[2][3] += q[8]; hs[3][3] += q[9];
+            }
+        for (int a = 0; a < 4; ++a) {
+            for (int b = 0; b < a; ++b) hs[a][b] = hs[b][a];
+            hs[a][a] += damping * hs[a][a] + 1e-9;
+        }
+        const int nc = c1 - c0;
+        for (int it = 0; it < iters[l]; ++it) {
+            double m[6], step[4];
+            sample_matrix(p, h, w, big, bigw, down, m);
+            g[0] = g[1] = g[2] = g[3] = 0.0;
+            for (int i = r0; i < r1; ++i) {
+                residual_row(&L, m, i, res, tap, off);
+                const float v = vv[i];
+                float q0 = 0.f, q1 = 0.f, q2 = 0.f, q3 = 0.f;
+                for (int c = 0; c < 4; ++c) {
+                    const float *restrict ax = gxl + c * n + (size_t)i * w + c0;
+                    const float *restrict ay = gyl + c * n + (size_t)i * w + c0;
+                    const float *restrict rr = res + (size_t)c * nc, *restrict u = uu + c0;
+                    for (int j = 0; j < nc; ++j) {
+                        const float jx = ax[j] * s, jy = ay[j] * s;
+                        q0 += jx * rr[j]; q1 += jy * rr[j];
+                        q2 += (jx * u[j] + jy * v) * rr[j]; q3 += (jy * u[j] - jx * v) * rr[j];
+                    }
+                }
+                g[0] += q0; g[1] += q1; g[2] += q2; g[3] += q3;
+            }
+            solve4((const double (*)[4])hs, g, step);
+            compose_inverse4(p, step);
+        }
+    }
+    /* confidence at the finest level: the descriptor difference at the estimate vs at phi = 0 */
+    double m[6], r2 = 0.0, z2 = 0.0;
+    const size_t n = (size_t)L.h * L.w;
+    const int nc = L.c1 - L.c0;
+    sample_matrix(p, L.h, L.w, big, bigw, factors[nlev - 1], m);
+    for (int i = L.r0; i < L.r1; ++i) {
+        residual_row(&L, m, i, res, tap, off);
+        float a = 0.f, b = 0.f;
+        for (int c = 0; c < 4; ++c) {
+            const float *restrict rr = res + (size_t)c * nc;
+            const float *restrict x = L.dt + c * n + (size_t)i * L.w + L.c0, *restrict y = L.dv + c * n + (size_t)i * L.w + L.c0;
+            for (int j = 0; j < nc; ++j) { a += rr[j] * rr[j]; b += (x[j] - y[j]) * (x[j] - y[j]); }
+        }
+        r2 += a; z2 += b;
+    }
+    const double floor_ = 1e-12 * 4.0 * (double)n;
+    gain[0] = 1.0 - r2 / (z2 > floor_ ? z2 : floor_);
+    for (int k = 0; k < 4; ++k) params[k] = p[k];
+    free(mem);
+    free(off);
+    return 0;
+}

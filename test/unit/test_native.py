@@ -125,6 +125,97 @@ def test_corrector_full_resolution_matches_torch(output, hw, padded, stride):
     assert float((got[0] - fused).abs().mean()) > 1e-3                  # and changed the image
 
 
+def _similarity_pair(test_data, stem: str, params: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A real visible/thermal pair, the thermal image moved by the similarity ``params`` (x, y px, a, b)."""
+    from ros2_regionfuse.core import convert
+    from ros2_regionfuse.core.imageio import read_gray, read_rgb
+    from ros2_regionfuse.models.global_align import centred_coords, similarity_field
+    from ros2_regionfuse.models.warp import warp_by_flow
+    th = read_gray(test_data / 'ir' / f'{stem}.png', as_uint8=True).astype(np.float32) / 255.0
+    vis = convert.luminance(convert.rgb_to_unit(read_rgb(test_data / 'vi' / f'{stem}.png')))
+    v, t = convert.to_tensor(vis), convert.to_tensor(th)
+    h, w = vis.shape
+    u, vv = centred_coords(h, w, h, w, t)
+    return v, warp_by_flow(t, -similarity_field(torch.tensor([params]), u, vv)).contiguous()
+
+
+@pytest.mark.parametrize('stem', ['tno17', 'FLIR_05005', '00537D'])
+@pytest.mark.parametrize('moved', [False, True])
+def test_similarity_matches_the_torch_solver(test_data, stem, moved):
+    """The global registration in one C call: the torch solver's parameters, field and confidence."""
+    from ros2_regionfuse.models.global_align import estimate_similarity, estimate_similarity_native, similarity_flow
+    v, t = _similarity_pair(test_data, stem, [6.0, -4.0, 0.02, 0.015] if moved else [0.0] * 4)
+    with torch.no_grad():
+        p_torch, g_torch = estimate_similarity(v, t)
+        f_torch, f_native = similarity_flow(v, t), similarity_flow(v, t, native=True)
+    p, g = estimate_similarity_native(v[0, 0].numpy(), t[0, 0].numpy())
+    assert p.dtype == np.float32 and p.shape == (4,) and isinstance(g, float)
+    np.testing.assert_allclose(p[:2], p_torch[0, :2].numpy(), atol=2e-3)      # px
+    np.testing.assert_allclose(p[2:], p_torch[0, 2:].numpy(), atol=2e-5)      # scale, rotation
+    assert g == pytest.approx(float(g_torch), abs=1e-4)
+    assert float(torch.linalg.vector_norm(f_native - f_torch, dim=1).max()) < 5e-3
+    if moved:   # the move was found (the pairs' own residual misregistration is ~1-3 px)
+        assert float(torch.linalg.vector_norm(f_native, dim=1).mean()) > 3.0 and g > 0.1
+
+
+def test_similarity_flat_tiny_and_wide_inputs():
+    from ros2_regionfuse.models.global_align import (
+        GlobalAlignConfig,
+        estimate_similarity,
+        estimate_similarity_native,
+    )
+    flat = np.full((64, 96), 0.4, np.float32)
+    p, g = estimate_similarity_native(flat, flat)
+    assert np.isfinite(p).all() and np.isfinite(g) and np.abs(p).max() < 1e-3
+    tiny = np.random.default_rng(0).random((2, 8, 8), dtype=np.float32)
+    p, g = estimate_similarity_native(tiny[0], tiny[1])
+    assert np.abs(p).max() == 0.0 and g == 0.0
+    gen = torch.Generator().manual_seed(5)
+    v = F.avg_pool2d(torch.rand(1, 1, 40, 1300, generator=gen), 3, 1, 1)    # a panoramic strip
+    t = torch.roll(v, 3, dims=3)
+    assert GlobalAlignConfig().factors(1300, 40) == [2, 1]
+    with torch.no_grad():
+        p_torch, _ = estimate_similarity(v, t)
+    p, g = estimate_similarity_native(v[0, 0].numpy(), t[0, 0].numpy())
+    assert p[:2].tolist() == pytest.approx([3.0, 0.0], abs=0.1)
+    np.testing.assert_allclose(p, p_torch[0].numpy(), atol=2e-3)
+
+
+def test_similarity_arguments_are_checked():
+    a = np.zeros((64, 64), np.float32)
+    with pytest.raises(ValueError, match='float32'):
+        native.similarity(a.astype(np.float64), a, [2, 1], [1, 1], [1.0], 0.01, 0, 0.05)
+    with pytest.raises(ValueError, match='shape'):
+        native.similarity(a, a[:32], [2, 1], [1, 1], [1.0], 0.01, 0, 0.05)
+    with pytest.raises(ValueError, match='do not fit'):
+        native.similarity(a, a, [3, 2], [1, 1], [1.0], 0.01, 0, 0.05)          # not nested
+    with pytest.raises(ValueError, match='do not fit'):
+        native.similarity(a, a, [32, 16], [1, 1], [1.0], 0.01, 0, 0.05)        # a level of 2x2 cells
+    with pytest.raises(ValueError, match='iteration'):
+        native.similarity(a, a, [2, 1], [1], [1.0], 0.01, 0, 0.05)
+    with pytest.raises(ValueError, match='taps'):
+        native.similarity(a, a, [2, 1], [1, 1], [0.5, 0.5], 0.01, 0, 0.05)
+    with pytest.raises(ValueError, match='margin'):
+        native.similarity(a, a, [2, 1], [1, 1], [1.0], 0.01, 0, 0.5)
+
+
+def test_corrector_align_uses_the_kernel(test_data, monkeypatch):
+    """Corrector.align(native=True) goes through the C solver; its gated parameters equal the OpenCV path's."""
+    from ros2_regionfuse.models.corrector import Corrector, CorrectorConfig
+    v, t = _similarity_pair(test_data, 'tno17', [6.0, -4.0, 0.02, 0.015])
+    model = Corrector(CorrectorConfig(global_align=True)).eval()
+    calls = []
+    real = native.similarity
+    monkeypatch.setattr(native, 'similarity', lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.inference_mode():
+        p_native = model.align(v, t, opencv=True, native=True)
+        assert len(calls) == 1
+        p_cv = model.align(v, t, opencv=True)
+    assert len(calls) == 1
+    np.testing.assert_allclose(p_native.numpy(), p_cv.numpy(), atol=5e-3)
+    assert float(p_native[0, :2].abs().max()) > 3.0
+
+
 def test_pipeline_outputs_with_and_without_kernels(test_data):
     """The whole pipeline with native_kernels on and off: the same 8-bit image to 1 LSB, same fields."""
     from ros2_regionfuse.core.config import PipelineConfig
