@@ -438,7 +438,8 @@ def gated_similarity(visible: torch.Tensor, thermal: torch.Tensor, cfg: GlobalAl
     """
     cfg = cfg or GlobalAlignConfig()
     if (opencv or native) and opencv_eligible(visible) and opencv_eligible(thermal):
-        solve = estimate_similarity_native if native and native_kernels.available() else estimate_similarity_cv
+        use_c = native and native_kernels.available()
+        solve = estimate_similarity_native if use_c else estimate_similarity_cv
         rows = [solve(v[0].numpy(), t[0].numpy(), cfg) for v, t in zip(visible, thermal)]
         params = torch.from_numpy(np.stack([p for p, _ in rows])).to(visible.dtype)
         gain = torch.tensor([g for _, g in rows], dtype=visible.dtype)

@@ -342,8 +342,8 @@ def similarity(visible: np.ndarray, thermal: np.ndarray, factors: list[int], ite
     tp = np.ascontiguousarray(taps if len(taps) else [1.0], np.float32)
     params = np.zeros(4, np.float64)
     gain = np.zeros(1, np.float64)
-    rc = _lib_or_raise().rf_similarity(_ptr(visible), _ptr(thermal), big, bigw, nlev, fa, it, _ptr(tp), len(tp),
-                                       float(damping), int(search), float(margin),
+    rc = _lib_or_raise().rf_similarity(_ptr(visible), _ptr(thermal), big, bigw, nlev, fa, it, _ptr(tp),
+                                       len(tp), float(damping), int(search), float(margin),
                                        params.ctypes.data_as(_DP), gain.ctypes.data_as(_DP))
     if rc == -2:   # the checks above should have caught it
         raise ValueError(f'similarity: invalid arguments for a {big}x{bigw} image: factors {list(factors)}')

@@ -270,7 +270,8 @@ def test_outputs_header_encoding_size_values(node, pair, reference) -> None:
     assert st.total_ms >= st.fusion_ms > 0.0
     assert node.col.by_stamp('mis', sec) is None and node.col.by_stamp('flow', sec) is None
     rep = node.counters()   # the fused C kernels ran (a machine without a C compiler reports why not)
-    assert rep is not None and rep['fusion'][2]['native_kernels'].startswith(('loaded ', 'built ')), rep['fusion']
+    assert rep is not None
+    assert rep['fusion'][2]['native_kernels'].startswith(('loaded ', 'built ')), rep['fusion']
 
 
 def test_worker_layout_is_logged(node) -> None:

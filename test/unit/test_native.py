@@ -143,7 +143,11 @@ def _similarity_pair(test_data, stem: str, params: list[float]) -> tuple[torch.T
 @pytest.mark.parametrize('moved', [False, True])
 def test_similarity_matches_the_torch_solver(test_data, stem, moved):
     """The global registration in one C call: the torch solver's parameters, field and confidence."""
-    from ros2_regionfuse.models.global_align import estimate_similarity, estimate_similarity_native, similarity_flow
+    from ros2_regionfuse.models.global_align import (
+        estimate_similarity,
+        estimate_similarity_native,
+        similarity_flow,
+    )
     v, t = _similarity_pair(test_data, stem, [6.0, -4.0, 0.02, 0.015] if moved else [0.0] * 4)
     with torch.no_grad():
         p_torch, g_torch = estimate_similarity(v, t)
@@ -200,7 +204,7 @@ def test_similarity_arguments_are_checked():
 
 
 def test_corrector_align_uses_the_kernel(test_data, monkeypatch):
-    """Corrector.align(native=True) goes through the C solver; its gated parameters equal the OpenCV path's."""
+    """Corrector.align(native=True) runs the C solver; its gated parameters equal the OpenCV path's."""
     from ros2_regionfuse.models.corrector import Corrector, CorrectorConfig
     v, t = _similarity_pair(test_data, 'tno17', [6.0, -4.0, 0.02, 0.015])
     model = Corrector(CorrectorConfig(global_align=True)).eval()
