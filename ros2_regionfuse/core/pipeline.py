@@ -60,8 +60,7 @@ class FusionResult:
             return self.fused
         if self._raw is None:
             rgb, y, bounds = self.raw_source
-            y_out = convert.apply_contrast(y, bounds)
-            self._raw = convert.recolour_uint8(rgb, y_out)
+            self._raw = convert.output_colour(rgb, y, bounds)
         return self._raw
 
     @property
@@ -270,7 +269,7 @@ class FusionPipeline:
             colour = np.ascontiguousarray(rgb)
         else:
             colour = convert.resize_to(convert.rgb_to_unit(rgb), (w, hgt))
-        y = convert.unit_luminance(colour)
+        y = convert.unit_luminance(colour, native=self.cfg.native_kernels)
         hom = self.homography()
         if hom is not None:
             hom = scale_homography(hom, (1.0, 1.0), (w / w0, hgt / h0))
@@ -359,8 +358,7 @@ class FusionPipeline:
         bounds = convert.contrast_bounds(out_y, fcfg.contrast, fcfg.contrast_percentiles)
         # the colour source's luminance as computed in fuse() (a view on the CPU; recomputed elsewhere)
         y_in = convert.to_numpy(frame.visible_t) if frame.visible_t.device.type == 'cpu' else None
-        out_y = convert.apply_contrast(out_y, bounds)
-        fused = convert.recolour_uint8(colour, out_y, y_in)
+        fused = convert.output_colour(colour, out_y, bounds, y_in, native=self.cfg.native_kernels)
         t4 = time.perf_counter()
         ms = dict(frame.timings_ms)
         # The global registration belongs to the corrector, wherever it ran.

@@ -9,7 +9,8 @@ in one pass per level (fusion) or per frame (corrector):
 * :func:`fuse_level`: one level of the fusion's detail blending and reconstruction;
 * :func:`corrector_full_resolution`: the corrector's full-resolution step;
 * :func:`similarity`: the corrector's global similarity registration (one call per frame
-  instead of ~100 small numpy/OpenCV calls).
+  instead of ~100 small numpy/OpenCV calls);
+* :func:`luma_u8`, :func:`recolour_u8`: the 8-bit colour input and output steps.
 
 ``kernels.c`` is compiled on first use with the machine's C compiler (``$CC``,
 else ``cc``; gcc or clang, ~1 s) into a cache directory
@@ -56,11 +57,14 @@ _I = ctypes.c_int
 _IP = ctypes.POINTER(ctypes.c_int)
 _D = ctypes.c_double
 _DP = ctypes.POINTER(ctypes.c_double)
+_U8 = ctypes.POINTER(ctypes.c_uint8)
 _SIGNATURES = {
     'rf_detail_energy': (_F, _F, _I, _I, _I, _F),
     'rf_fuse_level': (_F, _F, _F, _F, _F, _I, _I, _F, _F, _I, _I, ctypes.c_float, _I, _F),
     'rf_corrector_full': (_F, _I, _I, _I, _I, _F, _F, _F, _I, _I, _I, _F, _F, _F),
     'rf_similarity': (_F, _F, _I, _I, _I, _IP, _IP, _F, _I, _D, _I, _D, _DP, _DP),
+    'rf_luma_u8': (_U8, ctypes.c_long, ctypes.c_float, ctypes.c_float, ctypes.c_float, _F),
+    'rf_recolour_u8': (_U8, _F, _F, ctypes.c_long, _I, ctypes.c_float, ctypes.c_float, _U8),
 }
 
 
@@ -349,6 +353,56 @@ def similarity(visible: np.ndarray, thermal: np.ndarray, factors: list[int], ite
         raise ValueError(f'similarity: invalid arguments for a {big}x{bigw} image: factors {list(factors)}')
     _check(rc, 'rf_similarity')
     return params, float(gain[0])
+
+
+def _rgb8(a: np.ndarray, name: str) -> np.ndarray:
+    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3 or not a.flags.c_contiguous:
+        raise ValueError(f'{name}: expected a C-contiguous (H, W, 3) uint8 array, got {a.dtype} {a.shape}')
+    return a
+
+
+def luma_u8(rgb: np.ndarray, weights: tuple[float, float, float]) -> np.ndarray:
+    """Luminance of 8-bit RGB: ``(H, W)`` float32 ``sum(weights * rgb)`` (weights per 8-bit unit).
+
+    Args:
+        rgb: ``(H, W, 3)`` uint8, C-contiguous.
+        weights: ``(kr, kg, kb)``, e.g. BT.601 divided by 255 for a result in [0, 1].
+    """
+    h, w, _ = _rgb8(rgb, 'rgb').shape
+    y = np.empty((h, w), np.float32)
+    _lib_or_raise().rf_luma_u8(rgb.ctypes.data_as(_U8), h * w, *(float(k) for k in weights), _ptr(y))
+    return y
+
+
+def recolour_u8(rgb: np.ndarray, y: np.ndarray, y_old: np.ndarray,
+                bounds: tuple[float, float] | None = None) -> np.ndarray:
+    """The output colour step: every 8-bit channel moves by the luminance change.
+
+    With ``bounds = (lo, hi)``, ``y`` is first mapped to ``clip((y - lo) / (hi - lo), 0, 1)``
+    (the output contrast); then ``out = saturate(round(rgb + 255 (y - y_old)))``, rounding half
+    to even, in one pass.
+
+    Args:
+        rgb: ``(H, W, 3)`` uint8, C-contiguous.
+        y, y_old: ``(H, W)`` float32: the new luminance and the one of ``rgb``, in [0, 1].
+        bounds: the contrast mapping, or None for none.
+
+    Returns:
+        ``(H, W, 3)`` uint8.
+    """
+    h, w, _ = _rgb8(rgb, 'rgb').shape
+    _plane(y, 'y', (h, w))
+    _plane(y_old, 'y_old', (h, w))
+    lo, scale = 0.0, 1.0
+    if bounds is not None:
+        lo, hi = bounds
+        if not hi > lo:
+            raise ValueError(f'recolour_u8: bounds {bounds} need hi > lo')
+        scale = 1.0 / (hi - lo)
+    out = np.empty_like(rgb)
+    _lib_or_raise().rf_recolour_u8(rgb.ctypes.data_as(_U8), _ptr(y), _ptr(y_old), h * w,
+                                   int(bounds is not None), float(lo), float(scale), out.ctypes.data_as(_U8))
+    return out
 
 
 def main() -> int:

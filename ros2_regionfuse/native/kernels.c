@@ -642,3 +642,33 @@ int rf_similarity(const float *vis, const float *th, int big, int bigw, int nlev
     free(off);
     return 0;
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * 8-bit colour in and out (core/convert.py: unit_luminance, apply_contrast + recolour_uint8). */
+
+/* Luminance in [0, 1] of n interleaved 8-bit RGB pixels: y = kr R + kg G + kb B (weights / 255). */
+int rf_luma_u8(const uint8_t *rgb, long n, float kr, float kg, float kb, float *y) {
+    for (long k = 0; k < n; ++k) {
+        const uint8_t *p = rgb + 3 * k;
+        y[k] = kr * (float)p[0] + kg * (float)p[1] + kb * (float)p[2];
+    }
+    return 0;
+}
+
+/* The output colour step for n interleaved 8-bit RGB pixels: the new luminance, mapped by the
+ * contrast bounds when contrast != 0 (yc = clamp((y - lo) * scale, 0, 1)), replaces the old one
+ * by moving every channel by the same change: out = saturate(round(c + 255 (yc - y_old))),
+ * rounding half to even (as OpenCV's saturate_cast). */
+int rf_recolour_u8(const uint8_t *rgb, const float *y, const float *y_old, long n, int contrast,
+                   float lo, float scale, uint8_t *out) {
+    for (long k = 0; k < n; ++k) {
+        float yc = y[k];
+        if (contrast) yc = fminf(fmaxf((yc - lo) * scale, 0.f), 1.f);
+        const float d = (yc - y_old[k]) * 255.f;
+        for (int c = 0; c < 3; ++c) {
+            const float v = nearbyintf((float)rgb[3 * k + c] + d);
+            out[3 * k + c] = (uint8_t)fminf(fmaxf(v, 0.f), 255.f);
+        }
+    }
+    return 0;
+}

@@ -220,6 +220,33 @@ def test_corrector_align_uses_the_kernel(test_data, monkeypatch):
     assert float(p_native[0, :2].abs().max()) > 3.0
 
 
+def test_luma_and_output_colour_match_the_opencv_steps(rng):
+    """The 8-bit colour steps in one pass each: luminance equal to ~1e-7, colour within 1 LSB on halves."""
+    from ros2_regionfuse.core import convert
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    y = convert.unit_luminance(rgb)
+    np.testing.assert_allclose(convert.unit_luminance(rgb, native=True), y, atol=3e-7, rtol=0)
+    y_new = np.clip(y + rng.normal(0, 0.2, y.shape), -0.2, 1.2).astype(np.float32)   # values outside saturate
+    for bounds in ((0.0, 1.0), (0.15, 0.7)):
+        ref = convert.output_colour(rgb, y_new, bounds, y)
+        got = convert.output_colour(rgb, y_new, bounds, y, native=True)
+        diff = np.abs(ref.astype(np.int16) - got.astype(np.int16))
+        assert got.dtype == np.uint8 and got.shape == rgb.shape
+        assert int(diff.max()) <= 1 and float((diff > 0).mean()) < 1e-3, bounds
+        assert int((got == 0).sum()) > 0 and int((got == 255).sum()) > 0     # saturation happened
+    gray = np.repeat(rng.integers(0, 256, (8, 9, 1), dtype=np.uint8), 3, 2)     # gray stays gray
+    y_gray = convert.unit_luminance(gray)
+    out = native.recolour_u8(gray, np.full((8, 9), 0.58, np.float32), y_gray, (0.1, 0.9))
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    assert (out == 153).all()   # (0.58 - 0.1) / 0.8 = 0.6 -> 153 whatever the old level
+    with pytest.raises(ValueError, match='uint8'):
+        native.luma_u8(rgb[:, ::2], (0.3, 0.6, 0.1))                            # strided
+    with pytest.raises(ValueError, match='hi > lo'):
+        native.recolour_u8(rgb, y_new, y, (0.5, 0.5))
+    with pytest.raises(ValueError, match='shape'):
+        native.recolour_u8(rgb, y_new[:5], y, None)
+
+
 def test_pipeline_outputs_with_and_without_kernels(test_data):
     """The whole pipeline with native_kernels on and off: the same 8-bit image to 1 LSB, same fields."""
     from ros2_regionfuse.core.config import PipelineConfig
