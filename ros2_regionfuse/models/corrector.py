@@ -81,6 +81,7 @@ only (untrained).
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -325,7 +326,24 @@ def plane_mean(x: torch.Tensor, q: int) -> torch.Tensor:
     return torch.cat([F.conv2d(x[:, i:i + 1], k, stride=q) for i in range(x.shape[1])], 1)
 
 
-def thermal_weight(x: torch.Tensor, means: torch.Tensor, window: int = 3) -> torch.Tensor:
+@functools.lru_cache(maxsize=8)
+def _sub_block_weights(s: int, q: int) -> torch.Tensor:
+    """``(m * m, s * s)`` weights (``m = s / q``) of the ``q x q`` sub-block means of an ``s x s`` block.
+
+    Example:
+        >>> w = _sub_block_weights(4, 2)
+        >>> w.shape, float(w.sum(1)[0]), w[1].view(4, 4)[0].tolist()
+        (torch.Size([4, 16]), 1.0, [0.0, 0.0, 0.25, 0.25])
+    """
+    m = s // q if q > 1 else 0
+    sub = np.zeros((m * m, s, s), np.float32)   # numpy: a constant, not traced ops, in a traced graph
+    for i in range(m * m):   # sub-block (row i // m, column i % m)
+        sub[i, (i // m) * q:(i // m + 1) * q, (i % m) * q:(i % m + 1) * q] = 1.0 / (q * q)
+    return torch.from_numpy(sub.reshape(m * m, s * s))
+
+
+def thermal_weight(x: torch.Tensor, means: torch.Tensor, window: int = 3,
+                   small: torch.Tensor | None = None) -> torch.Tensor:
     """Local weight of the thermal image in the fused image: least squares ``F ~ beta T + gamma Y + c``.
 
     The fusion is locally close to linear in its sources; ``beta`` is its local derivative with
@@ -336,6 +354,8 @@ def thermal_weight(x: torch.Tensor, means: torch.Tensor, window: int = 3) -> tor
         x: ``(B, 3, Hp, Wp)`` visible, fused, thermal in [0, 1]; ``Hp, Wp`` multiples of the cell.
         means: ``(B, 3, Hp / s, Wp / s)`` block means of ``x`` over ``s x s`` cells.
         window: cells per side of the fit (odd).
+        small: the ``q x q`` block means of ``x`` (``q = gcd(s, 4)``) when the caller has them
+            (:meth:`Corrector.stem_and_pool`); computed here otherwise.
 
     Returns:
         ``(B, 1, Hp / s, Wp / s)`` ``beta`` in ``[0, 1.5]`` (a ridge of 1e-3 on the variances
@@ -352,7 +372,9 @@ def thermal_weight(x: torch.Tensor, means: torch.Tensor, window: int = 3) -> tor
     """
     s = x.shape[-1] // means.shape[-1]
     q = math.gcd(s, _BETA_POOL)
-    small, k = (plane_mean(x, q), s // q) if q > 1 else (x, s)
+    if q > 1 and small is None:
+        small = plane_mean(x, q)
+    small, k = (small, s // q) if q > 1 else (x, s)
     y, f, t = small[:, 0:1], small[:, 1:2], small[:, 2:3]
     mom = torch.cat([t * t, t * y, y * y, f * t, f * y], 1)
     mom = F.avg_pool2d(mom, k) if k > 1 else mom
@@ -606,32 +628,46 @@ class Corrector(nn.Module):
         """Whether the full-resolution step runs in OpenCV: requested and eager CPU float32 inference."""
         return requested and not self.training and opencv_eligible(low)
 
-    def stem_and_pool(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stem features and the ``s x s`` block means of the inputs (``s`` = stem stride).
+    def stem_and_pool(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Stem features, the ``s x s`` block means and the ``q x q`` block means of the inputs.
+
+        ``s`` is the stem stride, ``q = gcd(s, 4)`` the cell of :func:`thermal_weight`'s products.
 
         Args:
             x: ``(B, 3, Hp, Wp)`` padded visible, fused, thermal (multiples of ``s``).
 
         Returns:
-            ``(features (B, 3 * widths[0], Hp/s, Wp/s), means (B, 3, Hp/s, Wp/s))``; the means
-            equal ``F.avg_pool2d(x, s)`` to float rounding.
+            ``(features (B, 3 * widths[0], Hp/s, Wp/s), means (B, 3, Hp/s, Wp/s),
+            fine means (B, 3, Hp/q, Wp/q) or None when q = 1)``; the means equal
+            ``F.avg_pool2d(x, s)`` and ``F.avg_pool2d(x, q)`` to float rounding.
         """
         s = self.cfg.stem_stride
         if s == 1:
-            return self.stem(x), x
-        # The 1x1 grouped conv over pixel-unshuffled s x s blocks is an s x s stride-s grouped conv
-        # on the image: same weights viewed as (out, 1, s, s), same values, no full-resolution
-        # reshuffle (2.5 -> 0.7 ms at 640x480). The block means ride along as one more output per
-        # group with weights 1 / s^2, so the full-resolution input is read once, not twice.
+            return self.stem(x), x, None
+        # The 1x1 grouped conv over pixel-unshuffled s x s blocks is, per plane, a matrix product
+        # of the (s*s)-vectors of the blocks with the weights viewed as (out, s*s). The s x s and
+        # the q x q block means ride along as more output columns (weights 1/s^2 and 1/q^2 on
+        # their pixels), so the full-resolution input is read once. At 640x480 on 2 threads
+        # 0.7 ms against 2.9 ms for the per-plane stride-s convolutions plus the q x q pooling
+        # (oneDNN is slow on one-channel convolutions; docs/performance.md, session 14).
         conv, act = self.stem   # stride > 1: exactly [conv, act]
         k = conv.out_channels // 3
-        mean_w = conv.weight.new_full((3, 1, 1, s, s), 1.0 / (s * s))
-        w = torch.cat([conv.weight.view(3, k, 1, s, s), mean_w], 1)   # (3, k + 1, 1, s, s)
-        b = torch.cat([conv.bias.view(3, k), conv.bias.new_zeros(3, 1)], 1)
-        # One convolution per plane: ~2x faster on the CPU than the grouped form (0.75 vs 1.6-1.9 ms
-        # at 640x480, 1 thread), same values.
-        y = torch.stack([F.conv2d(x[:, i:i + 1], w[i], b[i], stride=s) for i in range(3)], 1)
-        return act(y[:, :, :k].flatten(1, 2)), y[:, :, k]
+        q = math.gcd(s, _BETA_POOL)
+        m = s // q if q > 1 else 0
+        b, _, hp, wp = x.shape
+        h, w = hp // s, wp // s
+        sub = _sub_block_weights(s, q).to(x.device, x.dtype)   # a constant in traced graphs
+        wt = torch.cat([conv.weight.view(3, k, s * s), conv.weight.new_full((3, 1, s * s), 1.0 / (s * s)),
+                        sub.view(1, m * m, s * s).expand(3, -1, -1)], 1)     # (3, k + 1 + m*m, s*s)
+        bias = torch.cat([conv.bias.view(3, k), conv.bias.new_zeros(3, 1 + m * m)], 1).unsqueeze(1)
+        blocks = x.reshape(b, 3, h, s, w, s).permute(0, 1, 2, 4, 3, 5).reshape(b, 3, h * w, s * s)
+        y = torch.matmul(blocks, wt.transpose(1, 2)) + bias        # (B, 3, h*w, k + 1 + m*m)
+        feats = act(y[..., :k].permute(0, 1, 3, 2).reshape(b, 3 * k, h, w))
+        means = y[..., k].reshape(b, 3, h, w)
+        if not m:
+            return feats, means, None
+        fine = y[..., k + 1:].reshape(b, 3, h, w, m, m).permute(0, 1, 2, 4, 3, 5).reshape(b, 3, h * m, w * m)
+        return feats, means, fine
 
     def fields(self, x: torch.Tensor, image_hw: tuple[int, int], params: torch.Tensor | None,
                init_flow: torch.Tensor | None = None
@@ -652,7 +688,7 @@ class Corrector(nn.Module):
         cfg = self.cfg
         h, w = image_hw
         hp, wp = x.shape[-2:]
-        stem, pooled = self.stem_and_pool(x)
+        stem, pooled, fine_means = self.stem_and_pool(x)
         means0 = pooled
         feats = [stem]
         for d in self.down:
@@ -729,7 +765,7 @@ class Corrector(nn.Module):
         flow_px = flows[0] * torch.tensor([sw, sh], dtype=x.dtype, device=x.device).view(1, 2, 1, 1)
         gate = shift_gate(flow_px, cfg.min_shift, cfg.min_shift_width)
         if cfg.output == 'refuse':
-            gain = thermal_weight(x, means0) * (1.0 + ab[:, :1])
+            gain = thermal_weight(x, means0, small=fine_means) * (1.0 + ab[:, :1])
         else:
             gain = ab[:, :1]
         low = torch.cat([flow_px * gate, m0 * gate, gain, ab[:, 1:] * gate], 1)

@@ -1,6 +1,8 @@
 """Post-registration corrector: shapes, assembly formula, weights I/O, identity on a real pair."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -77,11 +79,14 @@ def test_stem_block_means_equal_average_pooling(variant):
     with torch.no_grad():
         for p in m.stem.parameters():   # random stem weights (the defaults may be symmetric)
             p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(4)))
-        feats, means = m.stem_and_pool(x)
+        feats, means, fine = m.stem_and_pool(x)
         ref = m.stem(torch.nn.functional.pixel_unshuffle(x, s))
     assert means.shape == (2, 3, 4, 6) and feats.shape == ref.shape
     assert float((means - torch.nn.functional.avg_pool2d(x, s)).abs().max()) < 1e-6
     assert float((feats - ref).abs().max()) < 1e-4
+    q = math.gcd(s, 4)   # the q x q means of the thermal weight's products
+    assert fine.shape == (2, 3, 4 * s // q, 6 * s // q)
+    assert float((fine - torch.nn.functional.avg_pool2d(x, q)).abs().max()) < 1e-6
 
 
 def test_full_resolution_assembly_formula():
