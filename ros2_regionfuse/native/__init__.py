@@ -45,6 +45,10 @@ SOURCE = Path(__file__).with_name('kernels.c')
 # -ffast-math lets gcc vectorise expf (glibc's libmvec) and reorder sums; the shared object is linked
 # in a second step without it, so it does not carry the flush-to-zero start-up code of crtfastmath.
 CFLAGS = ('-O3', '-march=native', '-ffast-math', '-fPIC', '-std=c11')
+# GCC's generic tuning (what -march=native gives where GCC does not know the CPU's model) emulates
+# AVX-512 gathers with scalar loads: the corrector's bilinear warps ran 1.6-1.9x slower on an Intel
+# Xeon (docs/performance.md, session 14). GCC only; other compilers keep their own choice.
+GCC_X86_FLAGS = ('-mtune-ctrl=use_gather',)
 LDFLAGS = ('-shared', '-lm')
 
 _lock = threading.Lock()
@@ -93,25 +97,45 @@ def _cpu_features() -> str:
     return platform.processor() or platform.machine()
 
 
-def _build_key(cc: str) -> str:
+def _compiler_version(cc: str) -> str:
     try:
-        version = subprocess.run([cc, '--version'], capture_output=True, text=True, timeout=30).stdout
+        return subprocess.run([cc, '--version'], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
-        version = ''
+        return ''
+
+
+def compile_flags(version: str) -> tuple[str, ...]:
+    """Compiler flags for a compiler whose ``--version`` printed ``version``.
+
+    Example:
+        >>> gcc = compile_flags('gcc (Debian 12.2.0-14) 12.2.0')
+        >>> gcc == CFLAGS + GCC_X86_FLAGS or platform.machine() != 'x86_64'
+        True
+        >>> compile_flags('Debian clang version 14.0.6') == CFLAGS
+        True
+    """
+    first = version.splitlines()[0].lower() if version else ''
+    is_gcc = ('gcc' in first or 'Free Software Foundation' in version) and 'clang' not in first
+    if is_gcc and platform.machine().lower() in ('x86_64', 'amd64'):
+        return CFLAGS + GCC_X86_FLAGS
+    return CFLAGS
+
+
+def _build_key(cc: str, version: str) -> str:
     h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), ' '.join(CFLAGS + LDFLAGS).encode(), version.encode(),
+    for part in (SOURCE.read_bytes(), ' '.join(compile_flags(version) + LDFLAGS).encode(), version.encode(),
                  _cpu_features().encode(), platform.machine().encode()):
         h.update(part)
         h.update(b'\0')
     return h.hexdigest()[:16]
 
 
-def _build(cc: str, target: Path) -> None:
+def _build(cc: str, target: Path, flags: tuple[str, ...] = CFLAGS) -> None:
     """Compile ``kernels.c`` into ``target`` (atomically: a temporary file, then a rename)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         obj, so = Path(tmp) / 'kernels.o', Path(tmp) / target.name
-        compile_ = [cc, *CFLAGS, '-c', str(SOURCE), '-o', str(obj)]
+        compile_ = [cc, *flags, '-c', str(SOURCE), '-o', str(obj)]
         for cmd in (compile_, [cc, str(obj), *LDFLAGS, '-o', str(so)]):
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
             if r.returncode != 0:
@@ -136,10 +160,11 @@ def load() -> ctypes.CDLL | None:
             cc = _compiler()
             if cc is None:
                 raise RuntimeError(f"no C compiler ({os.environ.get('CC') or 'cc'} not found)")
-            target = cache_dir() / f'regionfuse_kernels-{_build_key(cc)}.so'
+            version = _compiler_version(cc)
+            target = cache_dir() / f'regionfuse_kernels-{_build_key(cc, version)}.so'
             built = False
             if not target.exists():
-                _build(cc, target)
+                _build(cc, target, compile_flags(version))
                 built = True
             lib = ctypes.CDLL(str(target))
             for name, args in _SIGNATURES.items():
