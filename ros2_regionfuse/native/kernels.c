@@ -280,6 +280,16 @@ int rf_corrector_full(const float *low, int hl, int wl, int hp, int wp, const fl
 #define SIM_GRAD_EPS 1e-6f    /* global_align._GRAD_EPS */
 #define SIM_WINDOW 7          /* global_align._LOCAL_WINDOW */
 
+/* o[j] = inv * (sum of a[j f .. j f + f - 1]), j < wo. */
+static inline __attribute__((always_inline)) void group_sums(const float *restrict a, int wo, int f, float inv,
+                                                             float *restrict o) {
+    for (int j = 0; j < wo; ++j) {
+        float t = 0.f;
+        for (int k = 0; k < f; ++k) t += a[j * f + k];
+        o[j] = t * inv;
+    }
+}
+
 /* Mean over f x f blocks of the (h, w) plane src (row stride sw), floor size (h / f, w / f).
  * acc: w floats. The f rows of a block row are summed first (contiguous, vectorised). */
 static void block_mean(const float *src, int h, int w, int sw, int f, float *dst, float *acc) {
@@ -294,10 +304,12 @@ static void block_mean(const float *src, int h, int w, int sw, int f, float *dst
             for (int j = 0; j < wf; ++j) a[j] += s[j];
         }
         float *restrict o = dst + (size_t)i * wo;
-        for (int j = 0; j < wo; ++j) {
-            float t = 0.f;
-            for (int k = 0; k < f; ++k) t += a[j * f + k];
-            o[j] = t * inv;
+        switch (f) {   /* constant group sizes vectorise (the levels' factors are powers of two) */
+        case 2: group_sums(a, wo, 2, inv, o); break;
+        case 4: group_sums(a, wo, 4, inv, o); break;
+        case 8: group_sums(a, wo, 8, inv, o); break;
+        case 16: group_sums(a, wo, 16, inv, o); break;
+        default: group_sums(a, wo, f, inv, o); break;
         }
     }
 }
