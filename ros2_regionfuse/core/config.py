@@ -103,12 +103,16 @@ class CorrectorConfig:
                             'stages when the global registration finds it aligned to within 1 px '
                             '(torch backend; a calibrated rig then costs only the global check); '
                             'false = always run the whole corrector.', read_only=True)
-    align_stage: str = _f('correct', 'Pipeline stage that runs the global registration: correct (with '
-                          'the corrector) or fuse (with preprocessing and fusion). The node runs the two '
-                          'stages on two threads. For corrector_lite at 30 Hz input on 2 cores, correct '
-                          'gave the higher output rate in 4 of 4 alternating 60 s pairs (+0.1 to +2.2 Hz) '
-                          'and fuse the lower p95 latency in 4 of 4 (-4 to -14 ms); fuse also suits a '
-                          'heavier corrector.', choices=('correct', 'fuse'), read_only=True)
+    align_stage: str = _f('auto', 'Pipeline stage that runs the global registration: correct (with '
+                          'the corrector), fuse (with preprocessing and fusion), or auto: when a frame is '
+                          'processed in one go on the CPU with 2 or more threads (the CLI, the node with '
+                          'overlap_stages false), on a helper thread during the fusion, which then keeps '
+                          'one thread fewer (-1.6 ms per 640x480 frame on 2 cores), otherwise as correct. '
+                          'The node with overlap_stages runs the two stages on two threads: for '
+                          'corrector_lite at 30 Hz input on 2 cores, correct gave the higher output rate in '
+                          '4 of 4 alternating 60 s pairs (+0.1 to +2.2 Hz) and fuse the lower p95 latency '
+                          'in 4 of 4 (-4 to -14 ms); fuse also suits a heavier corrector.',
+                          choices=('auto', 'correct', 'fuse'), read_only=True)
 
 
 @dataclass

@@ -11,7 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -90,12 +93,14 @@ class FusedFrame:
             on the pipeline's device (thermal, visible luminance, fused luminance).
         correct: whether :meth:`FusionPipeline.finish` runs the corrector.
         timings_ms: ``preprocess`` and ``fusion`` so far, and ``align`` (the
-            corrector's global registration, when it ran here).
+            corrector's global registration, when it ran here: its own time with
+            ``align_stage: fuse``; with ``auto`` on a helper thread, the time waited
+            for it after the fusion, its own time as ``align_concurrent``).
         align_params: the corrector's global registration of this pair
             (``(1, 4)``), computed in the first half (``corrector.align_stage:
-            fuse``) so that the node overlaps it with the correction of the
-            previous pair; None: the corrector computes it (the default
-            ``align_stage: correct``, no global start, or a runner without ``align``).
+            fuse``, or ``auto`` for a frame processed in one go) so that it
+            overlaps other work; None: the corrector computes it (``align_stage:
+            correct``, no global start, or a runner without ``align``).
     """
 
     thermal: np.ndarray
@@ -154,6 +159,13 @@ def select_device(requested: str) -> torch.device:
     return torch.device('cpu')
 
 
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """``(fn(*args), milliseconds it took)``."""
+    t = time.perf_counter()
+    out = fn(*args)
+    return out, (time.perf_counter() - t) * 1e3
+
+
 class FusionPipeline:
     """Thermal + RGB fusion with optional post-registration, on numpy arrays.
 
@@ -185,6 +197,7 @@ class FusionPipeline:
         self.corrector_card: dict = {}
         self._homography: np.ndarray | None = None
         self._file_homography: tuple[str, np.ndarray] | None = None
+        self._helper: ThreadPoolExecutor | None = None
         if self.cfg.corrector.enabled:
             self._ensure_corrector()
 
@@ -291,17 +304,29 @@ class FusionPipeline:
         Raises:
             RegionFuseError: invalid images or configuration.
         """
-        return self.finish(self.fuse(thermal, rgb, correct=correct, out_size=out_size))
+        return self.finish(self.fuse(thermal, rgb, correct=correct, out_size=out_size, whole_frame=True))
+
+    def close(self) -> None:
+        """Stop the helper thread of ``align_stage: auto`` (started on first use; idempotent)."""
+        if self._helper is not None:
+            self._helper.shutdown(wait=True)
+            self._helper = None
 
     def fuse(self, thermal: np.ndarray, rgb: np.ndarray, *, correct: bool | None = None,
-             out_size: tuple[int, int] | None = None) -> FusedFrame:
+             out_size: tuple[int, int] | None = None, whole_frame: bool = False) -> FusedFrame:
         """First half of :meth:`process`: preprocessing and fusion (arguments as there).
 
         ``correct`` is resolved here (default ``cfg.corrector.enabled`` at this
         call) so a pair is finished the way it was started. When it is true and
         ``cfg.corrector.align_stage`` is ``fuse``, the corrector's global
-        registration runs here too (:attr:`FusedFrame.align_params`); otherwise
-        :meth:`finish` runs it with the corrector.
+        registration runs here too (:attr:`FusedFrame.align_params`). With ``auto``,
+        on the CPU with ``n >= 2`` torch threads and ``whole_frame`` (the caller runs
+        :meth:`finish` right after, as :meth:`process` does), it runs on a helper thread
+        while the fusion runs with ``n - 1`` threads: the region network runs on one
+        ONNX Runtime thread and leaves a core idle, and torch's thread pool must not
+        wait on a busy core. Paired rounds at 640x480 on 2 cores (docs/performance.md,
+        session 14): 21.9 vs 23.5 ms per frame (9 of 10); with 2 torch threads during
+        the overlap 27.0 ms. Otherwise :meth:`finish` runs it with the corrector.
 
         Raises:
             RegionFuseError: invalid images or configuration, or the corrector
@@ -313,22 +338,36 @@ class FusionPipeline:
         t1 = time.perf_counter()
         th_t = convert.to_tensor(th, dev)
         y_t = convert.to_tensor(y, dev)
-        fused_y = self.fusion(th_t, y_t)
-        t2 = time.perf_counter()
         do_correct = self.cfg.corrector.enabled if correct is None else correct
-        params = None
+        align = None
         if do_correct:
-            # The corrector's global registration needs only the sources: with
-            # corrector.align_stage = fuse it runs here, in the node's first stage (docs/performance.md).
+            # The corrector's global registration needs only the sources (docs/performance.md).
             self._ensure_corrector()
             align = getattr(self._corrector, 'align', None)
-            if align is not None and self.cfg.corrector.align_stage == 'fuse':
-                params = align(y_t, th_t)
+        stage = self.cfg.corrector.align_stage
+        threads = torch.get_num_threads()
+        pending = None
+        if align is not None and stage == 'auto' and whole_frame and dev.type == 'cpu' and threads >= 2:
+            if self._helper is None:
+                self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix='regionfuse-align')
+            pending = self._helper.submit(_timed, align, y_t, th_t)
+            torch.set_num_threads(threads - 1)
+        try:
+            fused_y = self.fusion(th_t, y_t)
+        finally:
+            if pending is not None:
+                torch.set_num_threads(threads)
+                wait([pending])   # a fusion error is the one reported
+        t2 = time.perf_counter()
+        params, ms_align = pending.result() if pending is not None else (None, 0.0)
+        if align is not None and stage == 'fuse':
+            params = align(y_t, th_t)
         t3 = time.perf_counter()
+        ms = {'preprocess': (t1 - t0) * 1e3, 'fusion': (t2 - t1) * 1e3, 'align': (t3 - t2) * 1e3}
+        if pending is not None:
+            ms['align_concurrent'] = ms_align
         return FusedFrame(thermal=th, rgb=colour, thermal_t=th_t, visible_t=y_t, fused_t=fused_y,
-                          correct=do_correct, align_params=params,
-                          timings_ms={'preprocess': (t1 - t0) * 1e3, 'fusion': (t2 - t1) * 1e3,
-                                      'align': (t3 - t2) * 1e3})
+                          correct=do_correct, align_params=params, timings_ms=ms)
 
     def finish(self, frame: FusedFrame) -> FusionResult:
         """Second half of :meth:`process`: corrector (when ``frame.correct``) and postprocessing.
@@ -361,7 +400,8 @@ class FusionPipeline:
         fused = convert.output_colour(colour, out_y, bounds, y_in, native=self.cfg.native_kernels)
         t4 = time.perf_counter()
         ms = dict(frame.timings_ms)
-        # The global registration belongs to the corrector, wherever it ran.
+        # The global registration belongs to the corrector, wherever it ran (on the helper thread
+        # during the fusion: the time waited for it; its own time stays in align_concurrent).
         ms.update({'corrector': (t3 - t2) * 1e3 + ms.pop('align', 0.0), 'postprocess': (t4 - t3) * 1e3})
         ms['total'] = ms['preprocess'] + ms['fusion'] + ms['corrector'] + ms['postprocess']
         return FusionResult(fused=fused, thermal=frame.thermal, misregistration=misreg, flow=flow,

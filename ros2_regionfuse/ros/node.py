@@ -264,6 +264,8 @@ class RegionFuseNode(LifecycleNode):
         for pub in self._pubs.values():
             self.destroy_publisher(pub)
         self._pubs = {}
+        if self.pipeline is not None:
+            self.pipeline.close()   # its helper thread (align_stage auto), if started
         if self.pipeline is not None and getattr(self.pipeline.device, 'type', '') == 'cuda':
             import torch
             self.pipeline = None
@@ -428,7 +430,9 @@ class RegionFuseNode(LifecycleNode):
             self.get_logger().warn('align.mode=plane: waiting for thermal/camera_info and rgb/camera_info; '
                                    'resizing only', throttle_duration_sec=LOG_THROTTLE_S)
         try:
-            return self.pipeline.fuse(thermal, rgb, out_size=outputs.output_size(self.cfg.output, rgb.shape))
+            # one worker: finish() follows in this thread, so align_stage auto may overlap the fusion
+            return self.pipeline.fuse(thermal, rgb, out_size=outputs.output_size(self.cfg.output, rgb.shape),
+                                      whole_frame=not self.cfg.overlap_stages)
         except RegionFuseError as e:
             self.pair_drops.add('pipeline_error')
             self.get_logger().warn(f'pair dropped: {e}', throttle_duration_sec=LOG_THROTTLE_S)

@@ -411,7 +411,8 @@ def test_runner_uses_the_opencv_step_on_cpu(test_data):
 
 def test_pipeline_runs_the_global_registration_in_the_configured_stage(test_data):
     """corrector.align_stage: with fuse, fuse() computes the global registration (align_params) and
-    finish() uses it; with correct (default) finish() does; same results, corrector time either way."""
+    finish() uses it; with correct finish() does (the default auto does too for a first stage alone);
+    same results, corrector time either way."""
     from ros2_regionfuse.core.config import PipelineConfig
     from ros2_regionfuse.core.imageio import read_gray, read_rgb
     from ros2_regionfuse.core.pipeline import FusionPipeline
@@ -419,7 +420,7 @@ def test_pipeline_runs_the_global_registration_in_the_configured_stage(test_data
     rgb = read_rgb(test_data / 'vi' / '00537D.png')
     moved = np.ascontiguousarray(np.roll(th, 6, axis=1))     # thermal 6 px to the right
     cfg = PipelineConfig(device='cpu')
-    assert cfg.corrector.align_stage == 'correct'
+    assert cfg.corrector.align_stage == 'auto'
     cfg.corrector.align_stage = 'fuse'
     pipe = FusionPipeline(cfg)
     frame = pipe.fuse(moved, rgb)

@@ -1,0 +1,87 @@
+"""corrector.align_stage: where the global registration runs; auto overlaps it with the fusion."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ros2_regionfuse.core.config import PipelineConfig
+from ros2_regionfuse.core.imageio import read_gray, read_rgb
+from ros2_regionfuse.core.pipeline import FusionPipeline
+
+
+@pytest.fixture()
+def two_threads():
+    """Two torch threads for the test (auto overlaps only with >= 2), restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope='module')
+def frame(test_data) -> tuple[np.ndarray, np.ndarray]:
+    return (read_gray(test_data / 'ir' / 'tno17.png', as_uint8=True),
+            read_rgb(test_data / 'vi' / 'tno17.png'))
+
+
+def _pipe(stage: str) -> FusionPipeline:
+    cfg = PipelineConfig()
+    cfg.corrector.align_stage = stage
+    cfg.corrector.skip_aligned = False   # the whole corrector, whatever the registration finds
+    return FusionPipeline(cfg)
+
+
+def test_every_stage_gives_the_same_outputs(two_threads, frame):
+    """auto (helper thread), correct and fuse compute the same registration: identical outputs."""
+    results = {}
+    for stage in ('auto', 'correct', 'fuse'):
+        pipe = _pipe(stage)
+        try:
+            results[stage] = pipe.process(*frame, correct=True)
+        finally:
+            pipe.close()
+    ref = results['correct']
+    assert float(np.abs(ref.flow).max()) > 0.5   # a real (non-zero) flow is compared
+    for stage in ('auto', 'fuse'):
+        assert np.array_equal(results[stage].fused, ref.fused), stage
+        assert np.array_equal(results[stage].flow, ref.flow), stage
+    ms = results['auto'].timings_ms
+    assert ms['align_concurrent'] > 0.0 and 'align_concurrent' not in ref.timings_ms
+    assert ms['total'] == pytest.approx(ms['preprocess'] + ms['fusion'] + ms['corrector'] + ms['postprocess'])
+    assert torch.get_num_threads() == 2   # the fusion's thread count was restored
+
+
+def test_auto_overlaps_only_whole_frames_with_two_threads(two_threads, frame):
+    pipe = _pipe('auto')
+    try:
+        half = pipe.fuse(*frame, correct=True)                 # the node's first stage: no overlap
+        assert half.align_params is None and 'align_concurrent' not in half.timings_ms
+        whole = pipe.fuse(*frame, correct=True, whole_frame=True)
+        assert whole.align_params is not None and whole.align_params.shape == (1, 4)
+        assert pipe._helper is not None
+        torch.set_num_threads(1)                               # one thread: nothing to overlap with
+        single = pipe.fuse(*frame, correct=True, whole_frame=True)
+        assert single.align_params is None
+        no_corr = pipe.fuse(*frame, correct=False, whole_frame=True)
+        assert no_corr.align_params is None
+        a, b = pipe.finish(whole), pipe.finish(half)
+        assert np.array_equal(a.fused, b.fused)
+    finally:
+        pipe.close()
+    assert pipe._helper is None
+    pipe.close()   # idempotent
+
+
+def test_fusion_error_is_reported_and_threads_restored(two_threads, frame, monkeypatch):
+    pipe = _pipe('auto')
+
+    def broken(*args):
+        raise RuntimeError('fusion failed')
+    monkeypatch.setattr(pipe, 'fusion', broken)
+    try:
+        with pytest.raises(RuntimeError, match='fusion failed'):
+            pipe.process(*frame, correct=True)
+        assert torch.get_num_threads() == 2
+    finally:
+        pipe.close()
