@@ -85,3 +85,15 @@ def test_fusion_error_is_reported_and_threads_restored(two_threads, frame, monke
         assert torch.get_num_threads() == 2
     finally:
         pipe.close()
+
+
+def test_bench_reports_the_concurrent_registration(two_threads, frame):
+    """regionfuse bench keeps the helper thread's time apart from the stages (not in 'total')."""
+    from ros2_regionfuse.cli import bench
+    pipe = _pipe('auto')
+    try:
+        samples, _ = bench.pipeline_samples(pipe, [frame[0]] * 2, [frame[1]] * 2, repeats=3, warmup=1)
+    finally:
+        pipe.close()
+    assert set(samples) == set(bench.STAGES) | {'align_concurrent'}
+    assert len(samples['align_concurrent']) == 3 and min(samples['align_concurrent']) > 0.0
