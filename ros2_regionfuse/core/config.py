@@ -126,8 +126,9 @@ class PipelineConfig:
     threads: int = _f(0, 'CPU threads for inference (0 = automatic: all cores, split between the '
                       'two stages when the node runs with overlap_stages).',
                       range=(0, 256), read_only=True)
-    native_kernels: bool = _f(True, 'Run the fusion\'s pyramid blending and the corrector\'s full-resolution '
-                              'step as fused C kernels (torch backend, CPU), compiled once with the '
+    native_kernels: bool = _f(True, 'Run the fusion\'s pyramid blending, the corrector\'s global '
+                              'registration and full-resolution step and the 8-bit colour steps as fused C '
+                              'kernels (torch backend, CPU), compiled once with the '
                               "machine's C compiler (cc, ~1 s; cached in ~/.cache/ros2_regionfuse). "
                               'Falls back to the torch/OpenCV code, with a warning, when no compiler is '
                               'found or the build fails.', read_only=True)
