@@ -453,20 +453,13 @@ def estimate_similarity_native(visible: np.ndarray, thermal: np.ndarray, cfg: Gl
     """:func:`estimate_similarity` of one pair in one call of the fused C kernels.
 
     (:func:`ros2_regionfuse.native.similarity`: the same levels, descriptor, search, steps and
-    confidence, exact bilinear sampling.) Falls back to :func:`estimate_similarity_cv` for a
-    descriptor blur wider than the kernel takes (``blur > 7.5``).
-
-    Args:
-        visible, thermal: ``(H, W)`` float32 in [0, 1].
-        cfg: solver settings.
-
-    Returns:
-        ``(params (4,) float32, gain)`` as in :func:`estimate_similarity`.
+    confidence, exact bilinear sampling.) Arguments and result as :func:`estimate_similarity_cv`,
+    to which it falls back for a descriptor blur wider than the kernel takes (``blur > 7.5``).
     """
     cfg = cfg or GlobalAlignConfig()
-    big, bigw = visible.shape
-    if min(big, bigw) < 16:
+    if min(visible.shape) < 16:
         return np.zeros(PARAMS, np.float32), 0.0
+    big, bigw = visible.shape
     taps = gaussian_taps(cfg.blur) if cfg.blur > 0 else []
     if len(taps) > 31:
         return estimate_similarity_cv(visible, thermal, cfg)
