@@ -327,6 +327,8 @@ class FusionPipeline:
         wait on a busy core. Paired rounds at 640x480 on 2 cores (docs/performance.md,
         session 14): 21.9 vs 23.5 ms per frame (9 of 10); with 2 torch threads during
         the overlap 27.0 ms. Otherwise :meth:`finish` runs it with the corrector.
+        torch's thread count is process-wide: threads that run whole frames of several
+        pipelines at once should use ``align_stage: correct`` (or ``fuse``).
 
         Raises:
             RegionFuseError: invalid images or configuration, or the corrector
