@@ -221,6 +221,19 @@ def load_inputs(bag: Path, max_frames: int) -> list[bagio.BagMessage]:
     return msgs
 
 
+def warmup_params(msgs: Sequence[bagio.BagMessage]) -> list[str]:
+    """``warmup_width/height`` node parameters for the recording's RGB size (none without RGB frames).
+
+    The node then builds its per-size models while configuring, before the recording plays,
+    instead of dropping the first seconds of pairs while the first one is processed.
+    """
+    for m in msgs:
+        if m.topic == INPUT_TOPICS['rgb']:
+            img = m.decode()
+            return [f'warmup_width:={int(img.width)}', f'warmup_height:={int(img.height)}']
+    return []
+
+
 def restamp(m: bagio.BagMessage, shift_ns: int) -> tuple[bytes, int, int]:
     """Serialised copy of ``m`` with ``header.stamp`` moved by ``shift_ns``: ``(raw, new, old)`` stamps."""
     ts = bagio.make_typestore()
@@ -422,7 +435,7 @@ def run(args: argparse.Namespace) -> int:
     if (args.bag / 'calibration.yaml').is_file():
         params_files.append(args.bag / 'calibration.yaml')
     params_files += args.params_file
-    params = list(args.param)
+    params = warmup_params(msgs) + list(args.param)   # later -p overrides win
     for name, value in (('fusion.checkpoint', args.fusion_checkpoint),
                         ('corrector.checkpoint', args.corrector_checkpoint), ('device', args.device)):
         if value is not None:

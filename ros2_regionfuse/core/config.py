@@ -213,6 +213,13 @@ class NodeConfig:
                               read_only=True)
     autostart: bool = _f(True, 'Configure and activate the (lifecycle) node at start; false: stay '
                          'unconfigured until a lifecycle transition is requested.', read_only=True)
+    warmup_width: int = _f(0, 'RGB width (px) of the pair the node runs through the pipeline while '
+                           'configuring (with warmup_height; the output size follows output.*), so that '
+                           'the first camera pair does not pay the one-time builds for its size (ONNX '
+                           'Runtime session, TorchScript traces: ~2-3 s on 2 CPU cores, during which '
+                           'pairs are dropped). 0 = no warm-up.', range=(0, 16384), read_only=True)
+    warmup_height: int = _f(0, 'RGB height (px) of the warm-up pair; 0 = no warm-up.',
+                            range=(0, 16384), read_only=True)
 
 
 # ---------------------------------------------------------------------------

@@ -177,6 +177,7 @@ class RegionFuseNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._plane_key = None          # a new pipeline: plane mode recomputes its homography
         self._update_plane_homography()
+        self._warm_up()
         c = self.cfg.sync
         self.sync = ApproximateTimeSync(seconds_to_ns(c.slop), c.queue_size,
                                         seconds_to_ns(c.thermal_offset),
@@ -194,6 +195,19 @@ class RegionFuseNode(LifecycleNode):
                  f'{"two overlapped stages" if self.cfg.overlap_stages else "one worker"} '
                  f'with {_intra_op_threads()} thread(s) each')
         return TransitionCallbackReturn.SUCCESS
+
+    def _warm_up(self) -> None:
+        """One synthetic pair at ``warmup_width`` x ``warmup_height`` (if set), logged; failures warn only."""
+        w, h = self.cfg.warmup_width, self.cfg.warmup_height
+        if not (w and h) or self.pipeline is None:
+            return
+        out_w, out_h = outputs.output_size(self.cfg.output, (h, w, 3))
+        try:
+            ms = self.pipeline.warm_up((out_w, out_h))   # the models run at the output size
+        except RegionFuseError as e:
+            self.get_logger().warn(f'warm-up at {w}x{h} failed: {e}')
+            return
+        self.get_logger().info(f'warm-up at {out_w}x{out_h}: {ms:.0f} ms')
 
     @_transition
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:

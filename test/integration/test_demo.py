@@ -67,6 +67,10 @@ def test_demo_exits_zero_and_accounts_for_every_frame(demo_run) -> None:
     assert n['paired'] == n['processed'] + sum(n['pair_drops'].values())
     assert s['accounted'] is True
     assert n['processed'] >= 1 and n['exit_status'] == 0
+    # the node warmed up at the recording's RGB size while configuring, so the first seconds of
+    # pairs are not dropped behind the first pair's one-time builds (without: 6 of 25 processed)
+    assert 'warm-up at 448x336' in (out / 'node.log').read_text()
+    assert n['processed'] >= max(1, n['paired'] // 2), n
     assert s['outputs']['fused_images'] == n['processed']  # reliable recorder: every output kept
     assert s['outputs']['statuses'] == n['processed']
     assert s['outputs']['diagnostics'] >= 1

@@ -97,3 +97,31 @@ def test_bench_reports_the_concurrent_registration(two_threads, frame):
         pipe.close()
     assert set(samples) == set(bench.STAGES) | {'align_concurrent'}
     assert len(samples['align_concurrent']) == 3 and min(samples['align_concurrent']) > 0.0
+
+
+def test_warm_up_builds_what_the_first_pair_of_that_size_needs(frame):
+    """After warm_up((W, H)) a real pair of that size builds nothing more (ORT session, traces)."""
+    import cv2
+    pipe = FusionPipeline(PipelineConfig())
+    try:
+        ms = pipe.warm_up((160, 120), thermal_size=(80, 64))
+        assert ms > 0.0
+        caches = {'fusion ort': pipe.fusion._ort, 'fusion traces': pipe.fusion._traces,
+                  'corrector traces': pipe._corrector._traces}
+        built = {k: {key for key, v in c.items() if v is not None} for k, c in caches.items()}
+        assert built['fusion ort'] or built['fusion traces']       # the region network was built
+        assert built['corrector traces']                             # the learned stages ran (forced shift)
+        th, rgb = frame
+        res = pipe.process(cv2.resize(th, (80, 64)), cv2.resize(rgb, (160, 120)), correct=True)
+        assert res.fused.shape == (120, 160, 3)
+        after = {k: {key for key, v in c.items() if v is not None} for k, c in caches.items()}
+        assert after == built
+    finally:
+        pipe.close()
+
+
+def test_demo_warms_the_node_up_at_the_recordings_size():
+    from ros2_regionfuse.cli import demo
+    msgs = demo.load_inputs(demo.BUNDLED_BAG, max_frames=1)
+    assert demo.warmup_params(msgs) == ['warmup_width:=448', 'warmup_height:=336']
+    assert demo.warmup_params([m for m in msgs if m.topic != demo.INPUT_TOPICS['rgb']]) == []
