@@ -386,11 +386,11 @@ class FusionPipeline:
             torch.set_num_threads(threads - 1)
         try:
             fused_y = self.fusion(th_t, y_t)
+            t2 = time.perf_counter()   # before waiting for the helper: that wait is 'align'
         finally:
             if pending is not None:
                 torch.set_num_threads(threads)
                 wait([pending])   # a fusion error is the one reported
-        t2 = time.perf_counter()
         params, ms_align = pending.result() if pending is not None else (None, 0.0)
         if align is not None and stage == 'fuse':
             params = align(y_t, th_t)
