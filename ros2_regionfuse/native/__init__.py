@@ -121,9 +121,9 @@ def compile_flags(version: str) -> tuple[str, ...]:
     return CFLAGS
 
 
-def _build_key(cc: str, version: str) -> str:
+def _build_key(flags: tuple[str, ...], version: str) -> str:
     h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), ' '.join(compile_flags(version) + LDFLAGS).encode(), version.encode(),
+    for part in (SOURCE.read_bytes(), ' '.join(flags + LDFLAGS).encode(), version.encode(),
                  _cpu_features().encode(), platform.machine().encode()):
         h.update(part)
         h.update(b'\0')
@@ -161,10 +161,11 @@ def load() -> ctypes.CDLL | None:
             if cc is None:
                 raise RuntimeError(f"no C compiler ({os.environ.get('CC') or 'cc'} not found)")
             version = _compiler_version(cc)
-            target = cache_dir() / f'regionfuse_kernels-{_build_key(cc, version)}.so'
+            flags = compile_flags(version)
+            target = cache_dir() / f'regionfuse_kernels-{_build_key(flags, version)}.so'
             built = False
             if not target.exists():
-                _build(cc, target, compile_flags(version))
+                _build(cc, target, flags)
                 built = True
             lib = ctypes.CDLL(str(target))
             for name, args in _SIGNATURES.items():

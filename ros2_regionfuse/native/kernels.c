@@ -86,6 +86,27 @@ static void detail_row(const float *restrict g, RowCache *g1, Tap ty, float *res
     for (int j = 0; j < g1->w_out; ++j) d[j] = g[j] - d[j];
 }
 
+/* o[j] = inv * (sum of a[j f .. j f + f - 1]), j < wo. */
+static inline __attribute__((always_inline)) void group_sums(const float *restrict a, int wo, int f, float inv,
+                                                             float *restrict o) {
+    for (int j = 0; j < wo; ++j) {
+        float t = 0.f;
+        for (int k = 0; k < f; ++k) t += a[j * f + k];
+        o[j] = t * inv;
+    }
+}
+
+/* group_sums with the usual block sizes as constants (then the loop vectorises). */
+static void block_row_means(const float *restrict a, int wo, int f, float inv, float *restrict o) {
+    switch (f) {
+    case 2: group_sums(a, wo, 2, inv, o); break;
+    case 4: group_sums(a, wo, 4, inv, o); break;
+    case 8: group_sums(a, wo, 8, inv, o); break;
+    case 16: group_sums(a, wo, 16, inv, o); break;
+    default: group_sums(a, wo, f, inv, o); break;
+    }
+}
+
 /* Mean |detail| of a Laplacian level over f x f blocks (the region network's detail energies).
  *   g: (h, w) Gaussian level; g1: (h/2, w/2) the next level; out: (h/f, w/f).
  * Equals F.avg_pool2d((g - up(g1)).abs(), f) with up = bilinear x2 (align_corners=False). */
@@ -106,12 +127,7 @@ int rf_detail_energy(const float *g, const float *g1, int h, int w, int f, float
             detail_row(g + (size_t)r * w, &c, ty[r], d);
             for (int j = 0; j < w; ++j) acc[j] += fabsf(d[j]);
         }
-        float *o = out + (size_t)bi * wo;
-        for (int bj = 0; bj < wo; ++bj) {
-            float s = 0.f;
-            for (int k = 0; k < f; ++k) s += acc[bj * f + k];
-            o[bj] = s * inv;
-        }
+        block_row_means(acc, wo, f, inv, out + (size_t)bi * wo);
     }
     free(tx); free(ty); free(buf);
     return 0;
@@ -280,16 +296,6 @@ int rf_corrector_full(const float *low, int hl, int wl, int hp, int wp, const fl
 #define SIM_GRAD_EPS 1e-6f    /* global_align._GRAD_EPS */
 #define SIM_WINDOW 7          /* global_align._LOCAL_WINDOW */
 
-/* o[j] = inv * (sum of a[j f .. j f + f - 1]), j < wo. */
-static inline __attribute__((always_inline)) void group_sums(const float *restrict a, int wo, int f, float inv,
-                                                             float *restrict o) {
-    for (int j = 0; j < wo; ++j) {
-        float t = 0.f;
-        for (int k = 0; k < f; ++k) t += a[j * f + k];
-        o[j] = t * inv;
-    }
-}
-
 /* Mean over f x f blocks of the (h, w) plane src (row stride sw), floor size (h / f, w / f).
  * acc: w floats. The f rows of a block row are summed first (contiguous, vectorised). */
 static void block_mean(const float *src, int h, int w, int sw, int f, float *dst, float *acc) {
@@ -303,14 +309,7 @@ static void block_mean(const float *src, int h, int w, int sw, int f, float *dst
             const float *restrict s = s0 + (size_t)r * sw;
             for (int j = 0; j < wf; ++j) a[j] += s[j];
         }
-        float *restrict o = dst + (size_t)i * wo;
-        switch (f) {   /* constant group sizes vectorise (the levels' factors are powers of two) */
-        case 2: group_sums(a, wo, 2, inv, o); break;
-        case 4: group_sums(a, wo, 4, inv, o); break;
-        case 8: group_sums(a, wo, 8, inv, o); break;
-        case 16: group_sums(a, wo, 16, inv, o); break;
-        default: group_sums(a, wo, f, inv, o); break;
-        }
+        block_row_means(a, wo, f, inv, dst + (size_t)i * wo);
     }
 }
 
