@@ -558,8 +558,9 @@ def format_report(rep: dict[str, Any]) -> str:
                 lines.append(f'  {k:<12s} {st[k]["median"]:9.2f} {st[k]["p95"]:9.2f}')
             if 'align_concurrent' in st:
                 ga = st['align_concurrent']['median']
-                lines.append(f"  (the corrector's global registration, {ga:.2f} ms, ran on a helper thread "
-                             'during the fusion: corrector.align_stage auto)')
+                lines.append(f"  (the corrector's source-only work, {ga:.2f} ms (global registration, source "
+                             "part of the learned stages), ran on a helper thread during the fusion: "
+                             'corrector.align_stage auto)')
             u = res.get('corrector_unchanged')
             if u:
                 lines.append(f'  (corrector left {u["frames"]} of {u["of"]} timed frames unchanged: found '

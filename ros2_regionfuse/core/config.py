@@ -103,11 +103,13 @@ class CorrectorConfig:
                             'stages when the global registration finds it aligned to within 1 px '
                             '(torch backend; a calibrated rig then costs only the global check); '
                             'false = always run the whole corrector.', read_only=True)
-    align_stage: str = _f('auto', 'Pipeline stage that runs the global registration: correct (with '
-                          'the corrector), fuse (with preprocessing and fusion), or auto: when a frame is '
-                          'processed in one go on the CPU with 2 or more threads (the CLI, the node with '
-                          'overlap_stages false), on a helper thread during the fusion, which then keeps '
-                          'one thread fewer (-1.6 ms per 640x480 frame on 2 cores), otherwise as correct. '
+    align_stage: str = _f('auto', "Pipeline stage that runs the corrector's work that needs only the "
+                          'sources (the global registration and the source part of the learned stages): '
+                          'correct (with the corrector), fuse (with preprocessing and fusion), or auto: when '
+                          'a frame is processed in one go on the CPU with 2 or more threads (the CLI, the '
+                          'node with overlap_stages false), on a helper thread during the fusion, which then '
+                          'keeps one thread fewer (19.9 vs 25.9 ms per 640x480 frame on 2 cores), otherwise as '
+                          'correct. '
                           'The node with overlap_stages runs the two stages on two threads: for '
                           'corrector_lite at 30 Hz input on 2 cores, correct gave the higher output rate in '
                           '4 of 4 alternating 60 s pairs (+0.1 to +2.2 Hz) and fuse the lower p95 latency '

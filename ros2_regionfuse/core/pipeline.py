@@ -93,14 +93,17 @@ class FusedFrame:
             on the pipeline's device (thermal, visible luminance, fused luminance).
         correct: whether :meth:`FusionPipeline.finish` runs the corrector.
         timings_ms: ``preprocess`` and ``fusion`` so far, and ``align`` (the
-            corrector's global registration, when it ran here: its own time with
+            corrector's work that needs only the sources, when it ran here: its own time with
             ``align_stage: fuse``; with ``auto`` on a helper thread, the time waited
             for it after the fusion, its own time as ``align_concurrent``).
         align_params: the corrector's global registration of this pair
             (``(1, 4)``), computed in the first half (``corrector.align_stage:
             fuse``, or ``auto`` for a frame processed in one go) so that it
             overlaps other work; None: the corrector computes it (``align_stage:
-            correct``, no global start, or a runner without ``align``).
+            correct``, no global start, or a runner without ``prepare``).
+        sources: computed with ``align_params``: the corrector's learned stages' part that needs
+            only the sources (:meth:`~..models.corrector.Corrector.sources`); None: the corrector
+            computes it (also when the frame is found aligned and skipped).
     """
 
     thermal: np.ndarray
@@ -111,6 +114,7 @@ class FusedFrame:
     correct: bool
     timings_ms: dict[str, float]
     align_params: torch.Tensor | None = None
+    sources: tuple[torch.Tensor, ...] | None = None
 
 
 # OpenCV's thread pool stays unused: with cv2.setNumThreads(1) its functions run in the calling
@@ -157,6 +161,18 @@ def select_device(requested: str) -> torch.device:
     if requested == 'cuda':
         log.warning('device=cuda requested but CUDA is not available: using the CPU')
     return torch.device('cpu')
+
+
+def _single_threaded(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` with one torch thread in the calling thread (a helper thread beside the main one).
+
+    torch's OpenMP thread count is per calling thread, taken from the process-wide setting at the
+    thread's first parallel operation; a helper that ran torch operations with the main thread's
+    count would start a second team of workers on cores already busy.
+    """
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+    return fn(*args)
 
 
 def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
@@ -331,8 +347,9 @@ class FusionPipeline:
         thermal = (20000 + 3000 * np.sin(tx / 11.0) * np.cos(ty / 7.0)).astype(np.uint16)
         t0 = time.perf_counter()
         frame = self.fuse(thermal, rgb)
-        if frame.correct and getattr(self._corrector, 'align', None) is not None:
+        if frame.correct and getattr(self._corrector, 'prepare', None) is not None:
             frame.align_params = torch.tensor([[4.0, 0.0, 0.0, 0.0]], device=frame.fused_t.device)
+            frame.sources = None   # computed with these parameters in finish()
         self.finish(frame)
         return (time.perf_counter() - t0) * 1e3
 
@@ -348,17 +365,19 @@ class FusionPipeline:
 
         ``correct`` is resolved here (default ``cfg.corrector.enabled`` at this
         call) so a pair is finished the way it was started. When it is true and
-        ``cfg.corrector.align_stage`` is ``fuse``, the corrector's global
-        registration runs here too (:attr:`FusedFrame.align_params`). With ``auto``,
+        ``cfg.corrector.align_stage`` is ``fuse``, the corrector's work that needs only the
+        sources runs here too: its global registration and the source part of its learned
+        stages (:attr:`FusedFrame.align_params`, :attr:`FusedFrame.sources`). With ``auto``,
         on the CPU with ``n >= 2`` torch threads and ``whole_frame`` (the caller runs
-        :meth:`finish` right after, as :meth:`process` does), it runs on a helper thread
-        while the fusion runs with ``n - 1`` threads: the region network runs on one
-        ONNX Runtime thread and leaves a core idle, and torch's thread pool must not
-        wait on a busy core. Paired rounds at 640x480 on 2 cores (docs/performance.md,
-        session 14): 21.9 vs 23.5 ms per frame (9 of 10); with 2 torch threads during
-        the overlap 27.0 ms. Otherwise :meth:`finish` runs it with the corrector.
-        torch's thread count is process-wide: threads that run whole frames of several
-        pipelines at once should use ``align_stage: correct`` (or ``fuse``).
+        :meth:`finish` right after, as :meth:`process` does), that work runs on a helper thread
+        (one torch thread) while the fusion runs with ``n - 1`` threads: the region network
+        runs on one ONNX Runtime thread and leaves a core idle, and torch's thread pool must
+        not wait on a busy core. Paired runs at 640x480 on 2 cores (docs/performance.md):
+        with the registration alone on the helper 21.9 vs 23.5 ms per frame (session 14); with
+        the learned stages' source part too 19.3-22.9 vs 23.5-25.9 ms (session 15). Otherwise
+        :meth:`finish` runs it with the corrector. torch's thread count is process-wide:
+        threads that run whole frames of several pipelines at once should use
+        ``align_stage: correct`` (or ``fuse``).
 
         Raises:
             RegionFuseError: invalid images or configuration, or the corrector
@@ -371,35 +390,36 @@ class FusionPipeline:
         th_t = convert.to_tensor(th, dev)
         y_t = convert.to_tensor(y, dev)
         do_correct = self.cfg.corrector.enabled if correct is None else correct
-        align = None
+        prepare = None
         if do_correct:
-            # The corrector's global registration needs only the sources (docs/performance.md).
+            # The corrector's global registration and part of its learned stages need only the
+            # sources (docs/performance.md).
             self._ensure_corrector()
-            align = getattr(self._corrector, 'align', None)
+            prepare = getattr(self._corrector, 'prepare', None)
         stage = self.cfg.corrector.align_stage
         threads = torch.get_num_threads()
         pending = None
-        if align is not None and stage == 'auto' and whole_frame and dev.type == 'cpu' and threads >= 2:
+        if prepare is not None and stage == 'auto' and whole_frame and dev.type == 'cpu' and threads >= 2:
             if self._helper is None:
                 self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix='regionfuse-align')
-            pending = self._helper.submit(_timed, align, y_t, th_t)
+            pending = self._helper.submit(_timed, _single_threaded, prepare, y_t, th_t)
             torch.set_num_threads(threads - 1)
         try:
             fused_y = self.fusion(th_t, y_t)
             t2 = time.perf_counter()   # before waiting for the helper: that wait is 'align'
         finally:
             if pending is not None:
-                torch.set_num_threads(threads)
                 wait([pending])   # a fusion error is the one reported
-        params, ms_align = pending.result() if pending is not None else (None, 0.0)
-        if align is not None and stage == 'fuse':
-            params = align(y_t, th_t)
+                torch.set_num_threads(threads)
+        (params, sources), ms_align = pending.result() if pending is not None else ((None, None), 0.0)
+        if prepare is not None and stage == 'fuse':
+            params, sources = prepare(y_t, th_t)
         t3 = time.perf_counter()
         ms = {'preprocess': (t1 - t0) * 1e3, 'fusion': (t2 - t1) * 1e3, 'align': (t3 - t2) * 1e3}
         if pending is not None:
             ms['align_concurrent'] = ms_align
         return FusedFrame(thermal=th, rgb=colour, thermal_t=th_t, visible_t=y_t, fused_t=fused_y,
-                          correct=do_correct, align_params=params, timings_ms=ms)
+                          correct=do_correct, align_params=params, sources=sources, timings_ms=ms)
 
     def finish(self, frame: FusedFrame) -> FusionResult:
         """Second half of :meth:`process`: corrector (when ``frame.correct``) and postprocessing.
@@ -415,7 +435,7 @@ class FusionPipeline:
             self._ensure_corrector()
             if frame.align_params is not None:
                 corr_y, m_t, f_t = self._corrector(fused_y, frame.visible_t, frame.thermal_t,
-                                                   align_params=frame.align_params)
+                                                   align_params=frame.align_params, sources=frame.sources)
             else:
                 corr_y, m_t, f_t = self._corrector(fused_y, frame.visible_t, frame.thermal_t)
             misreg = convert.to_numpy(m_t)
@@ -432,8 +452,9 @@ class FusionPipeline:
         fused = convert.output_colour(colour, out_y, bounds, y_in, native=self.cfg.native_kernels)
         t4 = time.perf_counter()
         ms = dict(frame.timings_ms)
-        # The global registration belongs to the corrector, wherever it ran (on the helper thread
-        # during the fusion: the time waited for it; its own time stays in align_concurrent).
+        # The corrector's source-only work (registration, the learned stages' source part) belongs
+        # to the corrector, wherever it ran (on the helper thread during the fusion: the time
+        # waited for it; its own time stays in align_concurrent).
         ms.update({'corrector': (t3 - t2) * 1e3 + ms.pop('align', 0.0), 'postprocess': (t4 - t3) * 1e3})
         ms['total'] = ms['preprocess'] + ms['fusion'] + ms['corrector'] + ms['postprocess']
         return FusionResult(fused=fused, thermal=frame.thermal, misregistration=misreg, flow=flow,

@@ -122,6 +122,9 @@ _BETA_EPS = 1e-3      # intensity^2: ridge added to the variances of the thermal
 _BETA_MAX = 1.5       # clip of the thermal weight
 _BETA_POOL = 4        # the fit's products are taken on the 4x4-averaged images
 OUTPUTS = ('retain', 'refuse')
+STREAMS = (0, 1, 2)          # modality streams of the encoder: visible, fused, thermal
+SOURCE_STREAMS = (0, 2)      # the streams that need no fused image
+FUSED_STREAMS = (1,)
 
 
 @dataclass(frozen=True)
@@ -349,6 +352,7 @@ def thermal_weight(x: torch.Tensor, means: torch.Tensor, window: int = 3,
     The fusion is locally close to linear in its sources; ``beta`` is its local derivative with
     respect to the thermal image, the share of ``F``'s IR-derived content. The fit runs over
     ``window x window`` cells, on the 4x4-averaged images (a sixteenth of the products).
+    Computed as :func:`source_moments` (the sources' part) then :func:`thermal_weight_from`.
 
     Args:
         x: ``(B, 3, Hp, Wp)`` visible, fused, thermal in [0, 1]; ``Hp, Wp`` multiples of the cell.
@@ -374,19 +378,93 @@ def thermal_weight(x: torch.Tensor, means: torch.Tensor, window: int = 3,
     q = math.gcd(s, _BETA_POOL)
     if q > 1 and small is None:
         small = plane_mean(x, q)
-    small, k = (small, s // q) if q > 1 else (x, s)
-    y, f, t = small[:, 0:1], small[:, 1:2], small[:, 2:3]
-    mom = torch.cat([t * t, t * y, y * y, f * t, f * y], 1)
+    small = small if q > 1 else x
+    yt = [0, 2]
+    stats = source_moments(means[:, yt], small[:, yt], s, window)
+    return thermal_weight_from(stats, means[:, 1:2], small[:, 1:2], small[:, yt], s, window)
+
+
+def source_moments(means_yt: torch.Tensor, small_yt: torch.Tensor, s: int, window: int = 3) -> torch.Tensor:
+    """The sources' part of :func:`thermal_weight`: window means of ``[Y, T, T*T, T*Y, Y*Y]``.
+
+    Args:
+        means_yt: ``(B, 2, h, w)`` ``s x s`` block means of the visible and thermal images.
+        small_yt: their ``q x q`` block means (``q = gcd(s, 4)``; the images themselves when ``q = 1``).
+        s: cell size (px).
+        window: cells per side of the fit.
+
+    Returns:
+        ``(B, 5, h, w)``.
+    """
+    k = s // math.gcd(s, _BETA_POOL)
+    y, t = small_yt[:, 0:1], small_yt[:, 1:2]
+    mom = torch.cat([t * t, t * y, y * y], 1)
     mom = F.avg_pool2d(mom, k) if k > 1 else mom
-    st = window_mean(torch.cat([means, mom], 1), window)
-    my, mf, mt = st[:, 0:1], st[:, 1:2], st[:, 2:3]
-    vtt = st[:, 3:4] - mt * mt + _BETA_EPS
-    vty = st[:, 4:5] - mt * my
-    vyy = st[:, 5:6] - my * my + _BETA_EPS
-    cft = st[:, 6:7] - mf * mt
-    cfy = st[:, 7:8] - mf * my
+    return window_mean(torch.cat([means_yt, mom], 1), window)
+
+
+def thermal_weight_from(stats: torch.Tensor, means_f: torch.Tensor, small_f: torch.Tensor,
+                        small_yt: torch.Tensor, s: int, window: int = 3) -> torch.Tensor:
+    """:func:`thermal_weight` from the sources' :func:`source_moments` and the fused image's means.
+
+    Args:
+        stats: ``(B, 5, h, w)`` from :func:`source_moments`.
+        means_f: ``(B, 1, h, w)`` ``s x s`` block means of the fused image.
+        small_f, small_yt: ``q x q`` block means of the fused image and of the sources.
+        s, window: as in :func:`source_moments`.
+
+    Returns:
+        ``(B, 1, h, w)`` ``beta`` in ``[0, 1.5]``.
+    """
+    k = s // math.gcd(s, _BETA_POOL)
+    y, t = small_yt[:, 0:1], small_yt[:, 1:2]
+    mom = torch.cat([small_f * t, small_f * y], 1)
+    mom = F.avg_pool2d(mom, k) if k > 1 else mom
+    sf = window_mean(torch.cat([means_f, mom], 1), window)
+    my, mt, mf = stats[:, 0:1], stats[:, 1:2], sf[:, 0:1]
+    vtt = stats[:, 2:3] - mt * mt + _BETA_EPS
+    vty = stats[:, 3:4] - mt * my
+    vyy = stats[:, 4:5] - my * my + _BETA_EPS
+    cft = sf[:, 1:2] - mf * mt
+    cfy = sf[:, 2:3] - mf * my
     beta = (cft * vyy - cfy * vty) / (vtt * vyy - vty * vty)
     return beta.clamp(0.0, _BETA_MAX)
+
+
+def run_streams(module: nn.Module, x: torch.Tensor, streams: tuple[int, ...]) -> torch.Tensor:
+    """Run an encoder module, whose convolutions are grouped by the three modality streams, on some streams.
+
+    ``x`` holds only the streams ``streams`` (in order, ``widths`` channels each); each grouped
+    convolution runs with the weights of those groups. On all three streams this is ``module(x)``.
+
+    Args:
+        module: a grouped (``groups=3``) convolution, an activation, a ``nn.Sequential`` of them,
+            or a :class:`ResBlock`.
+        x: ``(B, len(streams) * c, h, w)``.
+        streams: stream indices (0 visible, 1 fused, 2 thermal).
+
+    Example:
+        >>> blk = ResBlock(6, groups=3)
+        >>> x = torch.rand(1, 6, 5, 5)
+        >>> part = run_streams(blk, x[:, [0, 1, 4, 5]], (0, 2))
+        >>> bool(torch.allclose(part, blk(x)[:, [0, 1, 4, 5]], atol=1e-6))
+        True
+    """
+    if tuple(streams) == STREAMS:
+        return module(x)
+    if isinstance(module, nn.Sequential):
+        for m in module:
+            x = run_streams(m, x, streams)
+        return x
+    if isinstance(module, ResBlock):
+        return x + run_streams(module.body, x, streams)
+    if isinstance(module, nn.Conv2d):
+        assert module.groups == len(STREAMS), 'run_streams: convolutions must be grouped by stream'
+        sel = list(streams)
+        wt = module.weight.view(3, -1, *module.weight.shape[1:])[sel].flatten(0, 1)
+        bias = module.bias.view(3, -1)[sel].flatten() if module.bias is not None else None
+        return F.conv2d(x, wt, bias, module.stride, module.padding, module.dilation, len(sel))
+    return module(x)   # element-wise (activations)
 
 
 def _rms_norm(f: torch.Tensor) -> torch.Tensor:
@@ -435,7 +513,28 @@ class FlowHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(flow residual (2 ch), [M logit, extra...] (1 + extra ch), context)``."""
-        h = self.inp(x)
+        return self.from_input(self.inp(x))
+
+    def input_part(self, x: torch.Tensor, channels: list[int], bias: bool) -> torch.Tensor:
+        """The input convolution over some of its input channels (pre-activation).
+
+        The convolution is linear in its input: for a split of the channels into parts,
+        ``inp[0](x)`` is the sum of the parts' results, the bias added once.
+
+        Args:
+            x: ``(B, len(channels), h, w)``, the channels ``channels`` of the full input, in that order.
+            channels: indices into the full input's channels.
+            bias: add the convolution's bias.
+
+        Returns:
+            ``(B, hidden, h, w)``; the head continues with :meth:`from_input` on
+            ``inp[1](sum of the parts)``.
+        """
+        conv = self.inp[0]
+        return F.conv2d(x, conv.weight[:, channels], conv.bias if bias else None, 1, conv.padding)
+
+    def from_input(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward` after the input convolution and its activation (``h``: ``(B, hidden, h, w)``)."""
         if self.glob is not None:
             h = h + self.glob(h.mean((2, 3), keepdim=True))
         h = self.mid(h) + h
@@ -628,22 +727,25 @@ class Corrector(nn.Module):
         """Whether the full-resolution step runs in OpenCV: requested and eager CPU float32 inference."""
         return requested and not self.training and opencv_eligible(low)
 
-    def stem_and_pool(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def stem_and_pool(self, x: torch.Tensor, streams: tuple[int, ...] = STREAMS
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Stem features, the ``s x s`` block means and the ``q x q`` block means of the inputs.
 
         ``s`` is the stem stride, ``q = gcd(s, 4)`` the cell of :func:`thermal_weight`'s products.
 
         Args:
-            x: ``(B, 3, Hp, Wp)`` padded visible, fused, thermal (multiples of ``s``).
+            x: ``(B, len(streams), Hp, Wp)`` padded planes of the modality streams ``streams``
+                (0 visible, 1 fused, 2 thermal; multiples of ``s``).
+            streams: which streams ``x`` holds, in order.
 
         Returns:
-            ``(features (B, 3 * widths[0], Hp/s, Wp/s), means (B, 3, Hp/s, Wp/s),
-            fine means (B, 3, Hp/q, Wp/q) or None when q = 1)``; the means equal
+            ``(features (B, len(streams) * widths[0], Hp/s, Wp/s), means (B, len(streams), Hp/s, Wp/s),
+            fine means (B, len(streams), Hp/q, Wp/q) or None when q = 1)``; the means equal
             ``F.avg_pool2d(x, s)`` and ``F.avg_pool2d(x, q)`` to float rounding.
         """
         s = self.cfg.stem_stride
         if s == 1:
-            return self.stem(x), x, None
+            return run_streams(self.stem, x, streams), x, None
         # The 1x1 grouped conv over pixel-unshuffled s x s blocks is, per plane, a matrix product
         # of the (s*s)-vectors of the blocks with the weights viewed as (out, s*s). The s x s and
         # the q x q block means ride along as more output columns (weights 1/s^2 and 1/q^2 on
@@ -652,27 +754,205 @@ class Corrector(nn.Module):
         # (oneDNN is slow on one-channel convolutions; docs/performance.md, session 14).
         conv, act = self.stem   # stride > 1: exactly [conv, act]
         k = conv.out_channels // 3
+        n = len(streams)
         q = math.gcd(s, _BETA_POOL)
         m = s // q if q > 1 else 0
         b, _, hp, wp = x.shape
         h, w = hp // s, wp // s
         sub = _sub_block_weights(s, q).to(x.device, x.dtype)   # a constant in traced graphs
-        wt = torch.cat([conv.weight.view(3, k, s * s), conv.weight.new_full((3, 1, s * s), 1.0 / (s * s)),
-                        sub.view(1, m * m, s * s).expand(3, -1, -1)], 1)     # (3, k + 1 + m*m, s*s)
-        bias = torch.cat([conv.bias.view(3, k), conv.bias.new_zeros(3, 1 + m * m)], 1).unsqueeze(1)
-        blocks = x.reshape(b, 3, h, s, w, s).permute(0, 1, 2, 4, 3, 5).reshape(b, 3, h * w, s * s)
-        y = torch.matmul(blocks, wt.transpose(1, 2)) + bias        # (B, 3, h*w, k + 1 + m*m)
-        feats = act(y[..., :k].permute(0, 1, 3, 2).reshape(b, 3 * k, h, w))
-        means = y[..., k].reshape(b, 3, h, w)
+        sel = list(streams)
+        wt = torch.cat([conv.weight.view(3, k, s * s)[sel],
+                        conv.weight.new_full((n, 1, s * s), 1.0 / (s * s)),
+                        sub.view(1, m * m, s * s).expand(n, -1, -1)], 1)     # (n, k + 1 + m*m, s*s)
+        bias = torch.cat([conv.bias.view(3, k)[sel], conv.bias.new_zeros(n, 1 + m * m)], 1).unsqueeze(1)
+        blocks = x.reshape(b, n, h, s, w, s).permute(0, 1, 2, 4, 3, 5).reshape(b, n, h * w, s * s)
+        y = torch.matmul(blocks, wt.transpose(1, 2)) + bias        # (B, n, h*w, k + 1 + m*m)
+        feats = act(y[..., :k].permute(0, 1, 3, 2).reshape(b, n * k, h, w))
+        means = y[..., k].reshape(b, n, h, w)
         if not m:
             return feats, means, None
-        fine = y[..., k + 1:].reshape(b, 3, h, w, m, m).permute(0, 1, 2, 4, 3, 5).reshape(b, 3, h * m, w * m)
+        fine = y[..., k + 1:].reshape(b, n, h, w, m, m).permute(0, 1, 2, 4, 3, 5).reshape(b, n, h * m, w * m)
         return feats, means, fine
+
+    def _encode(self, x: torch.Tensor, streams: tuple[int, ...]
+                ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """Encoder features per level (finest first) of the streams in ``x``, and the stem's block means."""
+        stem, means, fine = self.stem_and_pool(x, streams)
+        feats = [stem]
+        for d in self.down:
+            feats.append(run_streams(d, feats[-1], streams))
+        if self.cfg.blocks:
+            feats = [run_streams(blk, f, streams) for blk, f in zip(self.blocks, feats)]
+        return feats, means, fine
+
+    def _first_head_channels(self) -> tuple[list[int], list[int]]:
+        """Input channels of the first stage's head that the sources give, and those of the fused image.
+
+        The head's input is ``[corr(Y, T_w), corr_edges, corr(F_w, Y), candidate, Y, F_w, T_w
+        (, global candidate)]``; the second list is ``corr(F_w, Y)`` and ``F_w``.
+        """
+        cfg = self.cfg
+        lvl = cfg.stages[0]
+        c = cfg.widths[lvl]
+        a = (2 * cfg.radii[lvl] + 1) ** 2 + (2 * cfg.edge_radii[lvl] + 1) ** 2
+        total = self.heads[0].inp[0].in_channels
+        fused = list(range(a, a + 9)) + list(range(a + 9 + 2 + c, a + 9 + 2 + 2 * c))
+        return [i for i in range(total) if i not in fused], fused
+
+    def sources(self, yt: torch.Tensor, image_hw: tuple[int, int], params: torch.Tensor | None,
+                init_flow: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """The learned stages' work that needs only the sources (not the fused image).
+
+        :meth:`fields` is ``fused_fields(F, sources(Y, T))``; the pipeline can run this part
+        while the fusion runs. It holds the visible and thermal streams of the encoder, the edge
+        descriptors, the first stage's start flow, correlations and the sources' part of its
+        head's input convolution, and the sources' moments of :func:`thermal_weight`.
+
+        Args:
+            yt: ``(B, 2, Hp, Wp)`` visible and thermal, padded to ``cfg.multiple``.
+            image_hw, params, init_flow: as in :meth:`fields`.
+
+        Returns:
+            A flat tuple of tensors for :meth:`fused_fields` (its layout is internal).
+        """
+        cfg = self.cfg
+        h, w = image_hw
+        hp, wp = yt.shape[-2:]
+        feats, means, fine = self._encode(yt, SOURCE_STREAMS)
+        edges = []
+        pooled = means
+        for i in range(cfg.levels):
+            if i:
+                pooled = F.avg_pool2d(pooled, 2)
+            b, _, hl, wl = pooled.shape   # both planes at once: (B*2, 1) -> (B, 4) = [e_Y, e_T]
+            edges.append(edge_descriptor(pooled.reshape(b * 2, 1, hl, wl)).reshape(b, 4, hl, wl))
+        lvl = cfg.stages[0]
+        c = cfg.widths[lvl]
+        fv, ft = feats[lvl][:, :c], feats[lvl][:, c:]
+        ev, et = edges[lvl][:, :2], edges[lvl][:, 2:]
+        if init_flow is None and not cfg.global_align:
+            phi0 = torch.zeros_like(fv[:, :2])
+            ft_w, et_w = ft, et
+        else:
+            phi0 = self._start_flow((h, w), params, init_flow, fv, (hp, wp))
+            wrp = warp_by_flow(torch.cat([ft, et], 1), phi0)
+            ft_w, et_w = wrp[:, :c], wrp[:, c:]
+        nv = _rms_norm(fv)
+        cost_e = local_correlation(ev, et_w, cfg.edge_radii[lvl])
+        temp = self.log_temp[0].exp()
+        parts = [local_correlation(nv, _rms_norm(ft_w), cfg.radii[lvl]), cost_e,
+                 soft_argmax_offset(cost_e, cfg.edge_radii[lvl], temp, _SOFTARGMAX_WINDOW), fv, ft_w]
+        if lvl == cfg.levels - 1:
+            glob = soft_argmax_offset(cost_e.mean((2, 3), keepdim=True), cfg.edge_radii[lvl], temp)
+            parts.append(glob.expand_as(cost_e[:, :2]))
+        pre = self.heads[0].input_part(torch.cat(parts, 1), self._first_head_channels()[0], bias=True)
+        if cfg.output == 'refuse':
+            moments = source_moments(means, fine if fine is not None else yt, cfg.stem_stride)
+        else:
+            moments = means.new_zeros(0)
+        return (*feats, *edges, fine if fine is not None else yt, moments, phi0, ft_w, nv, pre)
+
+    def fused_fields(self, f: torch.Tensor, src: tuple[torch.Tensor, ...],
+                     init_flow: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """The learned stages given :meth:`sources`: ``f`` ``(B, 1, Hp, Wp)`` the padded fused image.
+
+        ``src`` must come from :meth:`sources` of the same frame, size and ``init_flow``.
+        Returns as :meth:`fields`.
+        """
+        cfg = self.cfg
+        hp, wp = f.shape[-2:]
+        nl = cfg.levels
+        src_feats, edges = src[:nl], src[nl:2 * nl]
+        small_yt, moments, phi_first, ft_w_first, nv_first, pre_first = src[2 * nl:]
+        ffeats, mean_f, small_f = self._encode(f, FUSED_STREAMS)
+        # per level [Y, F, T] streams, as the grouped convolutions order them
+        feats = [torch.cat([sv[:, :fl.shape[1]], fl, sv[:, fl.shape[1]:]], 1)
+                 for sv, fl in zip(src_feats, ffeats)]
+
+        # Stages run coarsest first; lists are filled finest first (index = len - 1 - k).
+        n = len(cfg.stages)
+        flows: list[torch.Tensor] = [torch.empty(0)] * n   # px of the stage's level
+        logits: list[torch.Tensor] = [torch.empty(0)] * n
+        ctx = torch.empty(0)
+        coarsest = nl - 1
+        prev_lvl = -1
+        fixed = not cfg.refine and (cfg.global_align or init_flow is not None)
+        for k, i in enumerate(cfg.stages):
+            j = n - 1 - k
+            fv, ff, ft = feats[i].chunk(3, 1)
+            if k == 0:
+                # the sources' part of the head input is in pre_first (see sources())
+                phi0 = phi_first
+                lg0 = torch.zeros_like(fv[:, :1])
+                ff_w = ff if init_flow is None and not cfg.global_align else warp_by_flow(ff, phi0)
+                rest = torch.cat([local_correlation(_rms_norm(ff_w), nv_first, 1), ff_w], 1)
+                head = self.heads[0]
+                rest_in = head.input_part(rest, self._first_head_channels()[1], bias=False)
+                h0 = head.inp[1](pre_first + rest_in)
+                dphi, dlg, ctx = head.from_input(h0)
+            else:
+                ev, et = edges[i][:, :2], edges[i][:, 2:]
+                c = fv.shape[1]
+                if i == prev_lvl:
+                    phi0, lg0 = flows[j + 1], logits[j + 1]
+                else:
+                    size = tuple(fv.shape[-2:])
+                    phi0 = compose_flow(flows[j + 1], torch.zeros_like(fv[:, :2]))
+                    lg0 = F.interpolate(logits[j + 1], size=size, mode='bilinear', align_corners=False)
+                    ctx = F.interpolate(ctx, size=size, mode='bilinear', align_corners=False)
+                # streams are ordered [Y, F, T]: F and T are one slice; one warp for all
+                wrp = warp_by_flow(torch.cat([feats[i][:, c:], et], 1), phi0)
+                ff_w, ft_w, et_w = wrp[:, :c], wrp[:, c:2 * c], wrp[:, 2 * c:]
+                nv, nf, nt = _rms_norm(fv), _rms_norm(ff_w), _rms_norm(ft_w)
+                cost_e = local_correlation(ev, et_w, cfg.edge_radii[i])
+                temp = self.log_temp[k].exp()
+                parts = [local_correlation(nv, nt, cfg.radii[i]), cost_e, local_correlation(nf, nv, 1),
+                         soft_argmax_offset(cost_e, cfg.edge_radii[i], temp, _SOFTARGMAX_WINDOW),
+                         fv, ff_w, ft_w]
+                if i == coarsest:
+                    glob = soft_argmax_offset(cost_e.mean((2, 3), keepdim=True), cfg.edge_radii[i], temp)
+                    parts.append(glob.expand_as(cost_e[:, :2]))
+                parts += [phi0 * _FLOW_INPUT_SCALE, lg0, ctx]
+                dphi, dlg, ctx = self.heads[k](torch.cat(parts, 1))
+            logits[j] = lg0 + dlg[:, :1]
+            if fixed:
+                flows[j] = phi0   # the start is the flow; the heads give M and context only
+            else:
+                flows[j] = phi0 + dphi
+                if i == coarsest and cfg.global_affine:
+                    flows[j] = affine_fit(flows[j], torch.sigmoid(dlg[:, 1:2]), _AFFINE_ITERS,
+                                          _AFFINE_SCALE)
+            prev_lvl = i
+
+        fv, ff, ft = feats[0].chunk(3, 1)
+        m0 = torch.sigmoid(logits[0])
+        ff_w = bidirectional_warp(ff, flows[0], m0)
+        # one stage with a fixed flow: the thermal features warped by it are the sources' (same warp)
+        ft_w = ft_w_first if n == 1 and fixed else warp_by_flow(ft, flows[0])
+        ab = self.mrb(ff_w, fv, ft_w)
+
+        # Full resolution: one upsampling of [flow * stride, M, gain, b], one warp of [F, Y]
+        # (retain) or of T (refuse).
+        sh, sw = hp / flows[0].shape[-2], wp / flows[0].shape[-1]
+        flow_px = flows[0] * torch.tensor([sw, sh], dtype=f.dtype, device=f.device).view(1, 2, 1, 1)
+        gate = shift_gate(flow_px, cfg.min_shift, cfg.min_shift_width)
+        if cfg.output == 'refuse':
+            beta = thermal_weight_from(moments, mean_f, small_f if small_f is not None else f, small_yt,
+                                       cfg.stem_stride)
+            gain = beta * (1.0 + ab[:, :1])
+        else:
+            gain = ab[:, :1]
+        low = torch.cat([flow_px * gate, m0 * gate, gain, ab[:, 1:] * gate], 1)
+        return low, flows, logits
 
     def fields(self, x: torch.Tensor, image_hw: tuple[int, int], params: torch.Tensor | None,
                init_flow: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """The learned stages: padded inputs -> low-resolution fields for the full-resolution step.
+
+        ``fused_fields(F, sources(Y, T))``: the same computation in two parts, the first
+        without the fused image.
 
         Args:
             x: ``(B, 3, Hp, Wp)`` visible, fused, thermal, padded to ``cfg.multiple``.
@@ -685,96 +965,45 @@ class Corrector(nn.Module):
             full-resolution px, gated M, gain, gated bias); per stage, finest first, the flow (px of
             its level) and the M logit.
         """
-        cfg = self.cfg
-        h, w = image_hw
-        hp, wp = x.shape[-2:]
-        stem, pooled, fine_means = self.stem_and_pool(x)
-        means0 = pooled
-        feats = [stem]
-        for d in self.down:
-            feats.append(d(feats[-1]))
-        if cfg.blocks:
-            feats = [blk(f) for blk, f in zip(self.blocks, feats)]
-        # Fixed edge descriptors of visible and thermal at every level.
-        edges = []
-        for i in range(cfg.levels):
-            if i:
-                pooled = F.avg_pool2d(pooled, 2)
-            edges.append((edge_descriptor(pooled[:, 0:1]), edge_descriptor(pooled[:, 2:3])))
+        src = self.sources(x[:, list(SOURCE_STREAMS)], image_hw, params, init_flow)
+        return self.fused_fields(x[:, 1:2], src, init_flow)
 
-        # Stages run coarsest first; lists are filled finest first (index = len - 1 - k).
-        n = len(cfg.stages)
-        flows: list[torch.Tensor] = [torch.empty(0)] * n   # px of the stage's level
-        logits: list[torch.Tensor] = [torch.empty(0)] * n
-        ctx = torch.empty(0)
-        coarsest = cfg.levels - 1
-        prev_lvl = -1
-        for k, i in enumerate(cfg.stages):
-            j = n - 1 - k
-            fv, ff, ft = feats[i].chunk(3, 1)
-            ev, et = edges[i]
-            c = fv.shape[1]
-            if k == 0 and init_flow is None and not cfg.global_align:
-                phi0 = torch.zeros_like(fv[:, :2])
-                lg0 = torch.zeros_like(fv[:, :1])
-                ff_w, ft_w, et_w = ff, ft, et
-            else:
-                if k == 0:
-                    phi0 = self._start_flow((h, w), params, init_flow, fv, (hp, wp))
-                    lg0 = torch.zeros_like(fv[:, :1])
-                elif i == prev_lvl:
-                    phi0, lg0 = flows[j + 1], logits[j + 1]
-                else:
-                    size = tuple(fv.shape[-2:])
-                    phi0 = compose_flow(flows[j + 1], torch.zeros_like(fv[:, :2]))
-                    lg0 = F.interpolate(logits[j + 1], size=size, mode='bilinear', align_corners=False)
-                    ctx = F.interpolate(ctx, size=size, mode='bilinear', align_corners=False)
-                # streams are ordered [Y, F, T]: F and T are one slice; one warp for all
-                wrp = warp_by_flow(torch.cat([feats[i][:, c:], et], 1), phi0)
-                ff_w, ft_w, et_w = wrp[:, :c], wrp[:, c:2 * c], wrp[:, 2 * c:]
-            nv, nf, nt = _rms_norm(fv), _rms_norm(ff_w), _rms_norm(ft_w)
-            cost_e = local_correlation(ev, et_w, cfg.edge_radii[i])
-            temp = self.log_temp[k].exp()
-            parts = [local_correlation(nv, nt, cfg.radii[i]), cost_e, local_correlation(nf, nv, 1),
-                     soft_argmax_offset(cost_e, cfg.edge_radii[i], temp, _SOFTARGMAX_WINDOW), fv, ff_w, ft_w]
-            if i == coarsest:
-                glob = soft_argmax_offset(cost_e.mean((2, 3), keepdim=True), cfg.edge_radii[i], temp)
-                parts.append(glob.expand_as(cost_e[:, :2]))
-            if k:
-                parts += [phi0 * _FLOW_INPUT_SCALE, lg0, ctx]
-            dphi, dlg, ctx = self.heads[k](torch.cat(parts, 1))
-            logits[j] = lg0 + dlg[:, :1]
-            if not cfg.refine and (cfg.global_align or init_flow is not None):
-                flows[j] = phi0   # the start is the flow; the heads give M and context only
-            else:
-                flows[j] = phi0 + dphi
-                if i == coarsest and cfg.global_affine:
-                    flows[j] = affine_fit(flows[j], torch.sigmoid(dlg[:, 1:2]), _AFFINE_ITERS,
-                                          _AFFINE_SCALE)
-            prev_lvl = i
+    def pad_sources(self, visible: torch.Tensor, thermal: torch.Tensor) -> torch.Tensor:
+        """``[visible, thermal]`` as :meth:`sources` takes them: ``(B, 2, Hp, Wp)``, padded."""
+        return self._pad(torch.cat([visible, thermal], 1))
 
-        fv, ff, ft = feats[0].chunk(3, 1)
-        m0 = torch.sigmoid(logits[0])
-        ff_w = bidirectional_warp(ff, flows[0], m0)
-        ft_w = warp_by_flow(ft, flows[0])
-        ab = self.mrb(ff_w, fv, ft_w)
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        """Replicate-pad ``x`` at the bottom/right to multiples of ``cfg.multiple``."""
+        h, w = x.shape[-2:]
+        mult = self.cfg.multiple
+        ph, pw = (-h) % mult, (-w) % mult
+        if ph or pw or torch.jit.is_tracing():   # traced graphs keep the padding (any input size)
+            x = F.pad(x, (0, pw, 0, ph), mode='replicate')
+        return x
 
-        # Full resolution: one upsampling of [flow * stride, M, gain, b], one warp of [F, Y]
-        # (retain) or of T (refuse).
-        sh, sw = hp / flows[0].shape[-2], wp / flows[0].shape[-1]
-        flow_px = flows[0] * torch.tensor([sw, sh], dtype=x.dtype, device=x.device).view(1, 2, 1, 1)
-        gate = shift_gate(flow_px, cfg.min_shift, cfg.min_shift_width)
-        if cfg.output == 'refuse':
-            gain = thermal_weight(x, means0, small=fine_means) * (1.0 + ab[:, :1])
-        else:
-            gain = ab[:, :1]
-        low = torch.cat([flow_px * gate, m0 * gate, gain, ab[:, 1:] * gate], 1)
-        return low, flows, logits
+    def prepare(self, visible: torch.Tensor, thermal: torch.Tensor, opencv: bool = False,
+                native: bool = False, sources: Callable[..., tuple[torch.Tensor, ...]] | None = None
+                ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, ...] | None]:
+        """Everything of :meth:`forward` that needs only the sources: ``(align_params, sources)``.
+
+        The global registration (:meth:`align`) and :meth:`sources`; the pipeline runs this
+        while the fusion runs. ``sources`` is None when the frame is skipped (found aligned,
+        :meth:`skips`) or without ``cfg.global_align`` (then only the parameters are None too).
+        ``sources`` (the argument) replaces :meth:`sources` (a traced copy).
+        """
+        h, w = visible.shape[-2:]
+        params = self.align(visible, thermal, opencv, native)
+        if params is not None and self.skips(params, (h, w)):
+            return params, None
+        with torch.no_grad():
+            return params, (sources or self.sources)(self.pad_sources(visible, thermal), (h, w), params)
 
     def forward(self, fused: torch.Tensor, visible: torch.Tensor, thermal: torch.Tensor,
                 aux: bool = False, init_flow: torch.Tensor | None = None, opencv: bool = False,
                 align_params: torch.Tensor | None = None,
-                fields: Callable[..., tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]]
+                sources: tuple[torch.Tensor, ...] | None = None,
+                stages: tuple[Callable[..., tuple[torch.Tensor, ...]],
+                              Callable[..., tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]]]
                 | None = None, native: bool = False) -> CorrectorOutput:
         """Correct ``fused``; see the class docstring for shapes.
 
@@ -787,9 +1016,11 @@ class Corrector(nn.Module):
         runner sets it; otherwise the torch code runs). ``align_params``
         (``(B, 4)``) are the gated similarity parameters of this frame computed
         beforehand (:meth:`align`), so the pipeline can run the global
-        registration in its first stage; None computes them here. ``fields``
-        replaces :meth:`fields` (the pipeline's runner passes a traced, frozen
-        copy: same values, less overhead). ``native`` runs the full-resolution step as
+        registration in its first stage; None computes them here. ``sources``:
+        this frame's :meth:`sources` computed beforehand with those parameters
+        (:meth:`prepare`); None computes them here. ``stages`` replaces
+        :meth:`sources` and :meth:`fused_fields` (the pipeline's runner passes traced,
+        frozen copies: same values, less overhead). ``native`` runs the full-resolution step as
         one fused C pass (:func:`full_resolution_native`; honoured for one frame in
         eager CPU float32 inference when the kernels are available; else ``opencv`` decides),
         and the global registration as one C call (:meth:`align`).
@@ -802,13 +1033,12 @@ class Corrector(nn.Module):
             if self.skips(params, (h, w)):
                 zero = torch.zeros_like(fused)
                 return CorrectorOutput(fused, zero, torch.cat([zero, zero], 1), [], [], [])
-        mult = cfg.multiple
-        ph, pw = (-h) % mult, (-w) % mult
-        x = torch.cat([visible, fused, thermal], 1)
-        if ph or pw or torch.jit.is_tracing():   # traced graphs keep the padding (any input size)
-            x = F.pad(x, (0, pw, 0, ph), mode='replicate')
-        hp, wp = x.shape[-2:]
-        low, flows, logits = (fields or self.fields)(x, (h, w), params, init_flow)
+        sources_fn, fused_fn = stages or (self.sources, self.fused_fields)
+        if sources is None:
+            sources = sources_fn(self.pad_sources(visible, thermal), (h, w), params, init_flow)
+        fpad = self._pad(fused)
+        hp, wp = fpad.shape[-2:]
+        low, flows, logits = fused_fn(fpad, sources, init_flow)
         n = len(cfg.stages)
         if native and low.shape[0] == 1 and self._use_opencv(True, low) and native_kernels.available():
             out, m, flow = full_resolution_native(low, fused, visible, (hp, wp), thermal, cfg.output)
@@ -820,11 +1050,10 @@ class Corrector(nn.Module):
         flows_full, masks, warped = [], [], []
         for i in range(n):
             fh, fw = flows[i].shape[-2:]
-            scale = torch.tensor([wp / fw, hp / fh], dtype=x.dtype, device=x.device).view(1, 2, 1, 1)
+            scale = torch.tensor([wp / fw, hp / fh], dtype=fpad.dtype, device=fpad.device).view(1, 2, 1, 1)
             flows_full.append(flows[i] * scale)
             masks.append(torch.sigmoid(logits[i]))
         if aux or self.training:
-            fpad = x[:, 1:2]
             for i in range(n):
                 stride = hp // flows[i].shape[-2]
                 fl = F.avg_pool2d(fpad, stride) if stride > 1 else fpad

@@ -202,15 +202,26 @@ class TorchFusionRunner:
                           native=self.native)
 
 
-class _CorrectorFields(nn.Module):
-    """:meth:`Corrector.fields` for one image size as a module (for tracing); flat tuple output."""
+class _CorrectorSources(nn.Module):
+    """:meth:`Corrector.sources` for one image size as a module (for tracing)."""
 
     def __init__(self, model: Corrector, image_hw: tuple[int, int]) -> None:
         super().__init__()
         self.model, self.image_hw = model, image_hw
 
-    def forward(self, x: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        low, flows, logits = self.model.fields(x, self.image_hw, params)
+    def forward(self, yt: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.model.sources(yt, self.image_hw, params)
+
+
+class _CorrectorFused(nn.Module):
+    """:meth:`Corrector.fused_fields` as a module (for tracing); flat tuple output."""
+
+    def __init__(self, model: Corrector) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, f: torch.Tensor, *src: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        low, flows, logits = self.model.fused_fields(f, src)
         return (low, *flows, *logits)
 
 
@@ -283,18 +294,44 @@ class TorchCorrectorRunner:
         self._cpu = next(model.parameters()).device.type == 'cpu'
         self._traces = _TraceCache('corrector')
 
-    def _fields(self, x: torch.Tensor, image_hw: tuple[int, int], params: torch.Tensor | None,
-                init_flow: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    def _sources(self, yt: torch.Tensor, image_hw: tuple[int, int], params: torch.Tensor | None,
+                 init_flow: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         if params is None or init_flow is not None:
-            return self.model.fields(x, image_hw, params, init_flow)
-        key = (tuple(x.shape), tuple(image_hw), tuple(params.shape))
-        traced = self._traces.lookup(key, lambda: _CorrectorFields(self.model, image_hw), (x, params))
+            return self.model.sources(yt, image_hw, params, init_flow)
+        key = ('sources', tuple(yt.shape), tuple(image_hw), tuple(params.shape))
+        traced = self._traces.lookup(key, lambda: _CorrectorSources(self.model, image_hw), (yt, params))
+        return self.model.sources(yt, image_hw, params) if traced is None else tuple(traced(yt, params))
+
+    def _fused(self, f: torch.Tensor, src: tuple[torch.Tensor, ...], init_flow: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        if init_flow is not None or not self.model.cfg.global_align:
+            return self.model.fused_fields(f, src, init_flow)
+        key = ('fused', tuple(f.shape), tuple(tuple(t.shape) for t in src))
+        traced = self._traces.lookup(key, lambda: _CorrectorFused(self.model), (f, *src))
         if traced is None:
-            return self.model.fields(x, image_hw, params)
-        out = traced(x, params)
+            return self.model.fused_fields(f, src)
+        out = traced(f, *src)
         n = (len(out) - 1) // 2
         return out[0], list(out[1:1 + n]), list(out[1 + n:])
+
+    @property
+    def _stages(self) -> tuple[Callable, Callable] | None:
+        """The traced learned stages for the model's forward (eager CPU inference), else None."""
+        return (self._sources, self._fused) if self._cpu and not self.model.training else None
+
+    @torch.inference_mode()
+    def prepare(self, visible_y: torch.Tensor, thermal: torch.Tensor
+                ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, ...] | None]:
+        """The frame's work that needs only the sources: ``(align_params, sources)``.
+
+        :meth:`Corrector.prepare`: the global registration and the learned stages' source part;
+        pass both to :meth:`__call__` of the same frame. ``(None, None)`` for other models.
+        """
+        if not self._is_corrector:
+            return None, None
+        stages = self._stages
+        return self.model.prepare(visible_y, thermal, opencv=self._cpu, native=self.native and self._cpu,
+                                  sources=stages[0] if stages else None)
 
     @torch.inference_mode()
     def align(self, visible_y: torch.Tensor, thermal: torch.Tensor) -> torch.Tensor | None:
@@ -305,13 +342,16 @@ class TorchCorrectorRunner:
 
     @torch.inference_mode()
     def __call__(self, fused: torch.Tensor, visible_y: torch.Tensor, thermal: torch.Tensor,
-                 align_params: torch.Tensor | None = None
+                 align_params: torch.Tensor | None = None, sources: tuple[torch.Tensor, ...] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(corrected, M, flow)``; ``align_params`` from :meth:`align` of the same frame, if known."""
+        """``(corrected, M, flow)``.
+
+        ``align_params`` from :meth:`align` of the same frame, if known, or ``align_params,
+        sources`` from :meth:`prepare`.
+        """
         if self._is_corrector:
-            fields = self._fields if self._cpu and not self.model.training else None
-            out = self.model(fused, visible_y, thermal, opencv=True, align_params=align_params, fields=fields,
-                             native=self.native)
+            out = self.model(fused, visible_y, thermal, opencv=True, align_params=align_params,
+                             sources=sources, stages=self._stages, native=self.native)
         else:
             out = self.model(fused, visible_y, thermal)
         return out.image, out.misregistration, out.flow

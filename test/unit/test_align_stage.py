@@ -1,4 +1,7 @@
-"""corrector.align_stage: where the global registration runs; auto overlaps it with the fusion."""
+"""corrector.align_stage: where the corrector's source-only work runs; auto overlaps it with the fusion.
+
+That work is the global registration and the learned stages' part that needs no fused image.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -39,6 +42,8 @@ def test_every_stage_gives_the_same_outputs(two_threads, frame):
         pipe = _pipe(stage)
         try:
             results[stage] = pipe.process(*frame, correct=True)
+            if stage == 'auto':   # the helper ran its torch operations on one thread
+                assert pipe._helper.submit(torch.get_num_threads).result() == 1
         finally:
             pipe.close()
     ref = results['correct']
@@ -57,8 +62,10 @@ def test_auto_overlaps_only_whole_frames_with_two_threads(two_threads, frame):
     try:
         half = pipe.fuse(*frame, correct=True)                 # the node's first stage: no overlap
         assert half.align_params is None and 'align_concurrent' not in half.timings_ms
+        assert half.sources is None
         whole = pipe.fuse(*frame, correct=True, whole_frame=True)
         assert whole.align_params is not None and whole.align_params.shape == (1, 4)
+        assert whole.sources is not None and all(isinstance(t, torch.Tensor) for t in whole.sources)
         assert pipe._helper is not None
         torch.set_num_threads(1)                               # one thread: nothing to overlap with
         single = pipe.fuse(*frame, correct=True, whole_frame=True)

@@ -89,6 +89,51 @@ def test_stem_block_means_equal_average_pooling(variant):
     assert float((fine - torch.nn.functional.avg_pool2d(x, q)).abs().max()) < 1e-6
 
 
+@pytest.mark.parametrize('variant', ['corrector_lite', 'corrector_fast', 'corrector_paper'])
+def test_encoder_of_some_streams_equals_those_streams_of_the_whole(variant):
+    """Corrector.sources encodes visible + thermal, fused_fields the fused image: per level, the
+    streams' features equal those of the grouped encoder run on all three."""
+    m = build_corrector(variant).eval()
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+        mult = m.cfg.multiple
+        x = torch.rand(1, 3, 2 * mult, 3 * mult, generator=g)
+        whole, means, _ = m._encode(x, (0, 1, 2))
+        src, means_src, _ = m._encode(x[:, [0, 2]], (0, 2))
+        fus, means_f, _ = m._encode(x[:, 1:2], (1,))
+    assert len(whole) == m.cfg.levels
+    for a, b, ref in zip(src, fus, whole, strict=True):
+        c = ref.shape[1] // 3
+        scale = float(ref.abs().max())
+        assert float((torch.cat([a[:, :c], b, a[:, c:]], 1) - ref).abs().max()) < 1e-5 * scale
+        assert scale > 0.1
+    assert torch.allclose(torch.cat([means_src[:, :1], means_f, means_src[:, 1:]], 1), means, atol=1e-6)
+
+
+def test_first_head_input_splits_into_sources_and_fused_parts():
+    """The first head's input convolution as a sum over the sources' channels and the fused image's."""
+    m = build_corrector('corrector_lite').eval()
+    head = m.heads[0]
+    src_ch, fused_ch = m._first_head_channels()
+    cin = head.inp[0].in_channels
+    assert sorted(src_ch + fused_ch) == list(range(cin)) and len(fused_ch) == 9 + m.cfg.widths[0]
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+        x = torch.randn(1, cin, 6, 7, generator=g)
+        split = head.input_part(x[:, src_ch], src_ch, bias=True) + head.input_part(x[:, fused_ch], fused_ch,
+                                                                                    bias=False)
+        ref = head.inp[0](x)
+    assert float((split - ref).abs().max()) < 1e-5 and float(ref.abs().max()) > 0.5
+    with torch.no_grad():
+        out_split, out_ref = head.from_input(head.inp[1](split)), head(x)   # inp[1] works in place
+    for a, b in zip(out_split, out_ref, strict=True):
+        assert float((a - b).abs().max()) < 1e-5 * max(1.0, float(b.abs().max()))
+
+
 def test_full_resolution_assembly_formula():
     """A constant coarse flow composes to stride * flow and the output follows the documented formula."""
     m = Corrector(LEARNED_ONLY).eval()
@@ -426,6 +471,7 @@ def test_pipeline_runs_the_global_registration_in_the_configured_stage(test_data
     frame = pipe.fuse(moved, rgb)
     assert frame.align_params is not None and frame.align_params.shape == (1, 4)
     assert float(frame.align_params[0, 0]) == pytest.approx(6.0, abs=1.5)   # tx in px
+    assert frame.sources is not None   # the learned stages' source part, with these parameters
     assert frame.timings_ms['align'] > 0
     res = pipe.finish(frame)
     image, m, flow = pipe._corrector(frame.fused_t, frame.visible_t, frame.thermal_t)   # computes its own
@@ -439,7 +485,8 @@ def test_pipeline_runs_the_global_registration_in_the_configured_stage(test_data
     runner_align = pipe._corrector.align
     pipe._corrector.align = lambda *a: calls.append(1) or runner_align(*a)
     frame2 = pipe.fuse(moved, rgb)
-    assert frame2.align_params is None and calls == []   # fuse() left the registration to finish()
+    assert frame2.align_params is None and frame2.sources is None
+    assert calls == []   # fuse() left the registration to finish()
     res2 = pipe.finish(frame2)
     assert np.array_equal(res2.flow, res.flow) and np.array_equal(res2.fused, res.fused)
 
@@ -455,12 +502,20 @@ def test_runner_traces_the_learned_stages(test_data, monkeypatch, caplog):
         params = model.align(v, moved)
         ref = model(fused, v, moved, opencv=True, align_params=params)
     run = TorchCorrectorRunner(model)
-    for _ in range(2):   # trace, then the cached trace
+    for _ in range(2):   # trace, then the cached traces
         image, m, flow = run(fused, v, moved, align_params=params)
         assert float((image - ref.image).abs().max()) < 1e-5
         assert float((m - ref.misregistration).abs().max()) < 1e-5
         assert float((flow - ref.flow).abs().max()) < 1e-4
-    assert len(run._traces) == 1 and isinstance(next(iter(run._traces.values())), torch.jit.ScriptModule)
+    # the sources' part computed beforehand (prepare: the registration's OpenCV solver, ~1e-5 px off)
+    p2, src = run.prepare(v, moved)
+    assert torch.allclose(p2, params, atol=1e-3) and src is not None
+    both = run(fused, v, moved, align_params=p2), run(fused, v, moved, align_params=p2, sources=src)
+    for a, b in zip(*both):
+        assert float((a - b).abs().max()) < 1e-6
+    # one trace per size for each part: the sources' part and the rest
+    assert sorted(k[0] for k in run._traces) == ['fused', 'sources']
+    assert all(isinstance(t, torch.jit.ScriptModule) for t in run._traces.values())
     assert float(flow.abs().max()) > 1.0      # a real correction
 
     monkeypatch.setattr(runtime.torch.jit, 'trace', lambda *a, **k: (_ for _ in ()).throw(RuntimeError('no')))

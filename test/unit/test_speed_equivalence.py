@@ -79,16 +79,18 @@ def test_corrector_stem_strided_conv_equals_unshuffle_then_1x1():
     ga, = torch.autograd.grad((got * w).sum(), x)
     gb, = torch.autograd.grad((ref * w).sum(), x)
     assert torch.allclose(ga, gb, atol=1e-5)
-    # and the model's forward uses it: its finest features equal the definition's
-    feats = {}
-    def keep(mod, inp, out):
-        feats['stem'] = inp[0]         # returns None: the output is left as it is
-    m.down[0].register_forward_hook(keep)
+    # and the model's encoder, which runs the source streams and the fused stream apart
+    # (Corrector.sources / fused_fields), gives the definition's features at every level
     with torch.no_grad():
         img = torch.rand(1, 1, 4 * m.cfg.multiple, 4 * m.cfg.multiple)
-        m(img, img * 0.5, img.flip(-1))
         x3 = torch.cat([img * 0.5, img, img.flip(-1)], 1)   # streams [visible, fused, thermal]
-        assert torch.allclose(feats['stem'], m.stem(F.pixel_unshuffle(x3, s)), atol=1e-5)
+        refs = [m.stem(F.pixel_unshuffle(x3, s))]
+        refs.append(m.down[0](refs[0]))
+        src, _, _ = m._encode(x3[:, [0, 2]], (0, 2))
+        fus, _, _ = m._encode(x3[:, 1:2], (1,))
+        for ref, a, b in zip(refs, src, fus, strict=True):
+            c = ref.shape[1] // 3
+            assert torch.allclose(torch.cat([a[:, :c], b, a[:, c:]], 1), ref, atol=1e-5)
 
 
 def test_opencv_pyramid_ops_match_torch():
