@@ -433,7 +433,7 @@ class FusionPipeline:
         corr_y = fused_y
         if frame.correct:
             self._ensure_corrector()
-            if frame.align_params is not None:
+            if frame.align_params is not None or frame.sources is not None:   # from a runner's prepare()
                 corr_y, m_t, f_t = self._corrector(fused_y, frame.visible_t, frame.thermal_t,
                                                    align_params=frame.align_params, sources=frame.sources)
             else:

@@ -431,6 +431,31 @@ def thermal_weight_from(stats: torch.Tensor, means_f: torch.Tensor, small_f: tor
     return beta.clamp(0.0, _BETA_MAX)
 
 
+def conv_part(conv: nn.Conv2d, x: torch.Tensor, channels: list[int] | slice, bias: bool) -> torch.Tensor:
+    """A convolution over some of its input channels (an ungrouped ``conv``).
+
+    A convolution is linear in its input: for a split of the input channels into parts,
+    ``conv(x)`` is the sum of the parts' results, the bias added once. The parts that need
+    only the sources can so be computed before the fused image exists.
+
+    Args:
+        conv: the convolution (``groups=1``).
+        x: ``(B, len(channels), h, w)``: the input channels ``channels`` of ``conv``, in that order.
+        channels: indices (or a slice) into ``conv``'s input channels.
+        bias: add ``conv``'s bias.
+
+    Example:
+        >>> conv = nn.Conv2d(5, 3, 3, padding=1)
+        >>> x = torch.rand(1, 5, 6, 6)
+        >>> a = conv_part(conv, x[:, :2], slice(0, 2), True)
+        >>> b = conv_part(conv, x[:, 2:], slice(2, 5), False)
+        >>> bool(torch.allclose(a + b, conv(x), atol=1e-6))
+        True
+    """
+    return F.conv2d(x, conv.weight[:, channels], conv.bias if bias else None, conv.stride, conv.padding,
+                    conv.dilation)
+
+
 def run_streams(module: nn.Module, x: torch.Tensor, streams: tuple[int, ...]) -> torch.Tensor:
     """Run an encoder module, whose convolutions are grouped by the three modality streams, on some streams.
 
@@ -530,8 +555,7 @@ class FlowHead(nn.Module):
             ``(B, hidden, h, w)``; the head continues with :meth:`from_input` on
             ``inp[1](sum of the parts)``.
         """
-        conv = self.inp[0]
-        return F.conv2d(x, conv.weight[:, channels], conv.bias if bias else None, 1, conv.padding)
+        return conv_part(self.inp[0], x, channels, bias)
 
     def from_input(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`forward` after the input convolution and its activation (``h``: ``(B, hidden, h, w)``)."""
@@ -600,14 +624,69 @@ class ModalityRetentionBlock(nn.Module):
             self.out[-1].bias.copy_(torch.tensor([0.5, 0.0]))
 
     def forward(self, fused_w: torch.Tensor, vis: torch.Tensor, ir_w: torch.Tensor) -> torch.Tensor:
-        corr = torch.cat([local_correlation(fused_w, vis, 1), local_correlation(fused_w, ir_w, 1)], 1)
-        x = self.fuse_in(torch.cat([corr, fused_w, vis, ir_w], 1))
-        a = torch.softmax(self.merge_logits, 0)
-        x = x + sum(a[i] * sgu(x) for i, sgu in enumerate(self.sgus))
+        """``(B, 2, h, w)`` (gain, bias) from the warped fused, visible and warped thermal features."""
+        return self.fused_part(fused_w, vis, ir_w, self.source_part(vis, ir_w))
+
+    def source_part(self, vis: torch.Tensor, ir_w: torch.Tensor) -> torch.Tensor:
+        """The block's work on the sources alone (no fused features).
+
+        The visible channel attention, the IR spatial attention and the shares of the
+        visible and thermal features in the input and output convolutions.
+
+        Args:
+            vis, ir_w: ``(B, feat, h, w)`` visible and warped thermal features.
+
+        Returns:
+            ``(B, 2 * width, h, w)``: the two convolutions' pre-activations without the fused
+            features' share, for :meth:`fused_part`.
+        """
+        c = vis.shape[1]
+        width = self.fuse_in[0].out_channels
+        n = 18 + c   # the input convolution takes [correlations (18), fused_w, vis, ir_w]
+        pre_in = conv_part(self.fuse_in[0], torch.cat([vis, ir_w], 1), slice(n, n + 2 * c), bias=True)
         vis_a = vis * torch.sigmoid(self.vis_ca(vis.mean((2, 3), keepdim=True)))
         stat = torch.cat([ir_w.amax(1, keepdim=True), ir_w.mean(1, keepdim=True)], 1)
         ir_a = ir_w * torch.sigmoid(self.ir_sa(stat))
-        return self.out(torch.cat([x, vis_a, ir_a], 1))
+        pre_out = conv_part(self.out[0], torch.cat([vis_a, ir_a], 1), slice(width, width + 2 * c), bias=True)
+        return torch.cat([pre_in, pre_out], 1)
+
+    def fused_part(self, fused_w: torch.Tensor, vis: torch.Tensor, ir_w: torch.Tensor, pre: torch.Tensor
+                   ) -> torch.Tensor:
+        """:meth:`forward` given :meth:`source_part` (``pre``) of the same ``vis`` and ``ir_w``."""
+        c = vis.shape[1]
+        width = self.fuse_in[0].out_channels
+        corr = torch.cat([local_correlation(fused_w, vis, 1), local_correlation(fused_w, ir_w, 1)], 1)
+        x = self.fuse_in[1](pre[:, :width] + conv_part(self.fuse_in[0], torch.cat([corr, fused_w], 1),
+                                                       slice(0, 18 + c), bias=False))
+        a = torch.softmax(self.merge_logits, 0)
+        x = x + sum(a[i] * sgu(x) for i, sgu in enumerate(self.sgus))
+        h = self.out[1](pre[:, width:] + conv_part(self.out[0], x, slice(0, width), bias=False))
+        return self.out[2](h)
+
+
+class SourceParts(NamedTuple):
+    """The fields of :meth:`Corrector.sources`'s tuple after the per-level features and edges.
+
+    Attributes:
+        small: ``(B, 2, Hp/q, Wp/q)`` ``q x q`` block means of visible and thermal (``q = gcd(s, 4)``;
+            the padded images when ``q = 1``).
+        moments: :func:`source_moments` (``refuse``), else empty.
+        phi: the first stage's start flow (px of its level).
+        ft_w: the thermal features of the first stage's level warped by ``phi``.
+        nv: the visible features of that level, RMS-normalised.
+        head_in: the sources' share of the first head's input convolution (with its bias).
+        mrb_in: :meth:`ModalityRetentionBlock.source_part` (one fixed stage), else empty.
+        gated: ``[flow * gate (px of the input), gate]`` of the finest level (one fixed stage), else empty.
+    """
+
+    small: torch.Tensor
+    moments: torch.Tensor
+    phi: torch.Tensor
+    ft_w: torch.Tensor
+    nv: torch.Tensor
+    head_in: torch.Tensor
+    mrb_in: torch.Tensor
+    gated: torch.Tensor
 
 
 class Corrector(nn.Module):
@@ -799,21 +878,29 @@ class Corrector(nn.Module):
         fused = list(range(a, a + 9)) + list(range(a + 9 + 2 + c, a + 9 + 2 + 2 * c))
         return [i for i in range(total) if i not in fused], fused
 
+    def _one_fixed_stage(self, init_flow: torch.Tensor | None) -> bool:
+        """One estimation stage whose flow is its start (``corrector_lite``): no fused image in the flow."""
+        cfg = self.cfg
+        return len(cfg.stages) == 1 and not cfg.refine and (cfg.global_align or init_flow is not None)
+
     def sources(self, yt: torch.Tensor, image_hw: tuple[int, int], params: torch.Tensor | None,
                 init_flow: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """The learned stages' work that needs only the sources (not the fused image).
 
         :meth:`fields` is ``fused_fields(F, sources(Y, T))``; the pipeline can run this part
         while the fusion runs. It holds the visible and thermal streams of the encoder, the edge
-        descriptors, the first stage's start flow, correlations and the sources' part of its
-        head's input convolution, and the sources' moments of :func:`thermal_weight`.
+        descriptors, the first stage's start flow, correlations and the sources' share of its
+        head's input convolution, and the sources' moments of :func:`thermal_weight`. With one
+        stage whose flow is its start (``corrector_lite``), also the flow's gate and the retention
+        block's work on the sources (:meth:`ModalityRetentionBlock.source_part`).
 
         Args:
             yt: ``(B, 2, Hp, Wp)`` visible and thermal, padded to ``cfg.multiple``.
             image_hw, params, init_flow: as in :meth:`fields`.
 
         Returns:
-            A flat tuple of tensors for :meth:`fused_fields` (its layout is internal).
+            A flat tuple of tensors for :meth:`fused_fields`: the visible + thermal features and
+            the edge descriptors per level, then the fields of :class:`SourceParts`.
         """
         cfg = self.cfg
         h, w = image_hw
@@ -845,12 +932,18 @@ class Corrector(nn.Module):
         if lvl == cfg.levels - 1:
             glob = soft_argmax_offset(cost_e.mean((2, 3), keepdim=True), cfg.edge_radii[lvl], temp)
             parts.append(glob.expand_as(cost_e[:, :2]))
-        pre = self.heads[0].input_part(torch.cat(parts, 1), self._first_head_channels()[0], bias=True)
-        if cfg.output == 'refuse':
-            moments = source_moments(means, fine if fine is not None else yt, cfg.stem_stride)
-        else:
-            moments = means.new_zeros(0)
-        return (*feats, *edges, fine if fine is not None else yt, moments, phi0, ft_w, nv, pre)
+        head_in = self.heads[0].input_part(torch.cat(parts, 1), self._first_head_channels()[0], bias=True)
+        none = means.new_zeros(0)
+        small = fine if fine is not None else yt
+        moments = source_moments(means, small, cfg.stem_stride) if cfg.output == 'refuse' else none
+        mrb_in = gated = none
+        if self._one_fixed_stage(init_flow):   # the finest flow is phi0: the gate and the MRB's inputs
+            flow_px = phi0 * torch.tensor([wp / phi0.shape[-1], hp / phi0.shape[-2]], dtype=yt.dtype,
+                                          device=yt.device).view(1, 2, 1, 1)
+            gate = shift_gate(flow_px, cfg.min_shift, cfg.min_shift_width)
+            gated = torch.cat([flow_px * gate, gate], 1)
+            mrb_in = self.mrb.source_part(fv, ft_w)
+        return (*feats, *edges, *SourceParts(small, moments, phi0, ft_w, nv, head_in, mrb_in, gated))
 
     def fused_fields(self, f: torch.Tensor, src: tuple[torch.Tensor, ...],
                      init_flow: torch.Tensor | None = None
@@ -864,7 +957,7 @@ class Corrector(nn.Module):
         hp, wp = f.shape[-2:]
         nl = cfg.levels
         src_feats, edges = src[:nl], src[nl:2 * nl]
-        small_yt, moments, phi_first, ft_w_first, nv_first, pre_first = src[2 * nl:]
+        sp = SourceParts(*src[2 * nl:])
         ffeats, mean_f, small_f = self._encode(f, FUSED_STREAMS)
         # per level [Y, F, T] streams, as the grouped convolutions order them
         feats = [torch.cat([sv[:, :fl.shape[1]], fl, sv[:, fl.shape[1]:]], 1)
@@ -882,15 +975,14 @@ class Corrector(nn.Module):
             j = n - 1 - k
             fv, ff, ft = feats[i].chunk(3, 1)
             if k == 0:
-                # the sources' part of the head input is in pre_first (see sources())
-                phi0 = phi_first
+                # the sources' share of the head's input is in sp.head_in (see sources())
+                phi0 = sp.phi
                 lg0 = torch.zeros_like(fv[:, :1])
                 ff_w = ff if init_flow is None and not cfg.global_align else warp_by_flow(ff, phi0)
-                rest = torch.cat([local_correlation(_rms_norm(ff_w), nv_first, 1), ff_w], 1)
+                rest = torch.cat([local_correlation(_rms_norm(ff_w), sp.nv, 1), ff_w], 1)
                 head = self.heads[0]
                 rest_in = head.input_part(rest, self._first_head_channels()[1], bias=False)
-                h0 = head.inp[1](pre_first + rest_in)
-                dphi, dlg, ctx = head.from_input(h0)
+                dphi, dlg, ctx = head.from_input(head.inp[1](sp.head_in + rest_in))
             else:
                 ev, et = edges[i][:, :2], edges[i][:, 2:]
                 c = fv.shape[1]
@@ -928,22 +1020,24 @@ class Corrector(nn.Module):
         fv, ff, ft = feats[0].chunk(3, 1)
         m0 = torch.sigmoid(logits[0])
         ff_w = bidirectional_warp(ff, flows[0], m0)
-        # one stage with a fixed flow: the thermal features warped by it are the sources' (same warp)
-        ft_w = ft_w_first if n == 1 and fixed else warp_by_flow(ft, flows[0])
-        ab = self.mrb(ff_w, fv, ft_w)
-
-        # Full resolution: one upsampling of [flow * stride, M, gain, b], one warp of [F, Y]
-        # (retain) or of T (refuse).
-        sh, sw = hp / flows[0].shape[-2], wp / flows[0].shape[-1]
-        flow_px = flows[0] * torch.tensor([sw, sh], dtype=f.dtype, device=f.device).view(1, 2, 1, 1)
-        gate = shift_gate(flow_px, cfg.min_shift, cfg.min_shift_width)
+        if self._one_fixed_stage(init_flow):   # flow, gate and the MRB's source part from sources()
+            ab = self.mrb.fused_part(ff_w, fv, sp.ft_w, sp.mrb_in)
+            flow_gated, gate = sp.gated[:, :2], sp.gated[:, 2:]
+        else:
+            ab = self.mrb(ff_w, fv, warp_by_flow(ft, flows[0]))
+            # Full resolution: one upsampling of [flow * stride, M, gain, b], one warp of [F, Y]
+            # (retain) or of T (refuse).
+            sh, sw = hp / flows[0].shape[-2], wp / flows[0].shape[-1]
+            flow_px = flows[0] * torch.tensor([sw, sh], dtype=f.dtype, device=f.device).view(1, 2, 1, 1)
+            gate = shift_gate(flow_px, cfg.min_shift, cfg.min_shift_width)
+            flow_gated = flow_px * gate
         if cfg.output == 'refuse':
-            beta = thermal_weight_from(moments, mean_f, small_f if small_f is not None else f, small_yt,
+            beta = thermal_weight_from(sp.moments, mean_f, small_f if small_f is not None else f, sp.small,
                                        cfg.stem_stride)
             gain = beta * (1.0 + ab[:, :1])
         else:
             gain = ab[:, :1]
-        low = torch.cat([flow_px * gate, m0 * gate, gain, ab[:, 1:] * gate], 1)
+        low = torch.cat([flow_gated, m0 * gate, gain, ab[:, 1:] * gate], 1)
         return low, flows, logits
 
     def fields(self, x: torch.Tensor, image_hw: tuple[int, int], params: torch.Tensor | None,

@@ -134,6 +134,32 @@ def test_first_head_input_splits_into_sources_and_fused_parts():
         assert float((a - b).abs().max()) < 1e-5 * max(1.0, float(b.abs().max()))
 
 
+def test_retention_block_split_equals_the_block_on_the_whole_input():
+    """ModalityRetentionBlock as source_part (visible + thermal) then fused_part equals the block's
+    definition on the concatenated input (written out here), for random weights."""
+    import torch.nn.functional as F
+
+    from ros2_regionfuse.models.corrector import ModalityRetentionBlock
+    from ros2_regionfuse.models.warp import local_correlation
+    g = torch.Generator().manual_seed(7)
+    mrb = ModalityRetentionBlock(8, 16, (1, 3, 5)).eval()
+    with torch.no_grad():
+        for p in mrb.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        fw, vis, ir = (torch.randn(1, 8, 7, 9, generator=g) for _ in range(3))
+        corr = torch.cat([local_correlation(fw, vis, 1), local_correlation(fw, ir, 1)], 1)
+        x = F.leaky_relu(mrb.fuse_in[0](torch.cat([corr, fw, vis, ir], 1)), 0.1)
+        a = torch.softmax(mrb.merge_logits, 0)
+        x = x + sum(a[i] * sgu(x) for i, sgu in enumerate(mrb.sgus))
+        vis_a = vis * torch.sigmoid(mrb.vis_ca(vis.mean((2, 3), keepdim=True)))
+        stat = torch.cat([ir.amax(1, keepdim=True), ir.mean(1, keepdim=True)], 1)
+        ir_a = ir * torch.sigmoid(mrb.ir_sa(stat))
+        ref = mrb.out(torch.cat([x, vis_a, ir_a], 1))
+        got = mrb.fused_part(fw, vis, ir, mrb.source_part(vis, ir))
+    assert float(ref.abs().max()) > 0.5
+    assert float((got - ref).abs().max()) < 1e-5 * float(ref.abs().max())
+
+
 def test_full_resolution_assembly_formula():
     """A constant coarse flow composes to stride * flow and the output follows the documented formula."""
     m = Corrector(LEARNED_ONLY).eval()
