@@ -104,6 +104,9 @@ class FusedFrame:
         sources: computed with ``align_params``: the corrector's learned stages' part that needs
             only the sources (:meth:`~..models.corrector.Corrector.sources`); None: the corrector
             computes it (also when the frame is found aligned and skipped).
+        helper_threads: the torch thread count ``n`` when that work ran on the helper thread
+            (``align_stage: auto``), else 0; :meth:`FusionPipeline.finish` then runs the corrector's
+            torch operations with ``n - 1`` threads too and its full-resolution C step with ``n``.
     """
 
     thermal: np.ndarray
@@ -115,6 +118,7 @@ class FusedFrame:
     timings_ms: dict[str, float]
     align_params: torch.Tensor | None = None
     sources: tuple[torch.Tensor, ...] | None = None
+    helper_threads: int = 0
 
 
 # OpenCV's thread pool stays unused: with cv2.setNumThreads(1) its functions run in the calling
@@ -419,7 +423,8 @@ class FusionPipeline:
         if pending is not None:
             ms['align_concurrent'] = ms_align
         return FusedFrame(thermal=th, rgb=colour, thermal_t=th_t, visible_t=y_t, fused_t=fused_y,
-                          correct=do_correct, align_params=params, sources=sources, timings_ms=ms)
+                          correct=do_correct, align_params=params, sources=sources, timings_ms=ms,
+                          helper_threads=threads if pending is not None else 0)
 
     def finish(self, frame: FusedFrame) -> FusionResult:
         """Second half of :meth:`process`: corrector (when ``frame.correct``) and postprocessing.
@@ -433,11 +438,22 @@ class FusionPipeline:
         corr_y = fused_y
         if frame.correct:
             self._ensure_corrector()
+            kwargs: dict[str, Any] = {}
             if frame.align_params is not None or frame.sources is not None:   # from a runner's prepare()
-                corr_y, m_t, f_t = self._corrector(fused_y, frame.visible_t, frame.thermal_t,
-                                                   align_params=frame.align_params, sources=frame.sources)
-            else:
-                corr_y, m_t, f_t = self._corrector(fused_y, frame.visible_t, frame.thermal_t)
+                kwargs.update(align_params=frame.align_params, sources=frame.sources)
+            threads = frame.helper_threads
+            if threads >= 2:
+                # After the overlap the corrector's torch operations (small, at 1/16) keep one thread
+                # fewer, so no OpenMP worker of theirs spins on the core that the rows of the C step
+                # split over all threads then use: 14.96 vs 15.62 ms per 640x480 frame on 2 cores
+                # (11 of 12 paired rounds; docs/performance.md, session 15).
+                torch.set_num_threads(threads - 1)
+                kwargs['native_threads'] = threads
+            try:
+                corr_y, m_t, f_t = self._corrector(fused_y, frame.visible_t, frame.thermal_t, **kwargs)
+            finally:
+                if threads >= 2:
+                    torch.set_num_threads(threads)
             misreg = convert.to_numpy(m_t)
             flow = convert.to_numpy(f_t)
         t3 = time.perf_counter()

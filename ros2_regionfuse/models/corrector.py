@@ -1098,7 +1098,7 @@ class Corrector(nn.Module):
                 sources: tuple[torch.Tensor, ...] | None = None,
                 stages: tuple[Callable[..., tuple[torch.Tensor, ...]],
                               Callable[..., tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]]]
-                | None = None, native: bool = False) -> CorrectorOutput:
+                | None = None, native: bool = False, native_threads: int | None = None) -> CorrectorOutput:
         """Correct ``fused``; see the class docstring for shapes.
 
         ``init_flow`` (``(B, 2, H, W)``, pixels) replaces the start of the
@@ -1117,7 +1117,8 @@ class Corrector(nn.Module):
         frozen copies: same values, less overhead). ``native`` runs the full-resolution step as
         one fused C pass (:func:`full_resolution_native`; honoured for one frame in
         eager CPU float32 inference when the kernels are available; else ``opencv`` decides),
-        and the global registration as one C call (:meth:`align`).
+        and the global registration as one C call (:meth:`align`); ``native_threads``: the threads
+        of that C pass (default 1; see :func:`full_resolution_native`).
         """
         cfg = self.cfg
         h, w = fused.shape[-2:]
@@ -1135,7 +1136,8 @@ class Corrector(nn.Module):
         low, flows, logits = fused_fn(fpad, sources, init_flow)
         n = len(cfg.stages)
         if native and low.shape[0] == 1 and self._use_opencv(True, low) and native_kernels.available():
-            out, m, flow = full_resolution_native(low, fused, visible, (hp, wp), thermal, cfg.output)
+            out, m, flow = full_resolution_native(low, fused, visible, (hp, wp), thermal, cfg.output,
+                                                  native_threads)
         elif self._use_opencv(opencv, low):
             out, m, flow = full_resolution_cv(low, fused, visible, (hp, wp), thermal, cfg.output)
         else:
@@ -1251,12 +1253,17 @@ def full_resolution_cv(low: torch.Tensor, fused: torch.Tensor, visible: torch.Te
 
 def full_resolution_native(low: torch.Tensor, fused: torch.Tensor, visible: torch.Tensor,
                            padded_hw: tuple[int, int], thermal: torch.Tensor | None = None,
-                           output: str = 'retain') -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                           output: str = 'retain', threads: int | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`full_resolution` for one CPU float32 frame in one fused C pass (same arguments and results).
 
     :func:`ros2_regionfuse.native.corrector_full_resolution`: exact bilinear sampling
     as ``grid_sample``, so within ~1e-6 of the torch step (OpenCV's ``remap``
     quantises positions to 1/32 px). The results are new arrays shared with the tensors.
+    ``threads``: rows split over this many threads (same values; default 1). Only where the cores
+    are otherwise idle: right after torch operations with more than one thread, libgomp's workers
+    spin on the other cores, and the split was slower (15.68 vs 16.23 ms per 640x480 frame, 10 of 12
+    paired rounds; docs/performance.md, session 15).
     """
     if output == 'refuse' and thermal is None:
         raise ValueError("full_resolution_native: output 'refuse' needs the thermal image")
@@ -1264,7 +1271,8 @@ def full_resolution_native(low: torch.Tensor, fused: torch.Tensor, visible: torc
     img, m, flow = native_kernels.corrector_full_resolution(
         low[0].contiguous().numpy(), padded_hw, fused[0, 0].contiguous().numpy(),
         None if refuse else visible[0, 0].contiguous().numpy(),
-        thermal[0, 0].contiguous().numpy() if refuse else None, refuse)
+        thermal[0, 0].contiguous().numpy() if refuse else None, refuse,
+        1 if threads is None else threads)
     return (torch.from_numpy(img)[None, None], torch.from_numpy(m)[None, None],
             torch.from_numpy(flow)[None])
 

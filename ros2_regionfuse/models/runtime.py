@@ -342,16 +342,18 @@ class TorchCorrectorRunner:
 
     @torch.inference_mode()
     def __call__(self, fused: torch.Tensor, visible_y: torch.Tensor, thermal: torch.Tensor,
-                 align_params: torch.Tensor | None = None, sources: tuple[torch.Tensor, ...] | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 align_params: torch.Tensor | None = None, sources: tuple[torch.Tensor, ...] | None = None,
+                 native_threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(corrected, M, flow)``.
 
         ``align_params`` from :meth:`align` of the same frame, if known, or ``align_params,
-        sources`` from :meth:`prepare`.
+        sources`` from :meth:`prepare`. ``native_threads``: threads of the full-resolution C step
+        (default 1).
         """
         if self._is_corrector:
             out = self.model(fused, visible_y, thermal, opencv=True, align_params=align_params,
-                             sources=sources, stages=self._stages, native=self.native)
+                             sources=sources, stages=self._stages, native=self.native,
+                             native_threads=native_threads)
         else:
             out = self.model(fused, visible_y, thermal)
         return out.image, out.misregistration, out.flow

@@ -49,7 +49,7 @@ CFLAGS = ('-O3', '-march=native', '-ffast-math', '-fPIC', '-std=c11')
 # AVX-512 gathers with scalar loads: the corrector's bilinear warps ran 1.6-1.9x slower on an Intel
 # Xeon (docs/performance.md, session 14). GCC only; other compilers keep their own choice.
 GCC_X86_FLAGS = ('-mtune-ctrl=use_gather',)
-LDFLAGS = ('-shared', '-lm')
+LDFLAGS = ('-shared', '-lm', '-pthread')
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -65,7 +65,7 @@ _U8 = ctypes.POINTER(ctypes.c_uint8)
 _SIGNATURES = {
     'rf_detail_energy': (_F, _F, _I, _I, _I, _F),
     'rf_fuse_level': (_F, _F, _F, _F, _F, _I, _I, _F, _F, _I, _I, ctypes.c_float, _I, _F),
-    'rf_corrector_full': (_F, _I, _I, _I, _I, _F, _F, _F, _I, _I, _I, _F, _F, _F),
+    'rf_corrector_full': (_F, _I, _I, _I, _I, _F, _F, _F, _I, _I, _I, _F, _F, _F, _I),
     'rf_similarity': (_F, _F, _I, _I, _I, _IP, _IP, _F, _I, _D, _I, _D, _DP, _DP),
     'rf_luma_u8': (_U8, ctypes.c_long, ctypes.c_float, ctypes.c_float, ctypes.c_float, _F),
     'rf_recolour_u8': (_U8, _F, _F, ctypes.c_long, _I, ctypes.c_float, ctypes.c_float, _U8),
@@ -288,8 +288,8 @@ def fuse_level(gt: np.ndarray, gy: np.ndarray, gt1: np.ndarray, gy1: np.ndarray,
 
 
 def corrector_full_resolution(low: np.ndarray, padded_hw: tuple[int, int], fused: np.ndarray,
-                              visible: np.ndarray | None, thermal: np.ndarray | None, refuse: bool
-                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                              visible: np.ndarray | None, thermal: np.ndarray | None, refuse: bool,
+                              threads: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The corrector's full-resolution step for one frame (see ``models.corrector.full_resolution``).
 
     Args:
@@ -300,6 +300,7 @@ def corrector_full_resolution(low: np.ndarray, padded_hw: tuple[int, int], fused
             (``visible`` for ``retain``, ``thermal`` for ``refuse``).
         refuse: the ``refuse`` output (``F + gain * (warp_M(T) - T) + bias``); else ``retain``
             (``warp_M(F) + gain * (Y - warp_M(Y)) + bias``).
+        threads: split the rows over this many threads (at most 8; the same values).
 
     Returns:
         ``(image (H, W) in [0, 1], M (H, W), flow (2, H, W) pixels)``, new float32 arrays.
@@ -324,7 +325,7 @@ def corrector_full_resolution(low: np.ndarray, padded_hw: tuple[int, int], fused
     th_p = _ptr(other) if refuse else None
     rc = _lib_or_raise().rf_corrector_full(_ptr(low), low.shape[1], low.shape[2], hp, wp, _ptr(fused),
                                            vis_p, th_p, h, w, int(bool(refuse)), _ptr(out), _ptr(m),
-                                           _ptr(flow))
+                                           _ptr(flow), int(threads))
     _check(rc, 'rf_corrector_full')
     return out, m, flow
 

@@ -12,6 +12,7 @@
  * Every function returns 0, or -1 when it could not allocate its row buffers.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -247,42 +248,90 @@ static void bidir_row(const float *restrict img, const float *restrict fx, const
  *   retain (refuse == 0): out = warp_M(F) + gain * (Y - warp_M(Y)) + bias
  *   refuse (refuse != 0): out = F + gain * (warp_M(T) - T) + bias
  * clamped to [0, 1]. fused, vis, th, out, m_out: (h, w); flow_out: (2, h, w). th may be NULL
- * for retain, vis for refuse. */
-int rf_corrector_full(const float *low, int hl, int wl, int hp, int wp, const float *fused,
-                      const float *vis, const float *th, int h, int w, int refuse,
-                      float *out, float *m_out, float *flow_out) {
-    const size_t W = (size_t)w, plane = (size_t)hl * wl, hw = (size_t)h * w;
-    Tap *tx = malloc(sizeof(Tap) * (size_t)wp), *ty = malloc(sizeof(Tap) * (size_t)hp);
-    float *buf = malloc(sizeof(float) * (10 * (size_t)wp + 4 * (size_t)wp));
-    if (!tx || !ty || !buf) { free(tx); free(ty); free(buf); return -1; }
-    make_taps(tx, wp, wl);
-    make_taps(ty, hp, hl);
+ * for retain, vis for refuse. threads > 1: the rows are split over that many threads (every
+ * output row depends on its own row of the fields only; same values). */
+typedef struct {
+    const float *low;
+    int hl, wl, hp, wp;
+    const float *fused, *vis, *th;
+    int h, w, refuse;
+    float *out, *m_out, *flow_out;
+    int i0, i1, rc;
+    const Tap *tx, *ty;   /* shared taps */
+    float *buf;           /* 14 * wp floats of this part */
+} FullRows;
+
+static int corrector_full_rows(const FullRows *a) {
+    const int h = a->h, w = a->w, wp = a->wp, wl = a->wl;
+    const size_t W = (size_t)w, plane = (size_t)a->hl * wl, hw = (size_t)h * w;
+    const Tap *tx = a->tx, *ty = a->ty;
+    float *buf = a->buf;
     RowCache c[5];
-    for (int k = 0; k < 5; ++k) cache_init(&c[k], low + k * plane, wl, tx, wp, buf + 2 * k * (size_t)wp);
+    for (int k = 0; k < 5; ++k) cache_init(&c[k], a->low + k * plane, wl, tx, wp, buf + 2 * k * (size_t)wp);
     float *ug = buf + 10 * (size_t)wp, *ub = ug + wp, *tmp = ub + wp;
-    for (int i = 0; i < h; ++i) {
+    for (int i = a->i0; i < a->i1; ++i) {
         const size_t row = (size_t)i * W;
-        float *restrict fx = flow_out + row, *restrict fy = flow_out + hw + row, *restrict m = m_out + row;
+        float *restrict fx = a->flow_out + row, *restrict fy = a->flow_out + hw + row, *restrict m = a->m_out + row;
         float *rows[5] = {fx, fy, m, ug, ub};
         for (int k = 0; k < 5; ++k) {   /* the padded grid's row, cropped to w */
             up_row(&c[k], ty[i], tmp);
             for (int j = 0; j < w; ++j) rows[k][j] = tmp[j];
         }
-        float *restrict o = out + row;
-        if (refuse) {
-            const float *restrict t = th + row, *restrict f = fused + row;
-            bidir_row(th, fx, fy, m, i, w, h, tmp);
+        float *restrict o = a->out + row;
+        if (a->refuse) {
+            const float *restrict t = a->th + row, *restrict f = a->fused + row;
+            bidir_row(a->th, fx, fy, m, i, w, h, tmp);
             for (int j = 0; j < w; ++j) o[j] = fminf(fmaxf(f[j] + ug[j] * (tmp[j] - t[j]) + ub[j], 0.f), 1.f);
         } else {
-            const float *restrict y = vis + row;
+            const float *restrict y = a->vis + row;
             float *restrict wf = tmp, *restrict wy = tmp + w;
-            bidir_row(fused, fx, fy, m, i, w, h, wf);
-            bidir_row(vis, fx, fy, m, i, w, h, wy);
+            bidir_row(a->fused, fx, fy, m, i, w, h, wf);
+            bidir_row(a->vis, fx, fy, m, i, w, h, wy);
             for (int j = 0; j < w; ++j) o[j] = fminf(fmaxf(wf[j] + ug[j] * (y[j] - wy[j]) + ub[j], 0.f), 1.f);
         }
     }
-    free(tx); free(ty); free(buf);
     return 0;
+}
+
+static void *corrector_full_thread(void *arg) {
+    FullRows *a = arg;
+    a->rc = corrector_full_rows(a);
+    return NULL;
+}
+
+#define FULL_MAX_THREADS 8
+
+int rf_corrector_full(const float *low, int hl, int wl, int hp, int wp, const float *fused,
+                      const float *vis, const float *th, int h, int w, int refuse,
+                      float *out, float *m_out, float *flow_out, int threads) {
+    if (threads > FULL_MAX_THREADS) threads = FULL_MAX_THREADS;
+    if (threads < 1 || h < 16 * threads) threads = 1;
+    Tap *tx = malloc(sizeof(Tap) * (size_t)wp), *ty = malloc(sizeof(Tap) * (size_t)hp);
+    float *buf = malloc(sizeof(float) * 14 * (size_t)wp * (size_t)threads);
+    if (!tx || !ty || !buf) { free(tx); free(ty); free(buf); return -1; }
+    make_taps(tx, wp, wl);
+    make_taps(ty, hp, hl);
+    FullRows part[FULL_MAX_THREADS];
+    pthread_t tid[FULL_MAX_THREADS];
+    int started[FULL_MAX_THREADS] = {0};
+    for (int k = 0; k < threads; ++k) {
+        part[k] = (FullRows){low, hl, wl, hp, wp, fused, vis, th, h, w, refuse, out, m_out, flow_out,
+                             (int)((long)h * k / threads), (int)((long)h * (k + 1) / threads), 0,
+                             tx, ty, buf + 14 * (size_t)wp * (size_t)k};
+    }
+    for (int k = 1; k < threads; ++k)   /* the calling thread takes the first rows */
+        started[k] = pthread_create(&tid[k], NULL, corrector_full_thread, &part[k]) == 0;
+    int rc = corrector_full_rows(&part[0]);
+    for (int k = 1; k < threads; ++k) {
+        if (started[k]) {
+            pthread_join(tid[k], NULL);
+            if (part[k].rc) rc = part[k].rc;
+        } else if (corrector_full_rows(&part[k])) {   /* no thread: its rows here */
+            rc = -1;
+        }
+    }
+    free(tx); free(ty); free(buf);
+    return rc;
 }
 
 /* ---------------------------------------------------------------------------------------------

@@ -65,6 +65,7 @@ def test_auto_overlaps_only_whole_frames_with_two_threads(two_threads, frame):
         assert half.sources is None
         whole = pipe.fuse(*frame, correct=True, whole_frame=True)
         assert whole.align_params is not None and whole.align_params.shape == (1, 4)
+        assert whole.helper_threads == 2 and half.helper_threads == 0   # finish: corrector on 1 + C on 2
         assert whole.sources is not None and all(isinstance(t, torch.Tensor) for t in whole.sources)
         assert pipe._helper is not None
         torch.set_num_threads(1)                               # one thread: nothing to overlap with
@@ -72,8 +73,10 @@ def test_auto_overlaps_only_whole_frames_with_two_threads(two_threads, frame):
         assert single.align_params is None
         no_corr = pipe.fuse(*frame, correct=False, whole_frame=True)
         assert no_corr.align_params is None
+        torch.set_num_threads(2)
         a, b = pipe.finish(whole), pipe.finish(half)
-        assert np.array_equal(a.fused, b.fused)
+        assert np.array_equal(a.fused, b.fused) and np.array_equal(a.flow, b.flow)
+        assert torch.get_num_threads() == 2   # restored after the corrector's one thread
     finally:
         pipe.close()
     assert pipe._helper is None

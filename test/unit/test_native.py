@@ -123,6 +123,11 @@ def test_corrector_full_resolution_matches_torch(output, hw, padded, stride):
     assert float((got[0] - ref[0]).abs().mean()) < 1e-5
     assert float(got[2].abs().max()) > 3.0                              # real shifts were applied
     assert float((got[0] - fused).abs().mean()) > 1e-3                  # and changed the image
+    # rows split over threads (3 do not divide the heights): the same values, bit for bit
+    for threads in (2, 3):
+        split = full_resolution_native(low, fused, vis, padded, th, output, threads=threads)
+        for a, b in zip(got, split):
+            assert torch.equal(a, b), threads
 
 
 def _similarity_pair(test_data, stem: str, params: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
