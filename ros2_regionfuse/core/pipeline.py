@@ -205,13 +205,14 @@ class FusionPipeline:
 
     def __init__(self, cfg: PipelineConfig | None = None, *, fusion: torch.nn.Module | None = None,
                  corrector: torch.nn.Module | None = None) -> None:
-        from ..models.runtime import build_runner
+        from ..models.runtime import TorchFusionRunner, build_runner
         self.cfg = cfg or PipelineConfig()
         self.device = select_device(self.cfg.device)
         if self.cfg.threads > 0:
             torch.set_num_threads(self.cfg.threads)
         cv2.setNumThreads(OPENCV_THREADS)   # process-wide, like torch's count
         self.fusion, self.fusion_card = build_runner('fusion', self.cfg, self.device, fusion)
+        self._fusion_takes_threads = isinstance(self.fusion, TorchFusionRunner)
         self._corrector = None
         self._corrector_module = corrector
         self.corrector_card: dict = {}
@@ -408,8 +409,12 @@ class FusionPipeline:
                 self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix='regionfuse-align')
             pending = self._helper.submit(_timed, _single_threaded, prepare, y_t, th_t)
             torch.set_num_threads(threads - 1)
+        fusion_kwargs: dict[str, Any] = {}
+        if pending is not None and self._fusion_takes_threads:
+            # the fusion's last C pass splits its rows over the cores if the helper has finished by then
+            fusion_kwargs['native_threads'] = lambda: threads if pending.done() else 1
         try:
-            fused_y = self.fusion(th_t, y_t)
+            fused_y = self.fusion(th_t, y_t, **fusion_kwargs)
             t2 = time.perf_counter()   # before waiting for the helper: that wait is 'align'
         finally:
             if pending is not None:

@@ -129,11 +129,14 @@ def _native_energies(g: torch.Tensor, g1: torch.Tensor, f: int) -> torch.Tensor:
 
 
 def _native_blend(gauss: list[torch.Tensor], p: torch.Tensor, gains: torch.Tensor,
-                  fused_base: torch.Tensor, temps: torch.Tensor, ln: int) -> torch.Tensor:
+                  fused_base: torch.Tensor, temps: torch.Tensor, ln: int,
+                  threads: int | Callable[[], int] = 1) -> torch.Tensor:
     """The detail blending and reconstruction of :meth:`RegionFuseNet.forward` for one frame, by the C kernel.
 
     ``gauss``: the ``(2, 1, .)`` Gaussian pyramid (thermal, visible) down to the base; returns
-    ``(1, 1, H, W)`` clamped to [0, 1] on the padded grid.
+    ``(1, 1, H, W)`` clamped to [0, 1] on the padded grid. ``threads``: the finest level's rows
+    split over that many threads (the same values), or a function giving the count when that level
+    starts (the pipeline asks whether its helper thread has finished).
     """
     g = [t.numpy() for t in gauss]
     bias = p[0, 2:2 + BANDS].numpy()
@@ -142,9 +145,10 @@ def _native_blend(gauss: list[torch.Tensor], p: torch.Tensor, gains: torch.Tenso
     x = fused_base[0, 0].contiguous().numpy()
     for lvl in range(ln, -1, -1):
         band = min(ln - lvl, BANDS - 1)
+        n = (threads() if callable(threads) else threads) if lvl == 0 else 1
         x = native_kernels.fuse_level(g[lvl][0, 0], g[lvl][1, 0], g[lvl + 1][0, 0], g[lvl + 1][1, 0], x,
                                       np.ascontiguousarray(bias[band]), np.ascontiguousarray(gain[band]),
-                                      temps[band], clamp=lvl == 0)
+                                      temps[band], clamp=lvl == 0, threads=n)
     return torch.from_numpy(x)[None, None]
 
 
@@ -220,7 +224,7 @@ class RegionFuseNet(nn.Module):
 
     def forward(self, thermal: torch.Tensor, visible: torch.Tensor, opencv: bool = False,
                 region_params: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                native: bool = False) -> torch.Tensor:
+                native: bool = False, native_threads: int | Callable[[], int] = 1) -> torch.Tensor:
         """Fuse ``(B, 1, H, W)`` thermal and visible luminance into ``(B, 1, H, W)``, all in [0, 1].
 
         ``opencv`` runs the full-resolution pyramid upsampling and box means in
@@ -232,6 +236,7 @@ class RegionFuseNet(nn.Module):
         available, else ignored; values equal to ~1e-6).
         ``region_params`` replaces :meth:`region_params` (the pipeline's runner
         passes a traced, frozen copy of it: same values, less overhead).
+        ``native_threads``: threads of the finest level's C pass (see :func:`_native_blend`).
         """
         cfg = self.cfg
         h, w = thermal.shape[-2:]
@@ -273,7 +278,7 @@ class RegionFuseNet(nn.Module):
         # (softplus at full resolution cost 0.5 ms per 640x480 level).
         gains = F.softplus(p[:, 2 + BANDS:2 + 2 * BANDS])
         if native:
-            return _native_blend(gauss, p, gains, fused_base, temps, ln)[..., :h, :w]
+            return _native_blend(gauss, p, gains, fused_base, temps, ln, native_threads)[..., :h, :w]
         fused_details = []
         for lvl, d in enumerate(details):
             band = min(ln - lvl, BANDS - 1)

@@ -194,12 +194,17 @@ class TorchFusionRunner:
         return (traced or self.model.region_params)(feats, stats)
 
     @torch.inference_mode()
-    def __call__(self, thermal: torch.Tensor, visible_y: torch.Tensor) -> torch.Tensor:
-        """Fused luminance ``(1, 1, H, W)`` in [0, 1]."""
+    def __call__(self, thermal: torch.Tensor, visible_y: torch.Tensor,
+                 native_threads: int | Callable[[], int] = 1) -> torch.Tensor:
+        """Fused luminance ``(1, 1, H, W)`` in [0, 1].
+
+        ``native_threads``: threads of the finest level's C pass, or a function giving them when
+        that level starts (:meth:`RegionFuseNet.forward`).
+        """
         if not self._fast or self.model.training:
             return self.model(thermal, visible_y)
         return self.model(thermal, visible_y, opencv=True, region_params=self._region_params,
-                          native=self.native)
+                          native=self.native, native_threads=native_threads)
 
 
 class _CorrectorSources(nn.Module):

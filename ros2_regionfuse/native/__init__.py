@@ -64,7 +64,7 @@ _DP = ctypes.POINTER(ctypes.c_double)
 _U8 = ctypes.POINTER(ctypes.c_uint8)
 _SIGNATURES = {
     'rf_detail_energy': (_F, _F, _I, _I, _I, _F),
-    'rf_fuse_level': (_F, _F, _F, _F, _F, _I, _I, _F, _F, _I, _I, ctypes.c_float, _I, _F),
+    'rf_fuse_level': (_F, _F, _F, _F, _F, _I, _I, _F, _F, _I, _I, ctypes.c_float, _I, _F, _I),
     'rf_corrector_full': (_F, _I, _I, _I, _I, _F, _F, _F, _I, _I, _I, _F, _F, _F, _I),
     'rf_similarity': (_F, _F, _I, _I, _I, _IP, _IP, _F, _I, _D, _I, _D, _DP, _DP),
     'rf_luma_u8': (_U8, ctypes.c_long, ctypes.c_float, ctypes.c_float, ctypes.c_float, _F),
@@ -248,7 +248,7 @@ def detail_energy(g: np.ndarray, g1: np.ndarray, f: int) -> np.ndarray:
 
 def fuse_level(gt: np.ndarray, gy: np.ndarray, gt1: np.ndarray, gy1: np.ndarray, x1: np.ndarray,
                bias: np.ndarray, gain: np.ndarray, temperature: float, clamp: bool,
-               out: np.ndarray | None = None) -> np.ndarray:
+               out: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
     """One level of the fusion's detail blending and reconstruction, in one pass.
 
     With ``up`` bilinear upsampling (``align_corners=False``) and ``box`` the 3x3 mean
@@ -265,6 +265,7 @@ def fuse_level(gt: np.ndarray, gy: np.ndarray, gt1: np.ndarray, gy1: np.ndarray,
         temperature: the band's selection sharpness ``k`` (> 0).
         clamp: clamp the result to [0, 1] (the finest level).
         out: ``(H, W)`` float32 array to write into (default: a new one).
+        threads: split the rows over this many threads (at most 8; the same values).
 
     Returns:
         ``(H, W)`` float32, the reconstruction up to this level.
@@ -282,7 +283,7 @@ def fuse_level(gt: np.ndarray, gy: np.ndarray, gt1: np.ndarray, gy1: np.ndarray,
     hn, wn = bias.shape
     rc = _lib_or_raise().rf_fuse_level(_ptr(gt), _ptr(gy), _ptr(gt1), _ptr(gy1), _ptr(x1), h, w,
                                        _ptr(bias), _ptr(gain), hn, wn, float(temperature),
-                                       int(bool(clamp)), _ptr(out))
+                                       int(bool(clamp)), _ptr(out), int(threads))
     _check(rc, 'rf_fuse_level')
     return out
 

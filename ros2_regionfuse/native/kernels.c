@@ -150,20 +150,21 @@ static void abs_sum3(const float *restrict d, int w, float *restrict a, float *r
  * gt, gy: (h, w); gt1, gy1, x1: (h/2, w/2) (x1: the coarser levels' reconstruction);
  * bias, gain: (hn, wn) at the network level, upsampled bilinearly to (h, w); out: (h, w).
  * Rows stream through rings of three (details and |detail| 3-sums), so every input is read once. */
-int rf_fuse_level(const float *gt, const float *gy, const float *gt1, const float *gy1, const float *x1,
-                  int h, int w, const float *bias, const float *gain, int hn, int wn, float temp,
-                  int clamp, float *out) {
-    const int h1 = h / 2, w1 = w / 2;
+typedef struct {
+    const float *gt, *gy, *gt1, *gy1, *x1, *bias, *gain;
+    int h, w, hn, wn, clamp;
+    float temp;
+    const Tap *tx, *ty, *px, *py;
+    float *buf;   /* 27 * w + 2 floats of this part, zeroed */
+    float *out;
+    int i0, i1, rc;
+} LevelRows;
+
+/* Output rows [i0, i1) of rf_fuse_level (rows i0 - 1 .. i1 of the details are computed). */
+static int fuse_level_rows(LevelRows *a) {
+    const int h = a->h, w = a->w, i0 = a->i0;
     const size_t W = (size_t)w;
-    Tap *tx = malloc(sizeof(Tap) * W), *ty = malloc(sizeof(Tap) * (size_t)h);
-    Tap *px = malloc(sizeof(Tap) * W), *py = malloc(sizeof(Tap) * (size_t)h);
-    /* 12 ring rows, 5 row caches of 2 rows, 3 upsampled rows, a zero row, the |d| scratch */
-    float *buf = calloc(12 * W + 10 * W + 3 * W + W + W + 2, sizeof(float));
-    if (!tx || !ty || !px || !py || !buf) { free(tx); free(ty); free(px); free(py); free(buf); return -1; }
-    make_taps(tx, w, w1);
-    make_taps(ty, h, h1);
-    make_taps(px, w, wn);
-    make_taps(py, h, hn);
+    float *buf = a->buf;
     float *dT[3], *dY[3], *sT[3], *sY[3];
     for (int k = 0; k < 3; ++k) {
         dT[k] = buf + (0 + k) * W; dY[k] = buf + (3 + k) * W;
@@ -171,49 +172,95 @@ int rf_fuse_level(const float *gt, const float *gy, const float *gt1, const floa
     }
     RowCache cT, cY, cX, cB, cG;
     float *mem = buf + 12 * W;
-    cache_init(&cT, gt1, w1, tx, w, mem);
-    cache_init(&cY, gy1, w1, tx, w, mem + 2 * W);
-    cache_init(&cX, x1, w1, tx, w, mem + 4 * W);
-    cache_init(&cB, bias, wn, px, w, mem + 6 * W);
-    cache_init(&cG, gain, wn, px, w, mem + 8 * W);
+    cache_init(&cT, a->gt1, w / 2, a->tx, w, mem);
+    cache_init(&cY, a->gy1, w / 2, a->tx, w, mem + 2 * W);
+    cache_init(&cX, a->x1, w / 2, a->tx, w, mem + 4 * W);
+    cache_init(&cB, a->bias, a->wn, a->px, w, mem + 6 * W);
+    cache_init(&cG, a->gain, a->wn, a->px, w, mem + 8 * W);
     float *ux = buf + 22 * W, *ub = buf + 23 * W, *ug = buf + 24 * W;
-    const float *zero = buf + 25 * W;   /* calloc'd, never written */
-    float *a = buf + 26 * W;
-    for (int r = 0; r < 2 && r < h; ++r) {   /* rows 0 and 1 */
-        detail_row(gt + (size_t)r * W, &cT, ty[r], dT[r]);
-        detail_row(gy + (size_t)r * W, &cY, ty[r], dY[r]);
-        abs_sum3(dT[r], w, a, sT[r]);
-        abs_sum3(dY[r], w, a, sY[r]);
+    const float *zero = buf + 25 * W;   /* zeroed by the caller, never written */
+    float *sc = buf + 26 * W;
+    for (int r = i0 > 0 ? i0 - 1 : 0; r <= i0 + 1 && r < h; ++r) {   /* rows i0 - 1 .. i0 + 1 */
+        const int k = r % 3;
+        detail_row(a->gt + (size_t)r * W, &cT, a->ty[r], dT[k]);
+        detail_row(a->gy + (size_t)r * W, &cY, a->ty[r], dY[k]);
+        abs_sum3(dT[k], w, sc, sT[k]);
+        abs_sum3(dY[k], w, sc, sY[k]);
     }
-    const float ninth = 1.f / 9.f;
-    for (int i = 0; i < h; ++i) {
-        if (i >= 1 && i + 1 < h) {   /* row i + 1 into its slot */
+    const float ninth = 1.f / 9.f, temp = a->temp;
+    for (int i = i0; i < a->i1; ++i) {
+        if (i > i0 && i + 1 < h) {   /* row i + 1 into its slot */
             const int r = i + 1, k = r % 3;
-            detail_row(gt + (size_t)r * W, &cT, ty[r], dT[k]);
-            detail_row(gy + (size_t)r * W, &cY, ty[r], dY[k]);
-            abs_sum3(dT[k], w, a, sT[k]);
-            abs_sum3(dY[k], w, a, sY[k]);
+            detail_row(a->gt + (size_t)r * W, &cT, a->ty[r], dT[k]);
+            detail_row(a->gy + (size_t)r * W, &cY, a->ty[r], dY[k]);
+            abs_sum3(dT[k], w, sc, sT[k]);
+            abs_sum3(dY[k], w, sc, sY[k]);
         }
         const int k = i % 3;
         const float *restrict pT = i > 0 ? sT[(i + 2) % 3] : zero, *restrict pY = i > 0 ? sY[(i + 2) % 3] : zero;
         const float *restrict nT = i + 1 < h ? sT[(i + 1) % 3] : zero;
         const float *restrict nY = i + 1 < h ? sY[(i + 1) % 3] : zero;
         const float *restrict cTs = sT[k], *restrict cYs = sY[k], *restrict dt = dT[k], *restrict dy = dY[k];
-        up_row(&cX, ty[i], ux);
-        up_row(&cB, py[i], ub);
-        up_row(&cG, py[i], ug);
-        float *restrict o = out + (size_t)i * W;
+        up_row(&cX, a->ty[i], ux);
+        up_row(&cB, a->py[i], ub);
+        up_row(&cG, a->py[i], ug);
+        float *restrict o = a->out + (size_t)i * W;
         for (int j = 0; j < w; ++j) {
             const float at = (pT[j] + cTs[j] + nT[j]) * ninth, ay = (pY[j] + cYs[j] + nY[j]) * ninth;
             const float z = temp * (at - ay) / (at + ay + 1e-3f) + ub[j];
-            const float s = 1.f / (1.f + expf(-z));
-            o[j] = ux[j] + ug[j] * (dy[j] + s * (dt[j] - dy[j]));
+            const float sg = 1.f / (1.f + expf(-z));
+            o[j] = ux[j] + ug[j] * (dy[j] + sg * (dt[j] - dy[j]));
         }
-        if (clamp)
+        if (a->clamp)
             for (int j = 0; j < w; ++j) o[j] = fminf(fmaxf(o[j], 0.f), 1.f);
     }
-    free(tx); free(ty); free(px); free(py); free(buf);
     return 0;
+}
+
+static void *fuse_level_thread(void *arg) {
+    LevelRows *a = arg;
+    a->rc = fuse_level_rows(a);
+    return NULL;
+}
+
+#define LEVEL_MAX_THREADS 8
+
+/* threads > 1: the rows are split over that many threads (the same values). */
+int rf_fuse_level(const float *gt, const float *gy, const float *gt1, const float *gy1, const float *x1,
+                  int h, int w, const float *bias, const float *gain, int hn, int wn, float temp,
+                  int clamp, float *out, int threads) {
+    if (threads > LEVEL_MAX_THREADS) threads = LEVEL_MAX_THREADS;
+    if (threads < 1 || h < 16 * threads) threads = 1;
+    const int h1 = h / 2, w1 = w / 2;
+    const size_t W = (size_t)w, per = 27 * W + 2;
+    Tap *tx = malloc(sizeof(Tap) * W), *ty = malloc(sizeof(Tap) * (size_t)h);
+    Tap *px = malloc(sizeof(Tap) * W), *py = malloc(sizeof(Tap) * (size_t)h);
+    float *buf = calloc(per * (size_t)threads, sizeof(float));
+    if (!tx || !ty || !px || !py || !buf) { free(tx); free(ty); free(px); free(py); free(buf); return -1; }
+    make_taps(tx, w, w1);
+    make_taps(ty, h, h1);
+    make_taps(px, w, wn);
+    make_taps(py, h, hn);
+    LevelRows part[LEVEL_MAX_THREADS];
+    pthread_t tid[LEVEL_MAX_THREADS];
+    int started[LEVEL_MAX_THREADS] = {0};
+    for (int k = 0; k < threads; ++k)
+        part[k] = (LevelRows){gt, gy, gt1, gy1, x1, bias, gain, h, w, hn, wn, clamp, temp, tx, ty, px, py,
+                              buf + per * (size_t)k, out, (int)((long)h * k / threads),
+                              (int)((long)h * (k + 1) / threads), 0};
+    for (int k = 1; k < threads; ++k)   /* the calling thread takes the first rows */
+        started[k] = pthread_create(&tid[k], NULL, fuse_level_thread, &part[k]) == 0;
+    int rc = fuse_level_rows(&part[0]);
+    for (int k = 1; k < threads; ++k) {
+        if (started[k]) {
+            pthread_join(tid[k], NULL);
+            if (part[k].rc) rc = part[k].rc;
+        } else if (fuse_level_rows(&part[k])) {
+            rc = -1;
+        }
+    }
+    free(tx); free(ty); free(px); free(py); free(buf);
+    return rc;
 }
 
 /* Bilinear sample of the (h, w) plane img at (x, y) pixels, border-clamped as grid_sample's

@@ -86,7 +86,7 @@ def test_auto_overlaps_only_whole_frames_with_two_threads(two_threads, frame):
 def test_fusion_error_is_reported_and_threads_restored(two_threads, frame, monkeypatch):
     pipe = _pipe('auto')
 
-    def broken(*args):
+    def broken(*args, **kwargs):
         raise RuntimeError('fusion failed')
     monkeypatch.setattr(pipe, 'fusion', broken)
     try:

@@ -74,6 +74,10 @@ def test_fuse_level_equals_the_torch_composition(rng, hw, net, clamp):
     got = native.fuse_level(gt, gy, gt1, gy1, x1, bias, gain, temp, clamp, out=out)
     assert got is out
     np.testing.assert_allclose(got, ref[0, 0].numpy(), atol=3e-6, rtol=0)
+    # rows split over threads (each part primes its ring of neighbour rows): bit for bit the same
+    for threads in (2, 3):
+        split = native.fuse_level(gt, gy, gt1, gy1, x1, bias, gain, temp, clamp, threads=threads)
+        assert np.array_equal(split, got), threads
     if not clamp:
         assert float(ref.min()) < 0 or float(ref.max()) > 1 or hw == (2, 2)   # the clamp was tested
 

@@ -144,6 +144,15 @@ def test_fusion_opencv_path_matches_torch_on_real_pairs(test_data):
                 assert 0.0 < float((nat - ref).abs().max()) < 5e-6   # another order of operations
                 assert float(ref.std()) > 0.05          # a real image, not a flat one
                 assert torch.equal(run(t, y), nat)
+                # the finest level's rows over 2 threads, as a count or as the pipeline's function
+                asked: list[int] = []
+
+                def two(asked: list[int] = asked) -> int:
+                    asked.append(1)
+                    return 2
+                assert torch.equal(run(t, y, native_threads=2), nat)
+                assert torch.equal(run(t, y, native_threads=two), nat)
+                assert asked == [1]   # asked once, for the finest level
     finally:
         torch.set_num_threads(threads)
 
