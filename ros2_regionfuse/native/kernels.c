@@ -160,6 +160,30 @@ typedef struct {
     int i0, i1, rc;
 } LevelRows;
 
+/* One output row of rf_fuse_level from the |detail| 3-sums of the rows above, at and below (s3: T's
+ * three, then Y's), the row's details and upsampled x1, bias, gain. Its own function with restrict
+ * parameters, so that the loop (and expf, by libmvec) is vectorised. */
+static void blend_row_r(const float *restrict pT, const float *restrict cT, const float *restrict nT,
+                        const float *restrict pY, const float *restrict cY, const float *restrict nY,
+                        const float *restrict dt, const float *restrict dy, const float *restrict ux,
+                        const float *restrict ub, const float *restrict ug, float temp, int clamp, int w,
+                        float *restrict o) {
+    const float ninth = 1.f / 9.f;
+    for (int j = 0; j < w; ++j) {
+        const float at = (pT[j] + cT[j] + nT[j]) * ninth, ay = (pY[j] + cY[j] + nY[j]) * ninth;
+        const float z = temp * (at - ay) / (at + ay + 1e-3f) + ub[j];
+        const float s = 1.f / (1.f + expf(-z));
+        o[j] = ux[j] + ug[j] * (dy[j] + s * (dt[j] - dy[j]));
+    }
+    if (clamp)
+        for (int j = 0; j < w; ++j) o[j] = fminf(fmaxf(o[j], 0.f), 1.f);
+}
+
+static void blend_row(const float *const s3[6], const float *dt, const float *dy, const float *ux, const float *ub,
+                      const float *ug, float temp, int clamp, int w, float *o) {
+    blend_row_r(s3[0], s3[1], s3[2], s3[3], s3[4], s3[5], dt, dy, ux, ub, ug, temp, clamp, w, o);
+}
+
 /* Output rows [i0, i1) of rf_fuse_level (rows i0 - 1 .. i1 of the details are computed). */
 static int fuse_level_rows(LevelRows *a) {
     const int h = a->h, w = a->w, i0 = a->i0;
@@ -187,7 +211,7 @@ static int fuse_level_rows(LevelRows *a) {
         abs_sum3(dT[k], w, sc, sT[k]);
         abs_sum3(dY[k], w, sc, sY[k]);
     }
-    const float ninth = 1.f / 9.f, temp = a->temp;
+    const float temp = a->temp;
     for (int i = i0; i < a->i1; ++i) {
         if (i > i0 && i + 1 < h) {   /* row i + 1 into its slot */
             const int r = i + 1, k = r % 3;
@@ -197,22 +221,12 @@ static int fuse_level_rows(LevelRows *a) {
             abs_sum3(dY[k], w, sc, sY[k]);
         }
         const int k = i % 3;
-        const float *restrict pT = i > 0 ? sT[(i + 2) % 3] : zero, *restrict pY = i > 0 ? sY[(i + 2) % 3] : zero;
-        const float *restrict nT = i + 1 < h ? sT[(i + 1) % 3] : zero;
-        const float *restrict nY = i + 1 < h ? sY[(i + 1) % 3] : zero;
-        const float *restrict cTs = sT[k], *restrict cYs = sY[k], *restrict dt = dT[k], *restrict dy = dY[k];
         up_row(&cX, a->ty[i], ux);
         up_row(&cB, a->py[i], ub);
         up_row(&cG, a->py[i], ug);
-        float *restrict o = a->out + (size_t)i * W;
-        for (int j = 0; j < w; ++j) {
-            const float at = (pT[j] + cTs[j] + nT[j]) * ninth, ay = (pY[j] + cYs[j] + nY[j]) * ninth;
-            const float z = temp * (at - ay) / (at + ay + 1e-3f) + ub[j];
-            const float sg = 1.f / (1.f + expf(-z));
-            o[j] = ux[j] + ug[j] * (dy[j] + sg * (dt[j] - dy[j]));
-        }
-        if (a->clamp)
-            for (int j = 0; j < w; ++j) o[j] = fminf(fmaxf(o[j], 0.f), 1.f);
+        const float *s3[6] = {i > 0 ? sT[(i + 2) % 3] : zero, sT[k], i + 1 < h ? sT[(i + 1) % 3] : zero,
+                              i > 0 ? sY[(i + 2) % 3] : zero, sY[k], i + 1 < h ? sY[(i + 1) % 3] : zero};
+        blend_row(s3, dT[k], dY[k], ux, ub, ug, temp, a->clamp, w, a->out + (size_t)i * W);
     }
     return 0;
 }

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import logging
+import platform
+import re
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -80,6 +83,21 @@ def test_fuse_level_equals_the_torch_composition(rng, hw, net, clamp):
         assert np.array_equal(split, got), threads
     if not clamp:
         assert float(ref.min()) < 0 or float(ref.max()) > 1 or hw == (2, 2)   # the clamp was tested
+
+
+def test_blending_exp_is_vectorised_by_gcc_on_x86():
+    """The fusion's blending pass (the only expf of the kernels) calls libmvec's vector expf when GCC
+    builds for x86-64 with AVX2 or AVX-512: its loop vectorises. A refactor that stopped it (scalar
+    expf in a loop that no longer vectorised) made the pass 3-5x slower in session 15."""
+    cc = native._compiler()
+    version = native._compiler_version(cc) if cc else ''
+    flags = native._cpu_features()
+    if not (native.available() and platform.machine() == 'x86_64'
+            and native.compile_flags(version) != native.CFLAGS and ' avx2' in flags and shutil.which('nm')):
+        pytest.skip('applies to GCC builds on x86-64 with AVX2 and binutils nm')
+    symbols = subprocess.run(['nm', '-D', native.load()._name], capture_output=True, text=True,
+                             timeout=60).stdout
+    assert re.search(r'_ZGV\w+_expf', symbols), 'the blending loop calls the scalar expf only'
 
 
 def test_kernel_arguments_are_checked(rng):
