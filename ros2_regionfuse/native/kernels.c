@@ -150,6 +150,50 @@ static void abs_sum3(const float *restrict d, int w, float *restrict a, float *r
  * gt, gy: (h, w); gt1, gy1, x1: (h/2, w/2) (x1: the coarser levels' reconstruction);
  * bias, gain: (hn, wn) at the network level, upsampled bilinearly to (h, w); out: (h, w).
  * Rows stream through rings of three (details and |detail| 3-sums), so every input is read once. */
+/* Row-split harness: parts[k] (each `size` bytes) are processed by fn, part 0 in the calling thread and
+ * the others on threads of their own (a part whose thread cannot start runs here too). The parts write
+ * disjoint rows; the callers allocate every buffer (a new thread's first malloc would get a fresh arena
+ * whose pages fault in on every call). */
+#define MAX_ROW_THREADS 8
+
+typedef int (*RowsFn)(void *part);
+
+typedef struct {
+    RowsFn fn;
+    void *part;
+    int rc;
+} RowJob;
+
+static void *row_job_thread(void *arg) {
+    RowJob *j = arg;
+    j->rc = j->fn(j->part);
+    return NULL;
+}
+
+static int run_row_parts(RowsFn fn, void *parts, size_t size, int n) {
+    RowJob job[MAX_ROW_THREADS];
+    pthread_t tid[MAX_ROW_THREADS];
+    int started[MAX_ROW_THREADS] = {0};
+    for (int k = 0; k < n; ++k) job[k] = (RowJob){fn, (char *)parts + size * (size_t)k, 0};
+    for (int k = 1; k < n; ++k) started[k] = pthread_create(&tid[k], NULL, row_job_thread, &job[k]) == 0;
+    int rc = fn(job[0].part);
+    for (int k = 1; k < n; ++k) {
+        if (started[k]) {
+            pthread_join(tid[k], NULL);
+            if (job[k].rc) rc = job[k].rc;
+        } else if (fn(job[k].part)) {
+            rc = -1;
+        }
+    }
+    return rc;
+}
+
+/* The thread count for h rows: 1..MAX_ROW_THREADS, at least 16 rows per thread. */
+static int row_threads(int threads, int h) {
+    if (threads > MAX_ROW_THREADS) threads = MAX_ROW_THREADS;
+    return threads < 1 || h < 16 * threads ? 1 : threads;
+}
+
 typedef struct {
     const float *gt, *gy, *gt1, *gy1, *x1, *bias, *gain;
     int h, w, hn, wn, clamp;
@@ -157,7 +201,7 @@ typedef struct {
     const Tap *tx, *ty, *px, *py;
     float *buf;   /* 27 * w + 2 floats of this part, zeroed */
     float *out;
-    int i0, i1, rc;
+    int i0, i1;
 } LevelRows;
 
 /* One output row of rf_fuse_level from the |detail| 3-sums of the rows above, at and below (s3: T's
@@ -185,7 +229,8 @@ static void blend_row(const float *const s3[6], const float *dt, const float *dy
 }
 
 /* Output rows [i0, i1) of rf_fuse_level (rows i0 - 1 .. i1 of the details are computed). */
-static int fuse_level_rows(LevelRows *a) {
+static int fuse_level_rows(void *part) {
+    const LevelRows *a = part;
     const int h = a->h, w = a->w, i0 = a->i0;
     const size_t W = (size_t)w;
     float *buf = a->buf;
@@ -231,20 +276,11 @@ static int fuse_level_rows(LevelRows *a) {
     return 0;
 }
 
-static void *fuse_level_thread(void *arg) {
-    LevelRows *a = arg;
-    a->rc = fuse_level_rows(a);
-    return NULL;
-}
-
-#define LEVEL_MAX_THREADS 8
-
 /* threads > 1: the rows are split over that many threads (the same values). */
 int rf_fuse_level(const float *gt, const float *gy, const float *gt1, const float *gy1, const float *x1,
                   int h, int w, const float *bias, const float *gain, int hn, int wn, float temp,
                   int clamp, float *out, int threads) {
-    if (threads > LEVEL_MAX_THREADS) threads = LEVEL_MAX_THREADS;
-    if (threads < 1 || h < 16 * threads) threads = 1;
+    threads = row_threads(threads, h);
     const int h1 = h / 2, w1 = w / 2;
     const size_t W = (size_t)w, per = 27 * W + 2;
     Tap *tx = malloc(sizeof(Tap) * W), *ty = malloc(sizeof(Tap) * (size_t)h);
@@ -255,24 +291,12 @@ int rf_fuse_level(const float *gt, const float *gy, const float *gt1, const floa
     make_taps(ty, h, h1);
     make_taps(px, w, wn);
     make_taps(py, h, hn);
-    LevelRows part[LEVEL_MAX_THREADS];
-    pthread_t tid[LEVEL_MAX_THREADS];
-    int started[LEVEL_MAX_THREADS] = {0};
+    LevelRows part[MAX_ROW_THREADS];
     for (int k = 0; k < threads; ++k)
         part[k] = (LevelRows){gt, gy, gt1, gy1, x1, bias, gain, h, w, hn, wn, clamp, temp, tx, ty, px, py,
                               buf + per * (size_t)k, out, (int)((long)h * k / threads),
-                              (int)((long)h * (k + 1) / threads), 0};
-    for (int k = 1; k < threads; ++k)   /* the calling thread takes the first rows */
-        started[k] = pthread_create(&tid[k], NULL, fuse_level_thread, &part[k]) == 0;
-    int rc = fuse_level_rows(&part[0]);
-    for (int k = 1; k < threads; ++k) {
-        if (started[k]) {
-            pthread_join(tid[k], NULL);
-            if (part[k].rc) rc = part[k].rc;
-        } else if (fuse_level_rows(&part[k])) {
-            rc = -1;
-        }
-    }
+                              (int)((long)h * (k + 1) / threads)};
+    const int rc = run_row_parts(fuse_level_rows, part, sizeof(LevelRows), threads);
     free(tx); free(ty); free(px); free(py); free(buf);
     return rc;
 }
@@ -317,12 +341,13 @@ typedef struct {
     const float *fused, *vis, *th;
     int h, w, refuse;
     float *out, *m_out, *flow_out;
-    int i0, i1, rc;
+    int i0, i1;
     const Tap *tx, *ty;   /* shared taps */
     float *buf;           /* 14 * wp floats of this part */
 } FullRows;
 
-static int corrector_full_rows(const FullRows *a) {
+static int corrector_full_rows(void *part) {
+    const FullRows *a = part;
     const int h = a->h, w = a->w, wp = a->wp, wl = a->wl;
     const size_t W = (size_t)w, plane = (size_t)a->hl * wl, hw = (size_t)h * w;
     const Tap *tx = a->tx, *ty = a->ty;
@@ -354,43 +379,22 @@ static int corrector_full_rows(const FullRows *a) {
     return 0;
 }
 
-static void *corrector_full_thread(void *arg) {
-    FullRows *a = arg;
-    a->rc = corrector_full_rows(a);
-    return NULL;
-}
-
-#define FULL_MAX_THREADS 8
-
 int rf_corrector_full(const float *low, int hl, int wl, int hp, int wp, const float *fused,
                       const float *vis, const float *th, int h, int w, int refuse,
                       float *out, float *m_out, float *flow_out, int threads) {
-    if (threads > FULL_MAX_THREADS) threads = FULL_MAX_THREADS;
-    if (threads < 1 || h < 16 * threads) threads = 1;
+    threads = row_threads(threads, h);
     Tap *tx = malloc(sizeof(Tap) * (size_t)wp), *ty = malloc(sizeof(Tap) * (size_t)hp);
     float *buf = malloc(sizeof(float) * 14 * (size_t)wp * (size_t)threads);
     if (!tx || !ty || !buf) { free(tx); free(ty); free(buf); return -1; }
     make_taps(tx, wp, wl);
     make_taps(ty, hp, hl);
-    FullRows part[FULL_MAX_THREADS];
-    pthread_t tid[FULL_MAX_THREADS];
-    int started[FULL_MAX_THREADS] = {0};
+    FullRows part[MAX_ROW_THREADS];
     for (int k = 0; k < threads; ++k) {
         part[k] = (FullRows){low, hl, wl, hp, wp, fused, vis, th, h, w, refuse, out, m_out, flow_out,
-                             (int)((long)h * k / threads), (int)((long)h * (k + 1) / threads), 0,
+                             (int)((long)h * k / threads), (int)((long)h * (k + 1) / threads),
                              tx, ty, buf + 14 * (size_t)wp * (size_t)k};
     }
-    for (int k = 1; k < threads; ++k)   /* the calling thread takes the first rows */
-        started[k] = pthread_create(&tid[k], NULL, corrector_full_thread, &part[k]) == 0;
-    int rc = corrector_full_rows(&part[0]);
-    for (int k = 1; k < threads; ++k) {
-        if (started[k]) {
-            pthread_join(tid[k], NULL);
-            if (part[k].rc) rc = part[k].rc;
-        } else if (corrector_full_rows(&part[k])) {   /* no thread: its rows here */
-            rc = -1;
-        }
-    }
+    const int rc = run_row_parts(corrector_full_rows, part, sizeof(FullRows), threads);
     free(tx); free(ty); free(buf);
     return rc;
 }
