@@ -450,8 +450,8 @@ class FusionPipeline:
             if threads >= 2:
                 # After the overlap the corrector's torch operations (small, at 1/16) keep one thread
                 # fewer, so no OpenMP worker of theirs spins on the core that the rows of the C step
-                # split over all threads then use: 14.96 vs 15.62 ms per 640x480 frame on 2 cores
-                # (11 of 12 paired rounds; docs/performance.md, session 15).
+                # split over all threads then use: 20.55 vs 22.41 ms per 640x480 frame on 2 cores
+                # (30 of 40 paired rounds; docs/performance.md, session 15).
                 torch.set_num_threads(threads - 1)
                 kwargs['native_threads'] = threads
             try:

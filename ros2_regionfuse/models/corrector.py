@@ -540,25 +540,11 @@ class FlowHead(nn.Module):
         """Return ``(flow residual (2 ch), [M logit, extra...] (1 + extra ch), context)``."""
         return self.from_input(self.inp(x))
 
-    def input_part(self, x: torch.Tensor, channels: list[int], bias: bool) -> torch.Tensor:
-        """The input convolution over some of its input channels (pre-activation).
-
-        The convolution is linear in its input: for a split of the channels into parts,
-        ``inp[0](x)`` is the sum of the parts' results, the bias added once.
-
-        Args:
-            x: ``(B, len(channels), h, w)``, the channels ``channels`` of the full input, in that order.
-            channels: indices into the full input's channels.
-            bias: add the convolution's bias.
-
-        Returns:
-            ``(B, hidden, h, w)``; the head continues with :meth:`from_input` on
-            ``inp[1](sum of the parts)``.
-        """
-        return conv_part(self.inp[0], x, channels, bias)
-
     def from_input(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`forward` after the input convolution and its activation (``h``: ``(B, hidden, h, w)``)."""
+        """:meth:`forward` after the input convolution and its activation (``h``: ``(B, hidden, h, w)``).
+
+        The input convolution may be computed in parts over its input channels (:func:`conv_part`).
+        """
         if self.glob is not None:
             h = h + self.glob(h.mean((2, 3), keepdim=True))
         h = self.mid(h) + h
@@ -932,7 +918,8 @@ class Corrector(nn.Module):
         if lvl == cfg.levels - 1:
             glob = soft_argmax_offset(cost_e.mean((2, 3), keepdim=True), cfg.edge_radii[lvl], temp)
             parts.append(glob.expand_as(cost_e[:, :2]))
-        head_in = self.heads[0].input_part(torch.cat(parts, 1), self._first_head_channels()[0], bias=True)
+        head_in = conv_part(self.heads[0].inp[0], torch.cat(parts, 1), self._first_head_channels()[0],
+                            bias=True)
         none = means.new_zeros(0)
         small = fine if fine is not None else yt
         moments = source_moments(means, small, cfg.stem_stride) if cfg.output == 'refuse' else none
@@ -981,7 +968,7 @@ class Corrector(nn.Module):
                 ff_w = ff if init_flow is None and not cfg.global_align else warp_by_flow(ff, phi0)
                 rest = torch.cat([local_correlation(_rms_norm(ff_w), sp.nv, 1), ff_w], 1)
                 head = self.heads[0]
-                rest_in = head.input_part(rest, self._first_head_channels()[1], bias=False)
+                rest_in = conv_part(head.inp[0], rest, self._first_head_channels()[1], bias=False)
                 dphi, dlg, ctx = head.from_input(head.inp[1](sp.head_in + rest_in))
             else:
                 ev, et = edges[i][:, :2], edges[i][:, 2:]
@@ -1125,7 +1112,8 @@ class Corrector(nn.Module):
         params = None
         if cfg.global_align and init_flow is None:
             params = self.align(visible, thermal, opencv, native) if align_params is None else align_params
-            if self.skips(params, (h, w)):
+            # prepare() gives sources only for frames it did not skip (same parameters): no second check
+            if sources is None and self.skips(params, (h, w)):
                 zero = torch.zeros_like(fused)
                 return CorrectorOutput(fused, zero, torch.cat([zero, zero], 1), [], [], [])
         sources_fn, fused_fn = stages or (self.sources, self.fused_fields)

@@ -281,9 +281,9 @@ class _TraceCache(_BuildCache):
 class TorchCorrectorRunner:
     """A corrector module as the pipeline's runner (torch backend).
 
-    Calling it corrects a frame; :meth:`align` computes the frame's global
-    registration on its own, so the pipeline can run that part in its first
-    stage (the node then overlaps it with the correction of the previous frame).
+    Calling it corrects a frame; :meth:`prepare` computes the frame's work that needs
+    only the sources (the global registration, the learned stages' source part) on its
+    own, so the pipeline can run that part beside the fusion or in its first stage.
     On the CPU the global registration runs in numpy/OpenCV (fields within 2e-4 px
     of torch), the full-resolution step in OpenCV (outputs within 0.006 of
     torch on real frames, 75 dB), both as fused C kernels with ``native`` (when
@@ -339,21 +339,13 @@ class TorchCorrectorRunner:
                                   sources=stages[0] if stages else None)
 
     @torch.inference_mode()
-    def align(self, visible_y: torch.Tensor, thermal: torch.Tensor) -> torch.Tensor | None:
-        """Gated global similarity parameters ``(1, 4)`` of the frame, or None (no global start)."""
-        if not self._is_corrector:
-            return None
-        return self.model.align(visible_y, thermal, opencv=self._cpu, native=self.native and self._cpu)
-
-    @torch.inference_mode()
     def __call__(self, fused: torch.Tensor, visible_y: torch.Tensor, thermal: torch.Tensor,
                  align_params: torch.Tensor | None = None, sources: tuple[torch.Tensor, ...] | None = None,
                  native_threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(corrected, M, flow)``.
 
-        ``align_params`` from :meth:`align` of the same frame, if known, or ``align_params,
-        sources`` from :meth:`prepare`. ``native_threads``: threads of the full-resolution C step
-        (default 1).
+        ``align_params, sources`` from :meth:`prepare` of the same frame, if known.
+        ``native_threads``: threads of the full-resolution C step (default 1).
         """
         if self._is_corrector:
             out = self.model(fused, visible_y, thermal, opencv=True, align_params=align_params,

@@ -11,7 +11,7 @@ from ros2_regionfuse.core import convert
 from ros2_regionfuse.core.checks import ConfigError, WeightsError
 from ros2_regionfuse.core.imageio import read_gray, read_rgb
 from ros2_regionfuse.core.weights import load_weights, save_weights, shipped_weights
-from ros2_regionfuse.models.corrector import Corrector, CorrectorConfig, CorrectorOutput
+from ros2_regionfuse.models.corrector import Corrector, CorrectorConfig, CorrectorOutput, conv_part
 from ros2_regionfuse.models.registry import build_corrector, corrector_variants
 from ros2_regionfuse.models.warp import warp_by_flow
 
@@ -124,8 +124,8 @@ def test_first_head_input_splits_into_sources_and_fused_parts():
         for p in head.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.1)
         x = torch.randn(1, cin, 6, 7, generator=g)
-        split = head.input_part(x[:, src_ch], src_ch, bias=True) + head.input_part(x[:, fused_ch], fused_ch,
-                                                                                    bias=False)
+        split = (conv_part(head.inp[0], x[:, src_ch], src_ch, bias=True)
+                 + conv_part(head.inp[0], x[:, fused_ch], fused_ch, bias=False))
         ref = head.inp[0](x)
     assert float((split - ref).abs().max()) < 1e-5 and float(ref.abs().max()) > 0.5
     with torch.no_grad():
@@ -508,11 +508,15 @@ def test_pipeline_runs_the_global_registration_in_the_configured_stage(test_data
     assert off.align_params is None
     cfg.corrector.align_stage = 'correct'
     calls = []
-    runner_align = pipe._corrector.align
-    pipe._corrector.align = lambda *a: calls.append(1) or runner_align(*a)
+    runner_prepare = pipe._corrector.prepare
+    pipe._corrector.prepare = lambda *a: calls.append(1) or runner_prepare(*a)
     frame2 = pipe.fuse(moved, rgb)
     assert frame2.align_params is None and frame2.sources is None
     assert calls == []   # fuse() left the registration to finish()
+    cfg.corrector.align_stage = 'fuse'
+    pipe.fuse(moved, rgb)
+    assert calls == [1]   # (the counter sees the call fuse() makes with 'fuse')
+    cfg.corrector.align_stage = 'correct'
     res2 = pipe.finish(frame2)
     assert np.array_equal(res2.flow, res.flow) and np.array_equal(res2.fused, res.fused)
 
