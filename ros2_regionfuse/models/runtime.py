@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
@@ -230,6 +231,10 @@ class _CorrectorFused(nn.Module):
         return (low, *flows, *logits)
 
 
+_BUILD_LOCK = threading.RLock()   # one build at a time, across caches and threads
+_MISSING = object()
+
+
 class _BuildCache(dict):
     """Objects built once per input signature (at most ``MAX`` kept); None marks a failed build.
 
@@ -244,16 +249,27 @@ class _BuildCache(dict):
         self.what, self.failure, self.fallback = what, failure, fallback
 
     def get_or_build(self, key: tuple, build: Callable[[], Callable]) -> Callable | None:
-        """The object for ``key``, from ``build()`` the first time; None: the build failed."""
-        if key not in self:
-            if len(self) >= self.MAX:
-                self.clear()
-            try:
-                self[key] = build()
-            except Exception as e:   # noqa: BLE001 - any failure: the caller falls back
-                log.warning('%s: %s for %s (%s); %s', self.what, self.failure, key[0], e, self.fallback)
-                self[key] = None
-        return self[key]
+        """The object for ``key``, from ``build()`` the first time; None: the build failed.
+
+        Builds of every cache run one at a time (:data:`_BUILD_LOCK`): with ``align_stage: auto``
+        the helper thread traces the corrector's source part while the main thread may trace or
+        export the fusion's region network, and torch's tracer keeps process-wide state.
+        """
+        obj = self.get(key, _MISSING)
+        if obj is not _MISSING:
+            return obj
+        with _BUILD_LOCK:
+            obj = self.get(key, _MISSING)
+            if obj is _MISSING:
+                try:
+                    obj = build()
+                except Exception as e:   # noqa: BLE001 - any failure: the caller falls back
+                    log.warning('%s: %s for %s (%s); %s', self.what, self.failure, key[0], e, self.fallback)
+                    obj = None
+                if len(self) >= self.MAX:
+                    self.clear()
+                self[key] = obj
+            return obj
 
 
 class _TraceCache(_BuildCache):

@@ -553,3 +553,33 @@ def test_runner_traces_the_learned_stages(test_data, monkeypatch, caplog):
     with caplog.at_level('WARNING'):
         image, _, _ = fallback(fused, v, moved, align_params=params)
     assert torch.equal(image, ref.image) and 'corrector: tracing failed' in caplog.text
+
+
+def test_runner_builds_run_one_at_a_time_across_threads():
+    """Traces and ONNX Runtime sessions are built one at a time, also from two threads (the helper
+    thread of align_stage auto traces while the main thread exports); a built object is reused."""
+    import threading
+    import time
+
+    from ros2_regionfuse.models.runtime import _BuildCache
+    spans: list[tuple[str, float, float]] = []
+
+    def build(name: str):
+        def make() -> object:
+            t0 = time.perf_counter()
+            time.sleep(0.05)
+            spans.append((name, t0, time.perf_counter()))
+            return object()
+        return make
+    caches = [_BuildCache('a', 'failed', 'fallback'), _BuildCache('b', 'failed', 'fallback')]
+    got: dict[str, object] = {}
+    threads = [threading.Thread(target=lambda c=c, n=n: got.__setitem__(n, c.get_or_build(('k',), build(n))))
+               for c, n in zip(caches, ('a', 'b'))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert sorted(n for n, _, _ in spans) == ['a', 'b']
+    (_, s0, e0), (_, s1, e1) = sorted(spans, key=lambda x: x[1])
+    assert e0 <= s1   # no overlap
+    assert caches[0].get_or_build(('k',), build('again')) is got['a'] and len(spans) == 2
