@@ -194,7 +194,7 @@ def motion(model: str, p: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
     Example:
         >>> m = motion('affine', np.array([0, 0, 0.01, 0, 0, 0]), (480, 640))
-        >>> [round(v, 6) for v in m[0]]
+        >>> [round(float(v), 6) for v in m[0]]
         [1.0, 0.0, 3.2]
     """
     n = normaliser(size)
@@ -595,7 +595,8 @@ def _smoothness(gy: int, gx: int) -> np.ndarray:
     """``(m, gy * gx)`` first differences between neighbouring control nodes."""
     rows = []
     idx = np.arange(gy * gx).reshape(gy, gx)
-    for a, b in list(zip(idx[:, :-1].ravel(), idx[:, 1:].ravel())) + list(zip(idx[:-1].ravel(), idx[1:].ravel())):
+    pairs = list(zip(idx[:, :-1].ravel(), idx[:, 1:].ravel())) + list(zip(idx[:-1].ravel(), idx[1:].ravel()))
+    for a, b in pairs:
         r = np.zeros(gy * gx)
         r[a], r[b] = -1.0, 1.0
         rows.append(r)
