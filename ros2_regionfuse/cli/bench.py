@@ -48,6 +48,7 @@ from ..core import profiling
 from ..core.checks import ConfigError
 from ..core.config import PipelineConfig, field_specs
 from ..core.weights import shipped_weights
+from ..models.register_refuse import NAME as REGISTER_REFUSE
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +244,8 @@ def _weights_or_random(kind: str, variant: str, checkpoint: str, seed: int
                        ) -> tuple[str, torch.nn.Module | None, str]:
     """Decide how a model gets its weights: (checkpoint to load, module to use instead, note)."""
     from ..models.registry import build_corrector, build_fusion
+    if kind == 'corrector' and variant == REGISTER_REFUSE:
+        return '', None, 'no learned weights (registration, then the fusion again)'
     if checkpoint:
         return checkpoint, None, f'weights {checkpoint}'
     path = shipped_weights(variant)
@@ -257,6 +260,8 @@ def _weights_or_random(kind: str, variant: str, checkpoint: str, seed: int
 def model_cost(kind: str, variant: str, size: tuple[int, int]) -> dict[str, float]:
     """GFLOPs at ``size`` and parameter count of an (untrained) ``variant``."""
     from ..models.registry import build_corrector, build_fusion
+    if kind == 'corrector' and variant == REGISTER_REFUSE:   # no network: its cost is a second fusion
+        return {'gflops': float('nan'), 'params': 0}
     m = (build_fusion(variant) if kind == 'fusion' else build_corrector(variant)).eval()
     w, h = size
     n_in = 2 if kind == 'fusion' else 3

@@ -44,6 +44,7 @@ import numpy as np
 from ..core import bagio, profiling
 from ..core.checks import ConfigError
 from ..core.weights import save_weights, shipped_weights
+from ..models.register_refuse import NAME as REGISTER_REFUSE
 from . import demo
 from .bench import parse_size
 
@@ -322,7 +323,7 @@ def _random_weights(folder: Path) -> dict[str, str]:
     cfg = PipelineConfig()
     params = {}
     for kind, variant in (('fusion', cfg.fusion.variant), ('corrector', cfg.corrector.variant)):
-        if shipped_weights(variant).is_file():
+        if shipped_weights(variant).is_file() or (kind == 'corrector' and variant == REGISTER_REFUSE):
             continue
         model = build_fusion(variant) if kind == 'fusion' else build_corrector(variant)
         path = folder / f'{variant}.random.safetensors'

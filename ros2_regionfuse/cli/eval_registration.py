@@ -66,8 +66,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -91,12 +92,14 @@ from ..core.imageio import (
 )
 from ..core.metrics import mutual_information, ssim
 from ..models.global_align import similarity_flow
-from ..models.runtime import TorchCorrectorRunner, load_model
+from ..models.runtime import TorchFusionRunner, build_runner
 from ..models.warp import warp_by_flow
 from ..training.corrector_data import load_frozen_fusion
 from ..training.perturb import PerturbConfig, apply_perturbation, sample_perturbation
 
 log = logging.getLogger(__name__)
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / 'shared' / 'data' / 'ivif'
 
 ECC_LEVELS = 3
 ECC_ITERS = 100
@@ -124,8 +127,16 @@ class Frame:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of the subcommand."""
-    p.add_argument('--thermal', nargs='+', required=True, help='thermal folder(s) of registered pairs')
-    p.add_argument('--rgb', nargs='+', required=True, help='RGB folder(s), same order as --thermal')
+    p.add_argument('--mode', choices=('shift', 'rig'), default='shift',
+                   help='shift: seeded perturbations of a set mean displacement (--mean-shift) on the '
+                        'given folders; rig: rig-range misalignments on the benchmark sets under '
+                        '--data-root through the shipped pipeline (cli/eval_rig.py)')
+    p.add_argument('--data-root', default=os.environ.get('REGIONFUSE_DATA', str(DEFAULT_DATA)),
+                   help='rig mode: folder holding LLVIP/, MSRS/ and RoadScene/ (default $REGIONFUSE_DATA, '
+                        'else ../shared/data/ivif beside the repository)')
+    p.add_argument('--no-classical', action='store_true', help='rig mode: skip the OpenCV baseline')
+    p.add_argument('--thermal', nargs='+', help='shift mode: thermal folder(s) of registered pairs')
+    p.add_argument('--rgb', nargs='+', help='shift mode: RGB folder(s), same order as --thermal')
     p.add_argument('--list', nargs='+', default=None,
                    help="split file per folder (one stem per line; '-' = all pairs)")
     p.add_argument('--warped-thermal', nargs='+', default=None,
@@ -326,11 +337,13 @@ class _Models:
     def __init__(self, args: argparse.Namespace) -> None:
         self.fusion, self.fusion_info = load_frozen_fusion(args.fusion_variant, args.fusion_checkpoint,
                                                            args.stand_in_fusion)
-        model, self.corrector_card = load_model('corrector', args.corrector_variant,
-                                                args.corrector_checkpoint, torch.device('cpu'))
-        # as the pipeline runs it on the CPU: traced learned stages, OpenCV registration, fused
-        # full-resolution kernel (the default PipelineConfig.native_kernels)
-        self.corrector = TorchCorrectorRunner(model, native=PipelineConfig().native_kernels)
+        # as the pipeline runs it on the CPU (the default PipelineConfig.native_kernels)
+        cfg = PipelineConfig()
+        cfg = replace(cfg, corrector=replace(cfg.corrector, variant=args.corrector_variant,
+                                             checkpoint=args.corrector_checkpoint))
+        fusion_runner = TorchFusionRunner(self.fusion, native=cfg.native_kernels)
+        self.corrector, self.corrector_card = build_runner('corrector', cfg, torch.device('cpu'),
+                                                           fusion=fusion_runner)
         self._size: tuple[int, ...] = ()
 
     @torch.inference_mode()
@@ -346,6 +359,8 @@ class _Models:
         if tf.shape != self._size:   # a new image size is traced first: untimed, as a stream's first frame
             self.corrector(tf, tv, tt)
             self._size = tf.shape
+        if hasattr(self.corrector, 'reset'):
+            self.corrector.reset()   # independent frames: no warm start from the previous one
         t0 = time.perf_counter()
         image, m, flow = self.corrector(tf, tv, tt)
         ms = (time.perf_counter() - t0) * 1e3
@@ -570,6 +585,15 @@ def _reference_line(c: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the Markdown table and optionally write JSON."""
+    if args.mode == 'rig':
+        from . import eval_rig
+        res = eval_rig.run(args)
+        print(eval_rig.to_markdown(res['sets']))
+        if args.json:
+            atomic_write_bytes(args.json, json.dumps(res, indent=1, default=str).encode())
+        return 0
+    if not args.thermal or not args.rgb:
+        raise ConfigError('shift mode needs --thermal and --rgb')
     if args.seeds < 1:
         raise ConfigError('--seeds must be >= 1')
     if any(s < 0 for s in args.mean_shift):

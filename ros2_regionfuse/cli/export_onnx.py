@@ -22,6 +22,7 @@ import torch
 from ..core.checks import ConfigError, RegionFuseError
 from ..core.config import PipelineConfig, field_specs
 from ..models import onnx_runtime as ox
+from ..models.register_refuse import NAME as REGISTER_REFUSE
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,11 @@ def run(args: argparse.Namespace) -> int:
     if args.only in (None, 'fusion'):
         jobs.append(('fusion', args.fusion_variant, args.fusion_checkpoint))
     if args.only in (None, 'corrector'):
-        jobs.append(('corrector', args.corrector_variant, args.corrector_checkpoint))
+        if args.corrector_variant == REGISTER_REFUSE:   # numpy/OpenCV: nothing to export
+            print(f'{REGISTER_REFUSE}: no network to export (the corrector registers in numpy/OpenCV '
+                  'and fuses again with the fusion model)')
+        else:
+            jobs.append(('corrector', args.corrector_variant, args.corrector_checkpoint))
     for kind, variant, ckpt in jobs:
         for r in export_model(kind, variant, ckpt, sizes, args.out, args.tolerance):
             dyn = (f"dynamic H/W (max |onnx - torch| {r['max_abs_diff_dynamic']:.2e} at a padded size)"

@@ -89,9 +89,11 @@ class CorrectorConfig:
     """The post-registration corrector (fuse, then register)."""
 
     enabled: bool = _f(True, 'Run the post-registration corrector.')
-    variant: str = _f('corrector_lite', 'Corrector variant (shipped weights: corrector_lite, the fastest, '
-                      'moves only the IR-derived content of the fused image; corrector_fast, warps the '
-                      'fused image and puts the visible detail back, at twice the cost and lower recovery).',
+    variant: str = _f('register_refuse', 'Corrector variant: register_refuse registers the thermal '
+                      'image to the visible one (rotation, scale and translation search, affine refinement; '
+                      'captures +-40 px, +-8 deg, 0.9-1.1 scale at 640x480) and fuses again with the '
+                      'registered thermal image; corrector_lite and corrector_fast are the learned '
+                      'correctors with a global similarity registration (shipped weights).',
                       read_only=True)
     checkpoint: str = _f('', 'Corrector weights (.safetensors); empty = the shipped weights.',
                          read_only=True)
@@ -103,6 +105,23 @@ class CorrectorConfig:
                             'stages when the global registration finds it aligned to within 1 px '
                             '(torch backend; a calibrated rig then costs only the global check); '
                             'false = always run the whole corrector.', read_only=True)
+    model: str = _f('affine', 'register_refuse: global motion model (similarity, affine or homography).',
+                    choices=('similarity', 'affine', 'homography'), read_only=True)
+    search_px: float = _f(64.0, 'register_refuse: translation capture radius (px at 640 px width; '
+                          'scales with the image).', range=(4.0, 256.0), read_only=True)
+    min_confidence: float = _f(0.10, 'register_refuse: registration confidence (relative reduction of '
+                               'the edge-descriptor decorrelation) at and below which the frame passes '
+                               'unchanged; aligned LLVIP/MSRS pairs measure 0.02-0.08, misaligned ones '
+                               '0.15-0.54.', range=(0.0, 1.0))
+    full_confidence: float = _f(0.16, 'register_refuse: confidence from which the estimate is applied '
+                                'in full (linear ramp from min_confidence).', range=(0.0, 1.0))
+    dead_zone_px: float = _f(1.0, 'register_refuse: mean displacement (px) under which a frame counts '
+                             'as aligned and passes unchanged.', range=(0.0, 20.0))
+    holes: str = _f('uncorrected', 'register_refuse: output where the registered thermal image has no '
+                    'data (outside its frame): uncorrected (the fusion without correction; M marks it), '
+                    'visible (the visible image, as outside the thermal field of view) or extend (the '
+                    "thermal frame's edge pixels extended).", choices=('uncorrected', 'visible', 'extend'),
+                    read_only=True)
     align_stage: str = _f('auto', "Pipeline stage that runs the corrector's work that needs only the "
                           'sources (the global registration and the source part of the learned stages): '
                           'correct (with the corrector), fuse (with preprocessing and fusion), or auto: when '

@@ -97,7 +97,8 @@ class FusedFrame:
             ``align_stage: fuse``; with ``auto`` on a helper thread, the time waited
             for it after the fusion, its own time as ``align_concurrent``).
         align_params: the corrector's global registration of this pair
-            (``(1, 4)``), computed in the first half (``corrector.align_stage:
+            (``(1, 4)`` for the learned correctors, a :class:`~.registration.Registration`
+            for ``register_refuse``), computed in the first half (``corrector.align_stage:
             fuse``, or ``auto`` for a frame processed in one go) so that it
             overlaps other work; None: the corrector computes it (``align_stage:
             correct``, no global start, or a runner without ``prepare``).
@@ -116,7 +117,7 @@ class FusedFrame:
     fused_t: torch.Tensor
     correct: bool
     timings_ms: dict[str, float]
-    align_params: torch.Tensor | None = None
+    align_params: Any = None
     sources: tuple[torch.Tensor, ...] | None = None
     helper_threads: int = 0
 
@@ -235,11 +236,16 @@ class FusionPipeline:
             return ''
         return str(self.corrector_card.get('name', self.cfg.corrector.variant))
 
+    @property
+    def corrector(self) -> Any:
+        """The corrector runner (None until loaded)."""
+        return self._corrector
+
     def _ensure_corrector(self) -> None:
         if self._corrector is None:
             from ..models.runtime import build_runner
             self._corrector, self.corrector_card = build_runner(
-                'corrector', self.cfg, self.device, self._corrector_module)
+                'corrector', self.cfg, self.device, self._corrector_module, fusion=self.fusion)
 
     def ensure_corrector(self) -> None:
         """Load the corrector now (before enabling it at run time); no-op when already loaded.
@@ -352,10 +358,13 @@ class FusionPipeline:
         thermal = (20000 + 3000 * np.sin(tx / 11.0) * np.cos(ty / 7.0)).astype(np.uint16)
         t0 = time.perf_counter()
         frame = self.fuse(thermal, rgb)
-        if frame.correct and getattr(self._corrector, 'prepare', None) is not None:
+        registers = hasattr(self._corrector, 'reset')   # register_refuse: no learned stages to trace
+        if frame.correct and not registers and getattr(self._corrector, 'prepare', None) is not None:
             frame.align_params = torch.tensor([[4.0, 0.0, 0.0, 0.0]], device=frame.fused_t.device)
             frame.sources = None   # computed with these parameters in finish()
         self.finish(frame)
+        if frame.correct and hasattr(self._corrector, 'reset'):
+            self._corrector.reset()   # the synthetic pair's estimate is no start for the camera's
         return (time.perf_counter() - t0) * 1e3
 
     def close(self) -> None:

@@ -10,6 +10,19 @@ from ..core.checks import ConfigError
 _FUSION: dict[str, Callable[[], nn.Module]] = {}
 _CORRECTOR: dict[str, Callable[[], nn.Module]] = {}
 
+#: the corrector that registers in numpy/OpenCV and fuses again: no network, no weights
+REGISTER_REFUSE = 'register_refuse'
+
+
+def needs_weights(kind: str, variant: str) -> bool:
+    """Whether ``variant`` of ``kind`` ('fusion' or 'corrector') loads weights (all but ``register_refuse``).
+
+    Example:
+        >>> needs_weights('corrector', 'register_refuse'), needs_weights('corrector', 'corrector_lite')
+        (False, True)
+    """
+    return not (kind == 'corrector' and variant == REGISTER_REFUSE)
+
 
 def register_fusion(name: str) -> Callable:
     """Decorator: register a fusion model builder under ``name``."""

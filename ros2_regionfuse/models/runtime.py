@@ -24,6 +24,9 @@ from ..core.config import PipelineConfig
 from ..core.weights import load_weights, shipped_weights
 from .corrector import Corrector, trained_output
 from .fusion_net import RegionFuseNet
+from .register_refuse import NAME as REGISTER_REFUSE
+from .register_refuse import RegisterRefuseCorrector
+from .register_refuse import settings_from as refuse_settings
 from .registry import build_corrector, build_fusion
 
 log = logging.getLogger(__name__)
@@ -373,12 +376,25 @@ class TorchCorrectorRunner:
 
 
 def build_runner(kind: str, cfg: PipelineConfig, device: torch.device,
-                 module: nn.Module | None = None) -> tuple[Callable, dict[str, Any]]:
+                 module: nn.Module | None = None, fusion: Callable | None = None
+                 ) -> tuple[Callable, dict[str, Any]]:
     """Return ``(runner, card)`` for ``kind`` ('fusion' or 'corrector') per ``cfg``.
 
     With ``module`` given, that module is used as is (no weights loaded; with
-    ``backend: onnxruntime`` it is exported and run by ONNX Runtime).
+    ``backend: onnxruntime`` it is exported and run by ONNX Runtime). The
+    ``register_refuse`` corrector has no weights; it fuses again with ``fusion``
+    (the pipeline's fusion runner), whatever the backend.
     """
+    if kind == 'corrector' and module is None and cfg.corrector.variant == REGISTER_REFUSE:
+        if fusion is None:
+            raise ConfigError(f'the {REGISTER_REFUSE} corrector needs the fusion runner')
+        if cfg.corrector.checkpoint:
+            raise ConfigError(f'corrector.checkpoint {cfg.corrector.checkpoint!r}: the {REGISTER_REFUSE} '
+                              'corrector has no weights (leave it empty, or choose a learned variant)')
+        settings = refuse_settings(cfg.corrector, native=cfg.native_kernels)
+        card = {'name': f'{REGISTER_REFUSE}@builtin', 'weights': 'none (no learned stages)',
+                'registration': settings.registration.model}
+        return RegisterRefuseCorrector(fusion, settings), card
     sub = cfg.fusion if kind == 'fusion' else cfg.corrector
     start = kind != 'corrector' or cfg.corrector.global_start
     skip = kind != 'corrector' or cfg.corrector.skip_aligned

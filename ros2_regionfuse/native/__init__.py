@@ -10,6 +10,8 @@ in one pass per level (fusion) or per frame (corrector):
 * :func:`corrector_full_resolution`: the corrector's full-resolution step;
 * :func:`similarity`: the corrector's global similarity registration (one call per frame
   instead of ~100 small numpy/OpenCV calls);
+* :func:`ecc_terms`: one iteration's normal equations of the registration's ECC refinement
+  (``core/registration.py``; one pass instead of ~20 numpy reductions);
 * :func:`luma_u8`, :func:`recolour_u8`: the 8-bit colour input and output steps.
 
 ``kernels.c`` is compiled on first use with the machine's C compiler (``$CC``,
@@ -69,6 +71,7 @@ _SIGNATURES = {
     'rf_similarity': (_F, _F, _I, _I, _I, _IP, _IP, _F, _I, _D, _I, _D, _DP, _DP),
     'rf_luma_u8': (_U8, ctypes.c_long, ctypes.c_float, ctypes.c_float, ctypes.c_float, _F),
     'rf_recolour_u8': (_U8, _F, _F, ctypes.c_long, _I, ctypes.c_float, ctypes.c_float, _U8),
+    'rf_ecc_terms': (_F, _I, _I, _I, _F, _I, _I, _I, _I, _F, _I, _DP, _DP, _DP, _DP),
 }
 
 
@@ -438,3 +441,46 @@ def main() -> int:
     ok = available()
     print(f'ros2_regionfuse native kernels: {status()}')
     return 0 if ok else 1
+
+
+def ecc_terms(warped: np.ndarray, ref: np.ndarray, inner: tuple[slice, slice], jac: np.ndarray | None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float] | None:
+    """One ECC iteration's terms of ``registration.refine_global`` (None: kernels unavailable).
+
+    Args:
+        warped: ``(lh, lw, c)`` float32, the thermal descriptor mapped by the current estimate.
+        ref: ``(hi, wi, c)`` float32, the visible descriptor over the inner cells, zero mean per channel.
+        inner: the inner cells' ``(rows, cols)`` slices of the level (step 1).
+        jac: ``(n, 2, hi, wi)`` float32 Jacobian maps, or None for the statistics alone.
+
+    Returns:
+        ``(hess (n, n), gw (n,), gr (n,), ww, rw)``: with ``u = J^T grad(warped)``,
+        ``hess = sum u u^T``, ``gw = sum u (warped - mean)``, ``gr = sum u ref``,
+        ``ww = sum (warped - mean)^2``, ``rw = sum ref warped`` (float64).
+
+    Raises:
+        ValueError: shapes that do not fit.
+    """
+    lib = load()
+    if lib is None:
+        return None
+    lh, lw, c = warped.shape
+    ys, xs = inner
+    hi, wi = ys.stop - ys.start, xs.stop - xs.start
+    n = 0 if jac is None else jac.shape[0]
+    for a, name in ((warped, 'warped'), (ref, 'ref')) + (((jac, 'jac'),) if jac is not None else ()):
+        if a.dtype != np.float32 or not a.flags.c_contiguous:
+            raise ValueError(f'ecc_terms: {name} must be C-contiguous float32')
+    if ref.shape != (hi, wi, c) or (jac is not None and jac.shape[1:] != (2, hi, wi)):
+        raise ValueError(f'ecc_terms: ref {ref.shape} / jac {None if jac is None else jac.shape} do not '
+                         f'fit {hi}x{wi} inner cells of {c} channels')
+    hess = np.zeros((max(n, 1), max(n, 1)))
+    gw, gr, stats = np.zeros(max(n, 1)), np.zeros(max(n, 1)), np.zeros(2)
+    dp = ctypes.POINTER(ctypes.c_double)
+    jp = _ptr(jac) if jac is not None else _ptr(ref)
+    rc = lib.rf_ecc_terms(_ptr(warped), lh, lw, c, _ptr(ref), ys.start, xs.start, hi, wi, jp, n,
+                          hess.ctypes.data_as(dp), gw.ctypes.data_as(dp), gr.ctypes.data_as(dp),
+                          stats.ctypes.data_as(dp))
+    if rc != 0:
+        raise ValueError(f'ecc_terms: the kernel rejected the shapes (code {rc})')
+    return hess[:n, :n], gw[:n], gr[:n], float(stats[0]), float(stats[1])

@@ -797,3 +797,86 @@ int rf_recolour_u8(const uint8_t *rgb, const float *y, const float *y_old, long 
     }
     return 0;
 }
+
+/* ------------------------------------------------------------------------------------------------
+ * ECC normal equations of core/registration.py's refine_global, one iteration in one pass.
+ *
+ * wt: (lh, lw, c) the thermal descriptor mapped by the current estimate (whole level); its
+ * gradients are central differences, the border rows/columns copying their neighbour's (as
+ * registration.gradients). ref: (hi, wi, c) the visible descriptor over the inner cells, zero mean
+ * per channel. Inner cells start at (y0, x0) of the level. jac: (n, 2, hi, wi) d(sample position,
+ * cells)/d(p_k). n = 0: only the statistics.
+ * Out (double): hess[n * n], gw[n] (J^T g . (wt - mean)), gr[n] (J^T g . ref), stats[2] = (ww, rw):
+ * sum of (wt - mean)^2 and of ref . wt over the inner cells and channels.
+ * Returns 0, -2 (invalid sizes: c outside 1..8, n outside 0..8, inner cells outside the level). */
+int rf_ecc_terms(const float *wt, int lh, int lw, int c, const float *ref, int y0, int x0, int hi,
+                 int wi, const float *jac, int n, double *hess, double *gw, double *gr, double *stats) {
+    if (c < 1 || c > 8 || n < 0 || n > 8 || hi < 1 || wi < 1 || y0 < 0 || x0 < 0 || y0 + hi > lh
+        || x0 + wi > lw || lh < 3 || lw < 3) return -2;
+    double H[8][8] = {{0}}, A[8][8] = {{0}}, B[8] = {0}, R[8] = {0}, sum[8] = {0}, sq = 0.0, rw = 0.0;
+    const size_t plane = (size_t)hi * wi;
+    const size_t rowst = (size_t)lw * c;
+    for (int i = 0; i < hi; ++i) {
+        const int y = y0 + i;
+        const int yc = y == 0 ? 1 : (y == lh - 1 ? lh - 2 : y);   /* the row whose difference is copied */
+        const float *up = wt + (size_t)(yc - 1) * rowst, *dn = wt + (size_t)(yc + 1) * rowst;
+        const float *row = wt + (size_t)y * rowst;
+        float h[8][8] = {{0}}, a[8][8] = {{0}}, b[8] = {0}, r[8] = {0}, s[8] = {0}, q = 0.f, rr = 0.f;
+        for (int j = 0; j < wi; ++j) {
+            const int x = x0 + j;
+            const int xc = x == 0 ? 1 : (x == lw - 1 ? lw - 2 : x);
+            const float *w = row + (size_t)x * c;
+            const float *rf = ref + ((size_t)i * wi + j) * c;
+            const size_t at = (size_t)i * wi + j;
+            float gxc[8], gyc[8];
+            for (int k = 0; k < c; ++k) {
+                const float v = w[k];
+                s[k] += v;
+                q += v * v;
+                rr += rf[k] * v;
+                gxc[k] = 0.5f * (row[(size_t)(xc + 1) * c + k] - row[(size_t)(xc - 1) * c + k]);
+                gyc[k] = 0.5f * (dn[(size_t)x * c + k] - up[(size_t)x * c + k]);
+            }
+            if (n == 0) continue;
+            float u[8][8];
+            for (int p = 0; p < n; ++p) {
+                const float jx = jac[(size_t)(2 * p) * plane + at], jy = jac[(size_t)(2 * p + 1) * plane + at];
+                for (int k = 0; k < c; ++k) {
+                    const float uk = jx * gxc[k] + jy * gyc[k];
+                    u[p][k] = uk;
+                    a[p][k] += uk;
+                    b[p] += uk * w[k];
+                    r[p] += uk * rf[k];
+                }
+            }
+            for (int p = 0; p < n; ++p)
+                for (int l = p; l < n; ++l) {
+                    float t = 0.f;
+                    for (int k = 0; k < c; ++k) t += u[p][k] * u[l][k];
+                    h[p][l] += t;
+                }
+        }
+        for (int k = 0; k < c; ++k) sum[k] += s[k];
+        sq += q;
+        rw += rr;
+        for (int p = 0; p < n; ++p) {
+            B[p] += b[p];
+            R[p] += r[p];
+            for (int k = 0; k < c; ++k) A[p][k] += a[p][k];
+            for (int l = p; l < n; ++l) H[p][l] += h[p][l];
+        }
+    }
+    const double cells = (double)plane;
+    double ww = sq;
+    for (int k = 0; k < c; ++k) ww -= sum[k] * sum[k] / cells;
+    stats[0] = ww;
+    stats[1] = rw;
+    for (int p = 0; p < n; ++p) {
+        double g = B[p];
+        for (int k = 0; k < c; ++k) g -= A[p][k] * sum[k] / cells;
+        gw[p] = g;
+        gr[p] = R[p];
+        for (int l = 0; l < n; ++l) hess[p * n + l] = l >= p ? H[p][l] : H[l][p];
+    }
+    return 0;
+}

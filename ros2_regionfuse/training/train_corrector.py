@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..core.config import CorrectorConfig, FusionConfig, _f
+from ..core.config import FusionConfig, _f
 from ..core.weights import WEIGHTS_DIR, load_weights, save_weights
 from ..models.corrector import Corrector, trained_output
 from ..models.registry import build_corrector
@@ -57,7 +57,7 @@ class TrainCorrectorConfig:
     out: str = _f('runs/corrector', 'Folder of the resumable training state.')
     weights: str = _f('', 'Where the final weights (+ .json model card) are written; empty = the '
                       "shipped weights of the variant (ros2_regionfuse/weights/<variant>.safetensors).")
-    variant: str = _f(CorrectorConfig().variant, 'Corrector variant (default: the pipeline\'s).')
+    variant: str = _f('corrector_lite', 'Learned corrector variant (corrector_lite or corrector_fast).')
     fusion_variant: str = _f(FusionConfig().variant, "Frozen fusion variant (default: the pipeline's).")
     fusion_checkpoint: str = _f('', 'Fusion weights (or a train-fusion last.safetensors); '
                                 'empty = the shipped weights.')

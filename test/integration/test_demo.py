@@ -31,17 +31,19 @@ TIMEOUT_S = 600
 @pytest.fixture(scope='module')
 def checkpoint_args(tmp_path_factory) -> list[str]:
     """The shipped weights when both exist, else untrained checkpoints passed as node parameters."""
-    if shipped_weights(FUSION).is_file() and shipped_weights(CORRECTOR).is_file():
+    from ros2_regionfuse.models.registry import build_corrector, build_fusion, needs_weights
+    corrector = needs_weights('corrector', CORRECTOR)
+    if shipped_weights(FUSION).is_file() and (not corrector or shipped_weights(CORRECTOR).is_file()):
         return []
     import torch
-
-    from ros2_regionfuse.models.registry import build_corrector, build_fusion
     d = tmp_path_factory.mktemp('ckpt')
     torch.manual_seed(0)
     save_weights(build_fusion(FUSION), d / 'f.safetensors', {'variant': FUSION})
-    save_weights(build_corrector(CORRECTOR), d / 'c.safetensors', {'variant': CORRECTOR})
-    return ['--fusion-checkpoint', str(d / 'f.safetensors'),
-            '--corrector-checkpoint', str(d / 'c.safetensors')]
+    args = ['--fusion-checkpoint', str(d / 'f.safetensors')]
+    if corrector:
+        save_weights(build_corrector(CORRECTOR), d / 'c.safetensors', {'variant': CORRECTOR})
+        args += ['--corrector-checkpoint', str(d / 'c.safetensors')]
+    return args
 
 
 @pytest.fixture(scope='module')

@@ -12,6 +12,8 @@ from ros2_regionfuse.core.config import PipelineConfig
 from ros2_regionfuse.core.imageio import read_gray, read_rgb
 from ros2_regionfuse.core.pipeline import FusionPipeline
 
+LEARNED = 'corrector_lite'
+
 
 @pytest.fixture()
 def two_threads():
@@ -30,6 +32,7 @@ def frame(test_data) -> tuple[np.ndarray, np.ndarray]:
 
 def _pipe(stage: str) -> FusionPipeline:
     cfg = PipelineConfig()
+    cfg.corrector.variant = LEARNED   # its registration and source part both run on the helper
     cfg.corrector.align_stage = stage
     cfg.corrector.skip_aligned = False   # the whole corrector, whatever the registration finds
     return FusionPipeline(cfg)
@@ -112,7 +115,9 @@ def test_bench_reports_the_concurrent_registration(two_threads, frame):
 def test_warm_up_builds_what_the_first_pair_of_that_size_needs(frame):
     """After warm_up((W, H)) a real pair of that size builds nothing more (ORT session, traces)."""
     import cv2
-    pipe = FusionPipeline(PipelineConfig())
+    cfg = PipelineConfig()
+    cfg.corrector.variant = LEARNED
+    pipe = FusionPipeline(cfg)
     try:
         ms = pipe.warm_up((160, 120), thermal_size=(80, 64))
         assert ms > 0.0

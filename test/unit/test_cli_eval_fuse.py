@@ -45,8 +45,11 @@ def fusion_ckpt(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope='module')
-def corrector_ckpt(tmp_path_factory) -> Path:
+def corrector_ckpt(tmp_path_factory) -> Path | None:
+    """Untrained weights of the default corrector; None when it has none (register_refuse)."""
     from ros2_regionfuse.models import registry
+    if not registry.needs_weights('corrector', CORRECTOR):
+        return None
     model = registry.build_corrector(CORRECTOR)
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp('weights') / 'corrector_untrained.safetensors'
@@ -184,11 +187,11 @@ def test_eval_errors_write_nothing(test_data, pairs_copy, tmp_path, capsys):
 # fuse
 # ---------------------------------------------------------------------------
 
-def _pipeline(ckpt: Path, corrector: Path | None = None):
+def _pipeline(ckpt: Path, corrector: Path | None = None, correct: bool = False):
     from ros2_regionfuse.core.pipeline import FusionPipeline
     cfg = PipelineConfig(device='cpu')
     cfg.fusion.checkpoint = str(ckpt)
-    cfg.corrector.enabled = corrector is not None
+    cfg.corrector.enabled = correct or corrector is not None
     if corrector is not None:
         cfg.corrector.checkpoint = str(corrector)
     return FusionPipeline(cfg)
@@ -253,9 +256,9 @@ def test_fuse_save_maps_with_corrector(test_data, tmp_path, fusion_ckpt, correct
     out = tmp_path / 'out'
     rc = main(['fuse', '--thermal', str(test_data / 'ir'), '--rgb', str(test_data / 'vi'), '--out', str(out),
                '--device', 'cpu', '--save-maps', '--fusion-checkpoint', str(fusion_ckpt),
-               '--corrector-checkpoint', str(corrector_ckpt)])
+               *(['--corrector-checkpoint', str(corrector_ckpt)] if corrector_ckpt else [])])
     assert rc == 0
-    pipe = _pipeline(fusion_ckpt, corrector_ckpt)
+    pipe = _pipeline(fusion_ckpt, corrector_ckpt, correct=True)
     for stem in STEMS:
         rgb = read_rgb(test_data / 'vi' / f'{stem}.png')
         h, w = rgb.shape[:2]

@@ -492,6 +492,7 @@ def test_pipeline_runs_the_global_registration_in_the_configured_stage(test_data
     moved = np.ascontiguousarray(np.roll(th, 6, axis=1))     # thermal 6 px to the right
     cfg = PipelineConfig(device='cpu')
     assert cfg.corrector.align_stage == 'auto'
+    cfg.corrector.variant = 'corrector_lite'
     cfg.corrector.align_stage = 'fuse'
     pipe = FusionPipeline(cfg)
     frame = pipe.fuse(moved, rgb)

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import torch
 
-from ros2_regionfuse.core.config import CorrectorConfig
 from ros2_regionfuse.core.weights import load_weights, save_weights
 from ros2_regionfuse.models.registry import build_corrector
 from ros2_regionfuse.training.train_corrector import TrainCorrectorConfig, train
 
-CORRECTOR = CorrectorConfig().variant   # the default corrector variant
+CORRECTOR = TrainCorrectorConfig().variant   # the default learned corrector variant
 
 TEST_DATA = Path(__file__).resolve().parents[1] / 'data'
 
