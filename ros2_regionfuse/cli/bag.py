@@ -134,6 +134,21 @@ class BagFuseStats:
     processed: int = 0
     pipeline_errors: int = 0
     total_ms: list = field(default_factory=list)
+    flow_mean: list = field(default_factory=list)
+    flow_jitter: list = field(default_factory=list)
+    _last_flow: np.ndarray | None = None
+
+    def add_flow(self, flow: np.ndarray | None) -> None:
+        """Record a pair's flow ``(H, W, 2)`` px: its mean magnitude and its mean change from the last."""
+        if flow is None:
+            self._last_flow = None
+            return
+        f = flow[::4, ::4]
+        self.flow_mean.append(float(np.hypot(f[..., 0], f[..., 1]).mean()))
+        if self._last_flow is not None and self._last_flow.shape == f.shape:
+            d = f - self._last_flow
+            self.flow_jitter.append(float(np.hypot(d[..., 0], d[..., 1]).mean()))
+        self._last_flow = f
 
     def as_dict(self, sync: ApproximateTimeSync) -> dict[str, Any]:
         """Summary as plain values (counters of the synchronizer included)."""
@@ -145,7 +160,10 @@ class BagFuseStats:
                 'unpaired_rgb': {k: v for k, v in c.rgb.unpaired.items() if v},
                 'left_in_queue': {'thermal': c.thermal.queued, 'rgb': c.rgb.queued},
                 'pipeline_ms_median': float(np.median(ms)) if ms.size else float('nan'),
-                'pipeline_ms_p95': float(np.percentile(ms, 95)) if ms.size else float('nan')}
+                'pipeline_ms_p95': float(np.percentile(ms, 95)) if ms.size else float('nan'),
+                'flow_mean_px': float(np.mean(self.flow_mean)) if self.flow_mean else float('nan'),
+                'flow_jitter_px': float(np.mean(self.flow_jitter)) if self.flow_jitter else float('nan'),
+                'flow_jitter_max_px': float(np.max(self.flow_jitter)) if self.flow_jitter else float('nan')}
 
 
 def scaled_camera_info(info: Any, width: int, height: int) -> Any:
@@ -216,6 +234,7 @@ class BagFuser:
             return
         self.stats.processed += 1
         self.stats.total_ms.append(res.timings_ms['total'])
+        self.stats.add_flow(res.flow)
         stamp, frame = bagio.time_to_ns(rgb_msg.header.stamp), rgb_msg.header.frame_id
         # one worker processing pairs in order: it starts when the pair is there and the previous is done
         t_out = max(int(pair.received), self._busy_until) + int(res.timings_ms['total'] * 1e6)
@@ -296,4 +315,7 @@ def run(args: argparse.Namespace) -> int:
           f'{summary["pipeline_errors"]} pipeline errors; unpaired thermal {summary["unpaired_thermal"]}, '
           f'rgb {summary["unpaired_rgb"]}, left waiting at the end {summary["left_in_queue"]}; '
           f'pipeline {summary["pipeline_ms_median"]:.1f} ms median, {wall:.1f} s wall')
+    if np.isfinite(summary['flow_mean_px']):
+        print(f'corrector flow: mean |flow| {summary["flow_mean_px"]:.2f} px; frame-to-frame change '
+              f'(jitter) {summary["flow_jitter_px"]:.3f} px mean, {summary["flow_jitter_max_px"]:.3f} px max')
     return 0 if summary['processed'] > 0 else 1

@@ -33,11 +33,12 @@ case) and how far the global estimate moves the thermal image (reference
 quality: a well registered set moves by well under a pixel).
 
 Example:
-    regionfuse eval-registration --mode rig --seeds 9 --json docs/bench/eval-rig-640-cpu2.json
+    regionfuse eval-registration --mode rig --json docs/bench/eval-registration-rig-cpu2.json
 """
 from __future__ import annotations
 
 import argparse
+import math
 import time
 import zlib
 from dataclasses import dataclass, field, replace
@@ -326,8 +327,8 @@ class RigBenchmark:
     def _fuse(self, th: np.ndarray, rgb: np.ndarray, correct: bool = False):
         return self.pipe.process(th, rgb, correct=correct)
 
-    def run_pair(self, src: PairSource, thermal: Path, visible: Path) -> None:
-        """All seeds of one pair, and its identity case."""
+    def run_pair(self, src: PairSource, thermal: Path, visible: Path, seeds: int | None = None) -> None:
+        """``seeds`` (default :attr:`seeds`) misalignments of one pair, and its identity case."""
         th, rgb = _load(thermal, visible, src.size)
         h, w = th.shape
         y = convert.luminance(convert.rgb_to_unit(rgb))
@@ -348,7 +349,7 @@ class RigBenchmark:
                              'psnr_vs_uncorrected': psnr(mse_same),
                              'reference_mean_px': float(mag0.mean()), 'reference_max_px': float(mag0.max()),
                              'reference_gain': reg0.gain})
-        for seed in range(self.seeds):
+        for seed in range(self.seeds if seeds is None else seeds):
             rng = np.random.default_rng([seed, zlib.crc32(thermal.name.encode())])
             d = displacement(sample_rig(h, w, rng, self.rig), h, w)
             tdef, _ = apply_zero_padded(th, d)
@@ -462,18 +463,33 @@ def to_markdown(summary: dict) -> str:
     return '\n'.join(lines)
 
 
+def seeds_for(pairs: int, frames: int) -> int:
+    """Misalignments per pair so that a set of ``pairs`` pairs gets at least ``frames`` frames.
+
+    Example:
+        >>> seeds_for(12, 50), seeds_for(6, 50), seeds_for(34, 50)
+        (5, 9, 2)
+    """
+    return max(1, math.ceil(frames / max(pairs, 1)))
+
+
 def run(args: argparse.Namespace) -> dict:
-    """Run the benchmark per ``args`` (``data_root``, ``seeds``, ``max_pairs``, ``no_classical``)."""
-    if args.seeds < 1:
-        raise ConfigError('--seeds must be >= 1')
+    """Run the benchmark per ``args`` (``data_root``, ``rig_frames``, ``max_pairs``, ``no_classical``)."""
+    if args.rig_frames < 1:
+        raise ConfigError('--rig-frames must be >= 1')
     cfg = PipelineConfig()
     cfg = replace(cfg, threads=args.threads)
-    bench = RigBenchmark(cfg, seeds=args.seeds, classical=not args.no_classical)
+    bench = RigBenchmark(cfg, classical=not args.no_classical)
     sets = dev_sets(Path(args.data_root))
-    work = [(s, t, v) for s in sets for t, v in (s.pairs[:args.max_pairs] if args.max_pairs else s.pairs)]
+    work = []
+    seeds = {}
+    for s in sets:
+        pairs = s.pairs[:args.max_pairs] if args.max_pairs else s.pairs
+        seeds[s.name] = seeds_for(len(pairs), args.rig_frames)
+        work += [(s, t, v) for t, v in pairs]
     for s, t, v in tqdm(work, desc='eval-registration rig', dynamic_ncols=True):
-        bench.run_pair(s, t, v)
+        bench.run_pair(s, t, v, seeds[s.name])
     return {'sets': bench.summary(), 'roles': {s.name: s.role for s in sets},
-            'corrector': bench.pipe.corrector_name, 'seeds': args.seeds, 'threads': args.threads,
+            'corrector': bench.pipe.corrector_name, 'seeds': seeds, 'threads': args.threads,
             'rig_range': RigRange().__dict__, 'frames': [f.__dict__ for f in bench.frames],
             'aligned_pairs': bench.aligned}

@@ -109,11 +109,11 @@ class CorrectorConfig:
                     choices=('similarity', 'affine', 'homography'), read_only=True)
     search_px: float = _f(64.0, 'register_refuse: translation capture radius (px at 640 px width; '
                           'scales with the image).', range=(4.0, 256.0), read_only=True)
-    min_confidence: float = _f(0.10, 'register_refuse: registration confidence (relative reduction of '
+    min_confidence: float = _f(0.09, 'register_refuse: registration confidence (relative reduction of '
                                'the edge-descriptor decorrelation) at and below which the frame passes '
                                'unchanged; aligned LLVIP/MSRS pairs measure 0.02-0.08, misaligned ones '
-                               '0.15-0.54.', range=(0.0, 1.0))
-    full_confidence: float = _f(0.16, 'register_refuse: confidence from which the estimate is applied '
+                               '0.11 (night) to 0.54.', range=(0.0, 1.0))
+    full_confidence: float = _f(0.13, 'register_refuse: confidence from which the estimate is applied '
                                 'in full (linear ramp from min_confidence).', range=(0.0, 1.0))
     dead_zone_px: float = _f(1.0, 'register_refuse: mean displacement (px) under which a frame counts '
                              'as aligned and passes unchanged.', range=(0.0, 20.0))

@@ -65,9 +65,12 @@ class RefuseSettings:
     Attributes:
         gate_low: correlation gain (:attr:`Registration.gain`) at and below which the
             estimate is ignored. Aligned LLVIP and MSRS pairs give 0.02-0.08, pairs
-            with a rig-range misalignment 0.15-0.54.
+            with a rig-range misalignment 0.11 (night) to 0.54.
         gate_high: gain from which the estimate is applied in full (linear in between).
         dead_zone_px: mean displacement (px) under which a frame counts as aligned.
+        gate_smoothing: while the warm start is kept, the gate moves this share of the way
+            from the last frame's value to the new one (an exponential average over ~4
+            frames): a confidence near the ramp does not make the published flow flicker.
         m_scale: fused-luminance difference (in [0, 1] units) at which M reaches 1.
         search_every: frames after which the capture search runs again even when the
             warm start still explains the pair (0: only when it no longer does): a rig
@@ -76,10 +79,11 @@ class RefuseSettings:
         registration: the registration's settings.
     """
 
-    gate_low: float = 0.10
-    gate_high: float = 0.16
+    gate_low: float = 0.09
+    gate_high: float = 0.13
     dead_zone_px: float = 1.0
     m_scale: float = 0.1
+    gate_smoothing: float = 0.25
     search_every: int = 30
     holes: str = 'uncorrected'
     registration: RegistrationConfig = RegistrationConfig()
@@ -178,6 +182,7 @@ class RegisterRefuseCorrector:
             raise ConfigError(f'corrector holes must be one of {HOLES}, got {self.settings.holes!r}')
         self._prior: Registration | None = None
         self._since_search = 0
+        self._gate: float | None = None
         self._lock = threading.Lock()
         self._grids: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self.last: Registration | None = None
@@ -185,7 +190,7 @@ class RegisterRefuseCorrector:
     def reset(self) -> None:
         """Forget the previous estimate (the next frame searches again)."""
         with self._lock:
-            self._prior, self._since_search = None, 0
+            self._prior, self._since_search, self._gate = None, 0, None
 
     def register(self, visible: np.ndarray, thermal: np.ndarray) -> Registration:
         """Register one pair (``(H, W)`` float32 in [0, 1]), warm-started from the previous pair."""
@@ -194,10 +199,15 @@ class RegisterRefuseCorrector:
             prior = self._prior
             search = bool(s.search_every) and self._since_search >= s.search_every
         out = reg_mod.register(visible, thermal, s.registration, prior, search=search)
+        g = gate(out.gain, s.gate_low, s.gate_high)
         with self._lock:
+            if not out.searched and self._gate is not None:   # the same rig: the gate moves smoothly
+                g = self._gate + s.gate_smoothing * (g - self._gate)
+            self._gate = g
             self._since_search = 0 if out.searched else self._since_search + 1
             self._prior = out
             self.last = out
+        out.extra['gate'] = g
         return out
 
     def prepare(self, visible_y: torch.Tensor, thermal: torch.Tensor) -> tuple[Registration, None]:
@@ -233,7 +243,7 @@ class RegisterRefuseCorrector:
         h, w = fused.shape[-2:]
         reg = align_params if isinstance(align_params, Registration) and align_params.size == (h, w) \
             else self.register(_plane(visible_y), _plane(thermal))
-        g = gate(reg.gain, s.gate_low, s.gate_high)
+        g = float(reg.extra.get('gate', gate(reg.gain, s.gate_low, s.gate_high)))
         if g > 0.0:
             reg = reg_mod.with_gate(reg, g)
             coarse = reg_mod.flow_field(reg, step=8)
