@@ -57,6 +57,8 @@ _LOCAL_WINDOW = 7     # cells: window of the local mean gradient magnitude
 _MIN_CELLS = 12       # cells along each side the coarsest level keeps at least
 _HUBER = 1.0          # Huber threshold on a cell's descriptor residual (descriptor units)
 CAPTURE_METHOD = cv2.TM_CCOEFF_NORMED   # zero-mean: the descriptors' mean level does not score
+RHO_TOL = 2e-4       # a correlation change below this between iterations: converged
+STOP_CELLS = 0.03    # cells: an ECC update that moves no corner further has converged
 REUSE_SLACK = 0.02    # gain a warm start may lose beyond reuse_gain (aligned pairs measure 0.02-0.08)
 
 
@@ -122,18 +124,18 @@ class RegistrationConfig:
     def factors(self, width: int, height: int) -> tuple[int, int, int]:
         """Downsampling factors ``(search, global, fine)`` of the three levels.
 
-        16, 8, 4 at 640 px wide; halved per halving of the width, keeping at least
-        ``_MIN_CELLS`` cells per side at the search level.
+        16, 8, 4 at 640 px wide: the power of two nearest to ``16 * width / 640``, keeping
+        at least ``_MIN_CELLS`` cells per side at the search level.
 
         Example:
-            >>> RegistrationConfig().factors(640, 480), RegistrationConfig().factors(320, 256)
-            ((16, 8, 4), (8, 4, 2))
+            >>> cfg = RegistrationConfig()
+            >>> cfg.factors(640, 480), cfg.factors(506, 330), cfg.factors(320, 256)
+            ((16, 8, 4), (16, 8, 4), (8, 4, 2))
         """
         top = 16.0 * width / self.reference_width
-        top = min(top, width / _MIN_CELLS, height / _MIN_CELLS)
-        f = 1
-        while f * 2 <= top:
-            f *= 2
+        f = 2 ** max(0, int(round(math.log2(max(top, 1.0)))))
+        while f > 1 and (width / f < _MIN_CELLS or height / f < _MIN_CELLS):
+            f //= 2
         return f, max(1, f // 2), max(1, f // 4)
 
 
@@ -608,7 +610,7 @@ def ecc_terms(level: _Level, h_px: np.ndarray, jac: np.ndarray | None
 
 
 def refine_global(level: _Level, size: tuple[int, int], h_px: np.ndarray, model: str, iters: int,
-                  damping: float = 1e-3) -> tuple[np.ndarray, int]:
+                  damping: float = 1e-3, stop_cells: float = STOP_CELLS) -> tuple[np.ndarray, int]:
     """Maximise the normalised correlation of the descriptors over ``model`` at one level (ECC).
 
     Enhanced-correlation (ECC) Gauss-Newton steps, forward compositional: each
@@ -616,7 +618,7 @@ def refine_global(level: _Level, size: tuple[int, int], h_px: np.ndarray, model:
     and solves for the small motion that best raises the zero-mean normalised
     correlation with the visible descriptor over all channels of the inner cells
     (:func:`ecc_terms`). A step that lowers the correlation is halved (twice at most),
-    then the refinement stops. Correlation, unlike a sum of squared differences, does
+    then the refinement stops; so does one that changes it by less than ``RHO_TOL``. Correlation, unlike a sum of squared differences, does
     not reward moving the thermal image's strong-edge areas out of the measured
     window, so the estimate does not drift in scale on aligned pairs.
 
@@ -627,10 +629,10 @@ def refine_global(level: _Level, size: tuple[int, int], h_px: np.ndarray, model:
         model: one of :data:`MODELS`.
         iters: iterations (each one warp of the thermal descriptor).
         damping: Levenberg-Marquardt damping relative to the diagonal.
+        stop_cells: stop when an update moves no inner corner by more than this (cells).
 
     Returns:
-        ``(refined map, iterations run)``; stops early when the update moves no cell by
-        more than 0.01 cell.
+        ``(refined map, iterations run)``.
     """
     _, rr = level.ref()
     jac = level.jacobian(size, model)   # (n, 2, h, w)
@@ -643,7 +645,10 @@ def refine_global(level: _Level, size: tuple[int, int], h_px: np.ndarray, model:
         run += 1
         hess, gw, gr, ww, rw = ecc_terms(level, h_px, jac)
         rho = rw / max(math.sqrt(ww * rr), 1e-12)
-        if prev is not None and rho < prev[2] - 1e-5:
+        if prev is not None and abs(rho - prev[2]) < RHO_TOL:   # converged: keep the better one
+            h_px = h_px if rho >= prev[2] else prev[0]
+            break
+        if prev is not None and rho < prev[2]:
             if halvings >= 2:
                 h_px = prev[0]
                 break
@@ -664,8 +669,9 @@ def refine_global(level: _Level, size: tuple[int, int], h_px: np.ndarray, model:
             step = max(lam1, lam2) * hr - hw
         prev = (h_px, step, rho)
         h_px = compose(h_px, motion(model, step, size))
-        if np.abs(_jacobian_maps_step(jac[:, :, ::jac.shape[2] - 1, ::jac.shape[3] - 1], step)).max() < 0.01:
-            break   # no inner corner moves by 0.01 cell (the maps' extremes are at the corners)
+        corners = jac[:, :, ::jac.shape[2] - 1, ::jac.shape[3] - 1]   # the maps' extremes are there
+        if np.abs(_jacobian_maps_step(corners, step)).max() < stop_cells:
+            break
     return h_px, run
 
 
