@@ -115,6 +115,13 @@ class CorrectorConfig:
                                '0.11 (night) to 0.54.', range=(0.0, 1.0))
     full_confidence: float = _f(0.13, 'register_refuse: confidence from which the estimate is applied '
                                 'in full (linear ramp from min_confidence).', range=(0.0, 1.0))
+    min_correlation: float = _f(0.18, 'register_refuse: edge-descriptor correlation of the estimate at '
+                                'and below which the frame passes unchanged (no common structure): '
+                                'unrelated pairs measure 0.10-0.21, registered ones 0.25-0.73.',
+                                range=(-1.0, 1.0))
+    full_correlation: float = _f(0.24, 'register_refuse: correlation from which the estimate is '
+                                 'applied in full (linear ramp from min_correlation; multiplies the '
+                                 'confidence ramp).', range=(-1.0, 1.0))
     dead_zone_px: float = _f(1.0, 'register_refuse: mean displacement (px) under which a frame counts '
                              'as aligned and passes unchanged.', range=(0.0, 20.0))
     holes: str = _f('uncorrected', 'register_refuse: output where the registered thermal image has no '

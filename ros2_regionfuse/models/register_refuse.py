@@ -67,6 +67,8 @@ class RefuseSettings:
             estimate is ignored. Aligned LLVIP and MSRS pairs give 0.02-0.08, pairs
             with a rig-range misalignment 0.11 (night) to 0.54.
         gate_high: gain from which the estimate is applied in full (linear in between).
+        correlation_low, correlation_high: the same ramp on the descriptor correlation the
+            estimate reaches (:func:`confidence_gate`).
         dead_zone_px: mean displacement (px) under which a frame counts as aligned.
         gate_smoothing: while the warm start is kept, the gate moves this share of the way
             from the last frame's value to the new one (an exponential average over ~4
@@ -81,6 +83,8 @@ class RefuseSettings:
 
     gate_low: float = 0.09
     gate_high: float = 0.13
+    correlation_low: float = 0.18
+    correlation_high: float = 0.24
     dead_zone_px: float = 1.0
     m_scale: float = 0.1
     gate_smoothing: float = 0.25
@@ -99,6 +103,22 @@ def gate(gain: float, low: float, high: float) -> float:
     if high <= low:
         return float(gain >= high)
     return float(min(max((gain - low) / (high - low), 0.0), 1.0))
+
+
+def confidence_gate(reg: Registration, s: RefuseSettings) -> float:
+    """The share of ``reg``'s motion to apply: the gain ramp times the correlation ramp.
+
+    The gain (how much the estimate explains beyond no motion) separates aligned from
+    misaligned pairs; the correlation reached (``reg.extra['rho']``) separates a pair
+    with common structure from an unrelated one, whose best of many hypotheses also
+    gains: unrelated LLVIP/MSRS pairs reach 0.10-0.16, RoadScene ones 0.13-0.21 (two
+    frames of one drive 0.29); registered pairs 0.25 (MSRS at night) to 0.73.
+    """
+    g = gate(reg.gain, s.gate_low, s.gate_high)
+    rho = reg.extra.get('rho')
+    if rho is not None:
+        g *= gate(float(rho), s.correlation_low, s.correlation_high)
+    return g
 
 
 def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -199,7 +219,7 @@ class RegisterRefuseCorrector:
             prior = self._prior
             search = bool(s.search_every) and self._since_search >= s.search_every
         out = reg_mod.register(visible, thermal, s.registration, prior, search=search)
-        g = gate(out.gain, s.gate_low, s.gate_high)
+        g = confidence_gate(out, s)
         with self._lock:
             if not out.searched and self._gate is not None:   # the same rig: the gate moves smoothly
                 g = self._gate + s.gate_smoothing * (g - self._gate)
@@ -243,7 +263,7 @@ class RegisterRefuseCorrector:
         h, w = fused.shape[-2:]
         reg = align_params if isinstance(align_params, Registration) and align_params.size == (h, w) \
             else self.register(_plane(visible_y), _plane(thermal))
-        g = float(reg.extra.get('gate', gate(reg.gain, s.gate_low, s.gate_high)))
+        g = float(reg.extra.get('gate', confidence_gate(reg, s)))
         if g > 0.0:
             reg = reg_mod.with_gate(reg, g)
             coarse = reg_mod.flow_field(reg, step=8)
@@ -291,6 +311,8 @@ def settings_from(cfg: object, native: bool = True) -> RefuseSettings:
     rcfg = replace(base.registration, native=native, model=getattr(cfg, 'model', base.registration.model),
                    search_px=float(getattr(cfg, 'search_px', base.registration.search_px)))
     return replace(base, gate_low=float(getattr(cfg, 'min_confidence', base.gate_low)),
+                   correlation_low=float(getattr(cfg, 'min_correlation', base.correlation_low)),
+                   correlation_high=float(getattr(cfg, 'full_correlation', base.correlation_high)),
                    gate_high=float(getattr(cfg, 'full_confidence', base.gate_high)),
                    dead_zone_px=float(getattr(cfg, 'dead_zone_px', base.dead_zone_px)),
                    holes=str(getattr(cfg, 'holes', base.holes)),

@@ -72,6 +72,7 @@ _SIGNATURES = {
     'rf_luma_u8': (_U8, ctypes.c_long, ctypes.c_float, ctypes.c_float, ctypes.c_float, _F),
     'rf_recolour_u8': (_U8, _F, _F, ctypes.c_long, _I, ctypes.c_float, ctypes.c_float, _U8),
     'rf_ecc_terms': (_F, _I, _I, _I, _F, _I, _I, _I, _I, _F, _I, _DP, _DP, _DP, _DP),
+    'rf_ecc_terms_affine': (_F, _I, _I, _I, _F, _I, _I, _I, _I, _D, _D, _D, _D, _D, _DP, _DP, _DP, _DP),
 }
 
 
@@ -484,3 +485,40 @@ def ecc_terms(warped: np.ndarray, ref: np.ndarray, inner: tuple[slice, slice], j
     if rc != 0:
         raise ValueError(f'ecc_terms: the kernel rejected the shapes (code {rc})')
     return hess[:n, :n], gw[:n], gr[:n], float(stats[0]), float(stats[1])
+
+
+def ecc_terms_affine(warped: np.ndarray, ref: np.ndarray, inner: tuple[slice, slice],
+                     coords: tuple[float, float, float, float, float]
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float] | None:
+    """:func:`ecc_terms` for the affine model, from moments (no Jacobian maps; None: kernels unavailable).
+
+    Args:
+        warped, ref, inner: as :func:`ecc_terms`.
+        coords: ``(u0, du, v0, dv, s)``: the inner cell ``(i, j)`` has centred coordinates
+            ``(u0 + du j, v0 + dv i)``; ``s`` converts centred units to cells. The affine
+            Jacobian maps are then ``s (u, v, 1, 0, 0, 0)`` (x) and ``s (0, 0, 0, u, v, 1)`` (y).
+
+    Returns:
+        ``(hess (6, 6), gw (6,), gr (6,), ww, rw)``.
+    """
+    lib = load()
+    if lib is None:
+        return None
+    lh, lw, c = warped.shape
+    ys, xs = inner
+    hi, wi = ys.stop - ys.start, xs.stop - xs.start
+    for a, name in ((warped, 'warped'), (ref, 'ref')):
+        if a.dtype != np.float32 or not a.flags.c_contiguous:
+            raise ValueError(f'ecc_terms_affine: {name} must be C-contiguous float32')
+    if ref.shape != (hi, wi, c):
+        raise ValueError(f'ecc_terms_affine: ref {ref.shape} does not fit {hi}x{wi} inner cells '
+                         f'of {c} channels')
+    hess, gw, gr, stats = np.zeros((6, 6)), np.zeros(6), np.zeros(6), np.zeros(2)
+    dp = ctypes.POINTER(ctypes.c_double)
+    u0, du, v0, dv, s = (float(v) for v in coords)
+    rc = lib.rf_ecc_terms_affine(_ptr(warped), lh, lw, c, _ptr(ref), ys.start, xs.start, hi, wi, u0, du, v0,
+                                 dv, s, hess.ctypes.data_as(dp), gw.ctypes.data_as(dp), gr.ctypes.data_as(dp),
+                                 stats.ctypes.data_as(dp))
+    if rc != 0:
+        raise ValueError(f'ecc_terms_affine: the kernel rejected the shapes (code {rc})')
+    return hess, gw, gr, float(stats[0]), float(stats[1])

@@ -834,10 +834,12 @@ int rf_ecc_terms(const float *wt, int lh, int lw, int c, const float *ref, int y
                 s[k] += v;
                 q += v * v;
                 rr += rf[k] * v;
+            }
+            if (n == 0) continue;
+            for (int k = 0; k < c; ++k) {
                 gxc[k] = 0.5f * (row[(size_t)(xc + 1) * c + k] - row[(size_t)(xc - 1) * c + k]);
                 gyc[k] = 0.5f * (dn[(size_t)x * c + k] - up[(size_t)x * c + k]);
             }
-            if (n == 0) continue;
             float u[8][8];
             for (int p = 0; p < n; ++p) {
                 const float jx = jac[(size_t)(2 * p) * plane + at], jy = jac[(size_t)(2 * p + 1) * plane + at];
@@ -878,5 +880,118 @@ int rf_ecc_terms(const float *wt, int lh, int lw, int c, const float *ref, int y
         gr[p] = R[p];
         for (int l = 0; l < n; ++l) hess[p * n + l] = l >= p ? H[p][l] : H[l][p];
     }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * rf_ecc_terms for an affine motion, from moments: the same outputs as rf_ecc_terms with the
+ * affine Jacobian maps jx = s (u, v, 1, 0, 0, 0), jy = s (0, 0, 0, u, v, 1), where the inner cell
+ * (i, j) has centred coordinates u = u0 + du j, v = v0 + dv i, without the maps. Per cell only the
+ * structure tensor and four gradient products are formed; their moments in u and v are summed per
+ * row and weighted by v at the row's end (a third of rf_ecc_terms' arithmetic).
+ * Out: hess[36], gw[6], gr[6], stats[2] as rf_ecc_terms. Returns 0 or -2 (invalid sizes). */
+int rf_ecc_terms_affine(const float *wt, int lh, int lw, int c, const float *ref, int y0, int x0, int hi,
+                        int wi, double u0, double du, double v0, double dv, double s, double *hess,
+                        double *gw, double *gr, double *stats) {
+    if (c < 1 || c > 8 || hi < 1 || wi < 1 || y0 < 0 || x0 < 0 || y0 + hi > lh || x0 + wi > lw
+        || lh < 3 || lw < 3) return -2;
+    const size_t rowst = (size_t)lw * c;
+    double mean[8] = {0}, sq = 0.0, rw = 0.0;
+    for (int i = 0; i < hi; ++i) {
+        const float *row = wt + (size_t)(y0 + i) * rowst + (size_t)x0 * c;
+        const float *rf = ref + (size_t)i * wi * c;
+        float ms[8] = {0}, q = 0.f, rr = 0.f;
+        for (int j = 0; j < wi; ++j)
+            for (int k = 0; k < c; ++k) {
+                const float v = row[(size_t)j * c + k];
+                ms[k] += v;
+                q += v * v;
+                rr += rf[(size_t)j * c + k] * v;
+            }
+        for (int k = 0; k < c; ++k) mean[k] += ms[k];
+        sq += q;
+        rw += rr;
+    }
+    const double cells = (double)hi * wi;
+    double ww = sq;
+    for (int k = 0; k < c; ++k) {
+        ww -= mean[k] * mean[k] / cells;
+        mean[k] /= cells;
+    }
+    float mf[8];
+    for (int k = 0; k < c; ++k) mf[k] = (float)mean[k];
+    /* moments: T[t][m] for the tensors t = xx, xy, yy and m = 1, u, v, uu, uv, vv;
+     * G[g][m] for g = Bx, By, Rx, Ry and m = 1, u, v */
+    double T[3][6] = {{0}}, G[4][3] = {{0}};
+    for (int i = 0; i < hi; ++i) {
+        const int y = y0 + i;
+        const int yc = y == 0 ? 1 : (y == lh - 1 ? lh - 2 : y);
+        const float *up = wt + (size_t)(yc - 1) * rowst, *dn = wt + (size_t)(yc + 1) * rowst;
+        const float *row = wt + (size_t)y * rowst;
+        const float *rf = ref + (size_t)i * wi * c;
+        float t0[3] = {0}, t1[3] = {0}, t2[3] = {0}, g0[4] = {0}, g1[4] = {0};
+        for (int j = 0; j < wi; ++j) {
+            const int x = x0 + j;
+            const int xc = x == 0 ? 1 : (x == lw - 1 ? lw - 2 : x);
+            const float u = (float)(u0 + du * j);
+            float sxx = 0.f, sxy = 0.f, syy = 0.f, bx = 0.f, by = 0.f, rx = 0.f, ry = 0.f;
+            for (int k = 0; k < c; ++k) {
+                const float gx = 0.5f * (row[(size_t)(xc + 1) * c + k] - row[(size_t)(xc - 1) * c + k]);
+                const float gy = 0.5f * (dn[(size_t)x * c + k] - up[(size_t)x * c + k]);
+                const float iw = row[(size_t)x * c + k] - mf[k], r = rf[(size_t)j * c + k];
+                sxx += gx * gx;
+                sxy += gx * gy;
+                syy += gy * gy;
+                bx += gx * iw;
+                by += gy * iw;
+                rx += gx * r;
+                ry += gy * r;
+            }
+            const float st[3] = {sxx, sxy, syy}, gg[4] = {bx, by, rx, ry};
+            for (int t = 0; t < 3; ++t) {
+                t0[t] += st[t];
+                t1[t] += u * st[t];
+                t2[t] += u * u * st[t];
+            }
+            for (int g = 0; g < 4; ++g) {
+                g0[g] += gg[g];
+                g1[g] += u * gg[g];
+            }
+        }
+        const double v = v0 + dv * i;
+        for (int t = 0; t < 3; ++t) {
+            T[t][0] += t0[t];
+            T[t][1] += t1[t];
+            T[t][2] += v * t0[t];
+            T[t][3] += t2[t];
+            T[t][4] += v * t1[t];
+            T[t][5] += v * v * t0[t];
+        }
+        for (int g = 0; g < 4; ++g) {
+            G[g][0] += g0[g];
+            G[g][1] += g1[g];
+            G[g][2] += v * g0[g];
+        }
+    }
+    /* basis functions of the Jacobian: (u, v, 1) -> the moment index of a product */
+    static const int prod[3][3] = {{3, 4, 1}, {4, 5, 2}, {1, 2, 0}};
+    static const int single[3] = {1, 2, 0};
+    const double s2 = s * s;
+    for (int a = 0; a < 3; ++a)
+        for (int b = 0; b < 3; ++b) {
+            const int m = prod[a][b];
+            hess[a * 6 + b] = s2 * T[0][m];
+            hess[a * 6 + 3 + b] = s2 * T[1][m];
+            hess[(3 + a) * 6 + b] = s2 * T[1][m];
+            hess[(3 + a) * 6 + 3 + b] = s2 * T[2][m];
+        }
+    for (int a = 0; a < 3; ++a) {
+        gw[a] = s * G[0][single[a]];
+        gw[3 + a] = s * G[1][single[a]];
+        gr[a] = s * G[2][single[a]];
+        gr[3 + a] = s * G[3][single[a]];
+    }
+    stats[0] = ww;
+    stats[1] = rw;
     return 0;
 }
