@@ -100,8 +100,9 @@ class RegistrationConfig:
             MSRS 7.3 against 9.0 px (frames off by more than 8 px: 7 against 12 of 54) at
             +8 ms; it captures the night scenes whose global search misses.
         polish_iters: ECC iterations of the final estimate at twice the finest level's
-            resolution where that is 1/2 or coarser (1/2 of a 640x480 frame; 0: none). On LLVIP test pairs under 7 deg and
-            35 px the error against the exact field less the pair's own offset falls from
+            resolution where that is 1/2 or coarser (1/2 of a 640x480 frame; 0: none). On
+            LLVIP test pairs under 7 deg and 35 px the error against the exact field less the
+            pair's own offset falls from
             0.4-1.5 to 0.2-0.6 px; rig-range flow error 2.36 against 2.81 px; +5 ms cold,
             +6 ms warm.
         native: compute each refinement iteration's terms in one C pass
