@@ -343,9 +343,9 @@ class _Models:
         cfg = PipelineConfig()
         cfg = replace(cfg, corrector=replace(cfg.corrector, variant=args.corrector_variant,
                                              checkpoint=args.corrector_checkpoint))
-        fusion_runner = TorchFusionRunner(self.fusion, native=cfg.native_kernels)
+        self.fusion_runner = TorchFusionRunner(self.fusion, native=cfg.native_kernels)
         self.corrector, self.corrector_card = build_runner('corrector', cfg, torch.device('cpu'),
-                                                           fusion=fusion_runner)
+                                                           fusion=self.fusion_runner)
         self._size: tuple[int, ...] = ()
 
     @torch.inference_mode()
@@ -360,6 +360,7 @@ class _Models:
         tf, tv, tt = (convert.to_tensor(x) for x in (fused, visible, thermal))
         if tf.shape != self._size:   # a new image size is traced first: untimed, as a stream's first frame
             self.corrector(tf, tv, tt)
+            self.fusion_runner(tt, tv)   # the fusion that register_refuse runs again, built at this size
             self._size = tf.shape
         if hasattr(self.corrector, 'reset'):
             self.corrector.reset()   # independent frames: no warm start from the previous one

@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from ..core.config import FusionConfig, _f
-from ..core.weights import WEIGHTS_DIR, load_weights, save_weights
+from ..core.weights import load_weights, save_weights
 from ..models.corrector import Corrector, trained_output
 from ..models.registry import build_corrector
 from .checkpoint import load_state, save_state
@@ -55,8 +55,8 @@ class TrainCorrectorConfig:
 
     data: str = _f(str(REPO.parent / 'shared' / 'data' / 'ivif'), 'Root of the ivif data sets.')
     out: str = _f('runs/corrector', 'Folder of the resumable training state.')
-    weights: str = _f('', 'Where the final weights (+ .json model card) are written; empty = the '
-                      "shipped weights of the variant (ros2_regionfuse/weights/<variant>.safetensors).")
+    weights: str = _f('', 'Where the final weights (+ .json model card) are written; empty = '
+                      '<out>/final.safetensors (the shipped weights change only when copied or named here).')
     variant: str = _f('corrector_lite', 'Learned corrector variant (corrector_lite or corrector_fast).')
     fusion_variant: str = _f(FusionConfig().variant, "Frozen fusion variant (default: the pipeline's).")
     fusion_checkpoint: str = _f('', 'Fusion weights (or a train-fusion last.safetensors); '
@@ -238,7 +238,7 @@ def train(cfg: TrainCorrectorConfig) -> Path:
         'preprocessing': {'input': 'fused luminance, visible luminance (BT.601 Y), thermal; '
                                    'float in [0, 1], (B, 1, H, W)'},
     }
-    final = Path(cfg.weights) if cfg.weights else WEIGHTS_DIR / f'{cfg.variant}.safetensors'
+    final = Path(cfg.weights) if cfg.weights else Path(cfg.out) / 'final.safetensors'
     save_weights(model, final, card)
     log.info('wrote %s', final)
     return final
