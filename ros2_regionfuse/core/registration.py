@@ -416,7 +416,7 @@ class _Level:
         if 'ref' not in self.cache:
             ys, xs = self.inner
             r = self.dv[ys, xs]
-            r = np.ascontiguousarray(r - r.mean((0, 1)), np.float32)
+            r = np.ascontiguousarray(r - r.reshape(-1, r.shape[-1]).mean(0), np.float32)
             self.cache['ref'] = (r, float(np.vdot(r, r)))
         return self.cache['ref']
 
@@ -428,14 +428,26 @@ class _Level:
         return self.cache[key]
 
 
+class _Levels(dict):
+    """The pyramid's levels by factor, each built on first use (a warm start needs only the finest)."""
+
+    def __init__(self, base: list[np.ndarray], fine: int, cfg: RegistrationConfig) -> None:
+        super().__init__()
+        self.base, self.fine, self.cfg = base, fine, cfg
+
+    def __missing__(self, f: int) -> _Level:
+        lv = self[f] = _level(*(pool(b, f // self.fine) for b in self.base), f, self.cfg)
+        return lv
+
+
 def _levels(visible: np.ndarray, thermal: np.ndarray, cfg: RegistrationConfig) -> dict[int, _Level]:
+    """The levels of :meth:`RegistrationConfig.factors` (built lazily, :class:`_Levels`)."""
     h, w = visible.shape
-    fs = sorted(set(cfg.factors(w, h)))
-    fine = fs[0]
+    fine = min(cfg.factors(w, h))
     base = [pool(x, fine) for x in (visible, thermal)]
     if cfg.stretch:
         base = [_stretch(b) for b in base]
-    return {f: _level(*(pool(b, f // fine) for b in base), f, cfg) for f in fs}
+    return _Levels(base, fine, cfg)
 
 
 def _level(v: np.ndarray, t: np.ndarray, f: int, cfg: RegistrationConfig) -> _Level:
@@ -934,8 +946,15 @@ def register(visible: np.ndarray, thermal: np.ndarray, cfg: RegistrationConfig |
     searched = True
     best_h, best_rho = np.eye(3), rho_zero
     runner_up = float('nan')
+    polish = cfg.polish_iters > 0 and ff >= 4   # at 1/2 or coarser
+    polished = None
     if prior is not None and prior.size == size:
-        h0, it = refine_global(fine, size, prior.homography, cfg.model, cfg.iters[1])
+        # a warm start is near its optimum already: refined where the estimate ends (polish level)
+        if polish:
+            h0, it = _polish(visible, thermal, size, prior.homography, ff // 2, cfg)
+            polished = h0
+        else:
+            h0, it = refine_global(fine, size, prior.homography, cfg.model, cfg.iters[1])
         iterations += it
         rho0 = correlation(fine, h0)
         if confidence(rho0, rho_zero) >= cfg.reuse_gain * prior.gain_global - REUSE_SLACK:
@@ -962,7 +981,7 @@ def register(visible: np.ndarray, thermal: np.ndarray, cfg: RegistrationConfig |
         far = DISTINCT_PX * ww / cfg.reference_width
         others = [r for r, h1 in refined if _corner_distance(h1, best_h, size) > far]
         runner_up = max(others, default=rho_zero)
-    if cfg.polish_iters > 0 and ff >= 4 and best_rho > rho_zero:   # polish at 1/2 or coarser
+    if polish and best_rho > rho_zero and best_h is not polished:
         best_h, it = _polish(visible, thermal, size, best_h, ff // 2, cfg)
         iterations += it
         best_rho = correlation(fine, best_h)

@@ -343,7 +343,7 @@ def test_native_ecc_terms_equal_numpy(test_data) -> None:
     for model in R.MODELS:
         lv_c = R._levels(y, t, R.RegistrationConfig(native=True))
         lv_n = R._levels(y, t, R.RegistrationConfig(native=False))
-        for f in lv_c:
+        for f in sorted(set(R.RegistrationConfig().factors(size[1], size[0]))):
             assert lv_c[f].native and not lv_n[f].native
             a, b = R.ecc_terms(lv_c[f], h_px, model, size), R.ecc_terms(lv_n[f], h_px, model, size)
             for x, z in zip(a, b):
