@@ -3,7 +3,7 @@
 Reads the thermal and RGB image topics of a bag in log-time order, pairs the
 frames by header stamp with the node's synchronizer
 (:class:`~ros2_regionfuse.core.sync.ApproximateTimeSync`), runs
-:class:`~ros2_regionfuse.core.pipeline.FusionPipeline` on every pair and
+:class:`~ros2_regionfuse.inference.pipeline.FusionPipeline` on every pair and
 writes ``fused/image``, ``fused/misregistration`` (32FC1), ``fused/flow``
 (32FC2), ``fused/misregistration/overlay``, ``fused/camera_info`` and
 ``fused/status`` (FusionStatus) with headers copied from the RGB input. The
@@ -183,7 +183,7 @@ class BagFuser:
     """Pairs, fuses and writes; one instance per output bag."""
 
     def __init__(self, cfg: NodeConfig, writer: bagio.BagWriter, prefix: str) -> None:
-        from ..core.pipeline import FusionPipeline
+        from ..inference.pipeline import FusionPipeline
         self.cfg = cfg
         self.pipe = FusionPipeline(cfg.pipeline)
         self.sync: ApproximateTimeSync = ApproximateTimeSync(

@@ -269,10 +269,6 @@ def model_cost(kind: str, variant: str, size: tuple[int, int]) -> dict[str, floa
     return {'gflops': profiling.count_flops(m, *x) / 1e9, 'params': profiling.count_params(m)}
 
 
-def _import_references() -> None:
-    from ..models import reference  # noqa: F401  (registers reference_dense)
-
-
 # ---------------------------------------------------------------------------
 # timing
 # ---------------------------------------------------------------------------
@@ -394,8 +390,7 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run the benchmark described by ``args`` and return the JSON-ready report."""
-    from ..core.pipeline import FusionPipeline
-    _import_references()
+    from ..inference.pipeline import FusionPipeline
     sizes = [parse_size(s) for s in (args.size or DEFAULTS.sizes)]
     ref_sizes = [parse_size(s) for s in (args.reference_sizes or [args.size[0] if args.size
                                                                   else DEFAULTS.sizes[0]])]
@@ -563,13 +558,13 @@ def format_report(rep: dict[str, Any]) -> str:
                 lines.append(f'  {k:<12s} {st[k]["median"]:9.2f} {st[k]["p95"]:9.2f}')
             if 'align_concurrent' in st:
                 ga = st['align_concurrent']['median']
-                lines.append(f"  (the corrector's source-only work, {ga:.2f} ms (global registration, source "
-                             "part of the learned stages), ran on a helper thread during the fusion: "
-                             'corrector.align_stage auto)')
+                lines.append(f"  (the corrector's source-only work, {ga:.2f} ms (its registration; for a "
+                             "learned corrector also its learned stages' source part), ran on a helper "
+                             'thread during the fusion: corrector.align_stage auto)')
             u = res.get('corrector_unchanged')
             if u:
                 lines.append(f'  (corrector left {u["frames"]} of {u["of"]} timed frames unchanged: found '
-                             'aligned, learned stages skipped)')
+                             'aligned or not confidently registered)')
             for kind, cost in res['cost'].items():
                 lines.append(f'  {kind:<12s} {cost["gflops"]:9.2f} GFLOPs {cost["params"]:>9,d} params')
         for name, r in res.get('references', {}).items():

@@ -67,6 +67,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -76,7 +77,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..core import convert
+from ..core import convert, profiling
 from ..core.checks import ConfigError
 from ..core.config import CorrectorConfig as CorrectorSettings
 from ..core.config import FusionConfig as FusionSettings
@@ -526,7 +527,8 @@ def summarise(frames: list[Frame], aligned: list[dict], fuse_ms: list[float], mo
           'mean_m': float(np.mean([a['mean_m'] for a in aligned])),
           'mean_flow_px': float(np.mean([a['mean_flow'] for a in aligned])),
           'reference_check': summarise_reference_check([a['reference_check'] for a in aligned])}
-    return {'levels': summary, 'aligned': al, 'fusion_ms_median': float(np.median(fuse_ms)),
+    return {'command': ' '.join(['regionfuse', *sys.argv[1:]]), 'machine': profiling.machine_info(),
+            'levels': summary, 'aligned': al, 'fusion_ms_median': float(np.median(fuse_ms)),
             'fusion': models.fusion_info, 'corrector': models.corrector_card.get('name', ''),
             'args': {k: v for k, v in vars(args).items()}, 'threads': args.threads,
             'frames': [f.__dict__ for f in frames], 'aligned_pairs': aligned}

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 import zlib
 from dataclasses import dataclass, field, replace
@@ -53,12 +54,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..core import convert
+from ..core import convert, profiling
 from ..core import registration as reg_mod
 from ..core.checks import ConfigError
 from ..core.config import PipelineConfig
 from ..core.imageio import read_gray, read_rgb
-from ..core.pipeline import FusionPipeline
+from ..inference.pipeline import FusionPipeline
 from ..models.register_refuse import warp_by
 from ..training.rig_misalignment import (
     RigRange,
@@ -498,7 +499,8 @@ def run(args: argparse.Namespace) -> dict:
         work += [(s, t, v) for t, v in pairs]
     for s, t, v in tqdm(work, desc='eval-registration rig', dynamic_ncols=True):
         bench.run_pair(s, t, v, seeds[s.name])
-    return {'sets': bench.summary(), 'roles': {s.name: s.role for s in sets},
+    return {'command': ' '.join(['regionfuse', *sys.argv[1:]]), 'machine': profiling.machine_info(),
+            'sets': bench.summary(), 'roles': {s.name: s.role for s in sets},
             'corrector': bench.pipe.corrector_name, 'seeds': seeds, 'threads': args.threads,
             'rig_range': RigRange().__dict__, 'frames': [f.__dict__ for f in bench.frames],
             'aligned_pairs': bench.aligned}

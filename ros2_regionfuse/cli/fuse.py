@@ -1,6 +1,6 @@
 r"""``regionfuse fuse``: fuse thermal + RGB image files or folders offline.
 
-Builds :class:`~ros2_regionfuse.core.pipeline.FusionPipeline` from a
+Builds :class:`~ros2_regionfuse.inference.pipeline.FusionPipeline` from a
 :class:`~ros2_regionfuse.core.config.PipelineConfig` (defaults, then
 ``--config`` YAML, then flags), runs every pair and writes
 
@@ -165,7 +165,7 @@ def pair_outputs(pair: ImagePair, res: Any, out: Path, save_maps: bool) -> list[
 
     Args:
         pair: the input pair (its stem names the outputs).
-        res: the :class:`~ros2_regionfuse.core.pipeline.FusionResult`.
+        res: the :class:`~ros2_regionfuse.inference.pipeline.FusionResult`.
         out: output folder.
         save_maps: include the raw fusion and the corrector's maps.
 
@@ -215,7 +215,7 @@ def fuse_pair(pipe: Any, pair: ImagePair, correct: bool) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Fuse every pair; returns 0 (bad input raises RegionFuseError -> exit status 2)."""
-    from ..core.pipeline import FusionPipeline  # torch import only when this command runs
+    from ..inference.pipeline import FusionPipeline  # torch import only when this command runs
     cfg = build_config(args)
     pairs = select_pairs(args.thermal, args.rgb, args.skip_unmatched)
     if args.out.exists() and not args.out.is_dir():

@@ -207,7 +207,7 @@ def unit_luminance(rgb: np.ndarray, native: bool = False) -> np.ndarray:
     ``cv2.transform`` with the weights divided by 255 (equal to ~2e-7; 0.15 vs 0.24 ms at
     640x480, 0.8 vs 1.9 ms at 1280x1024), or with ``native`` one C pass when the fused
     kernels are available (:func:`ros2_regionfuse.native.luma_u8`; 0.1 vs 0.4 ms at 640x480
-    on the session-14 machine). Float RGB in [0, 1] goes to :func:`luminance`.
+    on an Intel Xeon VM, 2 cores). Float RGB in [0, 1] goes to :func:`luminance`.
 
     Example:
         >>> float(unit_luminance(np.full((2, 2, 3), 255, np.uint8))[0, 0])
@@ -410,7 +410,7 @@ def output_colour(rgb: np.ndarray, y: np.ndarray, bounds: tuple[float, float],
 
     With ``native``, 8-bit RGB and ``y_old`` given, one C pass when the fused kernels are
     available (:func:`ros2_regionfuse.native.recolour_u8`; 0.2 vs 1.5 ms at 640x480 on the
-    session-14 machine; equal except on exact halves, 1 LSB).
+    Intel Xeon VM; equal except on exact halves, 1 LSB).
 
     Args:
         rgb: ``(H, W, 3)`` uint8, or float32 in [0, 1] (the colour source).

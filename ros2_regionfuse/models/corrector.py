@@ -816,7 +816,7 @@ class Corrector(nn.Module):
         # the q x q block means ride along as more output columns (weights 1/s^2 and 1/q^2 on
         # their pixels), so the full-resolution input is read once. At 640x480 on 2 threads
         # 0.7 ms against 2.9 ms for the per-plane stride-s convolutions plus the q x q pooling
-        # (oneDNN is slow on one-channel convolutions; docs/performance.md, session 14).
+        # (oneDNN is slow on one-channel convolutions; docs/performance.md).
         conv, act = self.stem   # stride > 1: exactly [conv, act]
         k = conv.out_channels // 3
         n = len(streams)
@@ -1251,7 +1251,7 @@ def full_resolution_native(low: torch.Tensor, fused: torch.Tensor, visible: torc
     ``threads``: rows split over this many threads (same values; default 1). Only where the cores
     are otherwise idle: right after torch operations with more than one thread, libgomp's workers
     spin on the other cores, and the split was slower (15.68 vs 16.23 ms per 640x480 frame, 10 of 12
-    paired rounds; docs/performance.md, session 15).
+    paired rounds; docs/performance.md).
     """
     if output == 'refuse' and thermal is None:
         raise ValueError("full_resolution_native: output 'refuse' needs the thermal image")
@@ -1294,7 +1294,7 @@ def corrector_lite() -> Corrector:
     (traced runner, global registration excluded, untrained weights: cost does not depend on
     them): 15.8 ms vs 41.8 ms for ``corrector_fast`` in the same run.
 
-    Output ``refuse`` (since session 10): ``F + g * beta * (warp_M(T) - T) + b``, a first-order
+    Output ``refuse``: ``F + g * beta * (warp_M(T) - T) + b``, a first-order
     re-fusion with the bidirectionally warped thermal image, ``beta`` the fusion's local thermal
     weight (:func:`thermal_weight`, a least-squares fit over 48x48 px at 1/16), ``g = 1 + a`` and
     ``b`` from the Modality Retention Block: only the IR-derived content moves. Against the

@@ -84,9 +84,9 @@ class GlobalAlignConfig:
             downsampling factor is the largest power of two ``<= W / coarse_cells``
             (8 at 640x480), clamped to [1, 16]; each further level halves it.
         iters: Gauss-Newton iterations per level, coarse to fine. With the
-            inverse-compositional solver (8, 4) costs less than the former
-            forward-additive (6, 3) and matched or beat it on the evaluation
-            pairs (docs/performance.md, session 12).
+            inverse-compositional solver (8, 4) costs less than a
+            forward-additive (6, 3) and matches or beats it on the evaluation
+            pairs (docs/performance.md).
         blur: Gaussian sigma (cells of the level) applied to the descriptors.
         damping: Levenberg-Marquardt damping (relative to the diagonal).
         gain_low, gain_high: :func:`gain_gate` ramps from 0 at ``gain_low`` to

@@ -405,7 +405,7 @@ class OnnxModel:
 
     def __init__(self, kind: str, variant: str, checkpoint: str, device: torch.device,
                  threads: int = 0, module: nn.Module | None = None, global_start: bool = True) -> None:
-        from .runtime import load_model
+        from .loading import load_model
         if kind not in INPUT_NAMES:
             raise ConfigError(f'unknown model kind {kind!r}')
         self.kind, self.variant, self.device = kind, variant, device

@@ -1,4 +1,9 @@
-"""Model variants by name: ``name -> builder``; shipped weights are named after the variant."""
+"""Model variants by name: ``name -> builder``; shipped weights are named after the variant.
+
+The model files register their variants here (``@register_fusion``, ``@register_corrector``);
+the registry imports none of them: the package ``__init__`` imports the model files, so any
+import from ``ros2_regionfuse.models`` finds every variant registered.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -40,21 +45,12 @@ def register_corrector(name: str) -> Callable:
     return deco
 
 
-def _load_fusion() -> None:
-    from . import fusion_net  # noqa: F401  (registration side effect)
-
-
-def _load_corrector() -> None:
-    from . import corrector  # noqa: F401  (registration side effect)
-
-
 def build_fusion(name: str) -> nn.Module:
     """Build an untrained fusion model of variant ``name``.
 
     Raises:
         ConfigError: unknown variant.
     """
-    _load_fusion()
     if name not in _FUSION:
         raise ConfigError(f'unknown fusion variant {name!r}; known: {sorted(_FUSION)}')
     return _FUSION[name]()
@@ -66,7 +62,6 @@ def build_corrector(name: str) -> nn.Module:
     Raises:
         ConfigError: unknown variant.
     """
-    _load_corrector()
     if name not in _CORRECTOR:
         raise ConfigError(f'unknown corrector variant {name!r}; known: {sorted(_CORRECTOR)}')
     return _CORRECTOR[name]()
@@ -74,11 +69,9 @@ def build_corrector(name: str) -> nn.Module:
 
 def fusion_variants() -> list[str]:
     """Names of the registered fusion variants."""
-    _load_fusion()
     return sorted(_FUSION)
 
 
 def corrector_variants() -> list[str]:
     """Names of the registered corrector variants."""
-    _load_corrector()
     return sorted(_CORRECTOR)

@@ -49,7 +49,7 @@ SOURCE = Path(__file__).with_name('kernels.c')
 CFLAGS = ('-O3', '-march=native', '-ffast-math', '-fPIC', '-std=c11')
 # GCC's generic tuning (what -march=native gives where GCC does not know the CPU's model) emulates
 # AVX-512 gathers with scalar loads: the corrector's bilinear warps ran 1.6-1.9x slower on an Intel
-# Xeon (docs/performance.md, session 14). GCC only; other compilers keep their own choice.
+# Xeon (docs/performance.md). GCC only; other compilers keep their own choice.
 GCC_X86_FLAGS = ('-mtune-ctrl=use_gather',)
 LDFLAGS = ('-shared', '-lm', '-pthread')
 

@@ -1,6 +1,6 @@
 """``fuse_node``: thermal + RGB in, fused image, misregistration maps and status out.
 
-A thin lifecycle adapter over :class:`~ros2_regionfuse.core.pipeline.FusionPipeline`:
+A thin lifecycle adapter over :class:`~ros2_regionfuse.inference.pipeline.FusionPipeline`:
 
 * configure: read and validate the parameters, load the models (a missing
   weights file fails here, naming the file), create the publishers;
@@ -75,7 +75,7 @@ from .diagnostics import (
 from .params import ParameterValidator, declare_parameters, read_parameters
 
 if TYPE_CHECKING:
-    from ..core.pipeline import FusedFrame
+    from ..inference.pipeline import FusedFrame
 
 NODE_NAME = 'regionfuse'
 #: Seconds between two identical warnings (bad frames, pipeline errors).
@@ -163,7 +163,7 @@ class RegionFuseNode(LifecycleNode):
             log.error('sync.backend=message_filters needs the ROS message_filters package, which '
                       'is not installed here; use sync.backend: internal')
             return TransitionCallbackReturn.FAILURE
-        from ..core.pipeline import FusionPipeline, stage_threads
+        from ..inference.pipeline import FusionPipeline, stage_threads
         if self.cfg.overlap_stages and self.cfg.pipeline.threads == 0:
             import torch
             # The two stages share the cores. Set before the models are built: the ONNX Runtime

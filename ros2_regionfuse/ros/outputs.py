@@ -22,7 +22,7 @@ from ..msg import FusionStatus
 from . import msg_convert
 
 if TYPE_CHECKING:  # the pipeline (torch) is imported when the node configures, not at start-up
-    from ..core.pipeline import FusionResult
+    from ..inference.pipeline import FusionResult
 
 #: Encoding of fused/misregistration/overlay (RViz shows it as is).
 OVERLAY_ENCODING = 'bgr8'

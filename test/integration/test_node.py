@@ -37,8 +37,8 @@ from std_msgs.msg import Header  # noqa: E402
 
 from ros2_regionfuse.core.align import plane_homography  # noqa: E402
 from ros2_regionfuse.core.config import CorrectorConfig, FusionConfig, PipelineConfig  # noqa: E402
-from ros2_regionfuse.core.pipeline import FusionPipeline  # noqa: E402
 from ros2_regionfuse.core.weights import save_weights  # noqa: E402
+from ros2_regionfuse.inference.pipeline import FusionPipeline  # noqa: E402
 from ros2_regionfuse.ros import msg_convert as mc  # noqa: E402
 from ros2_regionfuse.ros.launch_args import command_line, default_params_file  # noqa: E402
 

@@ -10,7 +10,7 @@ import torch
 
 from ros2_regionfuse.core.config import PipelineConfig
 from ros2_regionfuse.core.imageio import read_gray, read_rgb
-from ros2_regionfuse.core.pipeline import FusionPipeline
+from ros2_regionfuse.inference.pipeline import FusionPipeline
 
 LEARNED = 'corrector_lite'
 

@@ -188,7 +188,7 @@ def test_eval_errors_write_nothing(test_data, pairs_copy, tmp_path, capsys):
 # ---------------------------------------------------------------------------
 
 def _pipeline(ckpt: Path, corrector: Path | None = None, correct: bool = False):
-    from ros2_regionfuse.core.pipeline import FusionPipeline
+    from ros2_regionfuse.inference.pipeline import FusionPipeline
     cfg = PipelineConfig(device='cpu')
     cfg.fusion.checkpoint = str(ckpt)
     cfg.corrector.enabled = correct or corrector is not None

@@ -20,7 +20,7 @@ from ros2_regionfuse.core.config import (
     to_dict,
     update_from_dict,
 )
-from ros2_regionfuse.core.pipeline import FusionPipeline, select_device
+from ros2_regionfuse.inference.pipeline import FusionPipeline, select_device
 from ros2_regionfuse.models.registry import build_fusion
 
 
@@ -179,7 +179,7 @@ def test_fuse_then_finish_equals_process(rng: np.random.Generator) -> None:
 
 
 def test_stage_threads_split_the_cores() -> None:
-    from ros2_regionfuse.core.pipeline import stage_threads
+    from ros2_regionfuse.inference.pipeline import stage_threads
     assert [stage_threads(2, c) for c in (1, 2, 3, 8)] == [1, 1, 1, 4]
     assert stage_threads(1, 6) == 6 and stage_threads(2) >= 1
 
@@ -188,7 +188,7 @@ def test_pipeline_keeps_opencv_single_threaded() -> None:
     """OpenCV's own thread pool contends with torch's workers: a pipeline sets it to one thread."""
     import cv2
 
-    from ros2_regionfuse.core.pipeline import OPENCV_THREADS
+    from ros2_regionfuse.inference.pipeline import OPENCV_THREADS
     before = cv2.getNumThreads()
     try:
         cv2.setNumThreads(4)

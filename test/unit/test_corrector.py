@@ -486,7 +486,7 @@ def test_pipeline_runs_the_global_registration_in_the_configured_stage(test_data
     same results, corrector time either way."""
     from ros2_regionfuse.core.config import PipelineConfig
     from ros2_regionfuse.core.imageio import read_gray, read_rgb
-    from ros2_regionfuse.core.pipeline import FusionPipeline
+    from ros2_regionfuse.inference.pipeline import FusionPipeline
     th = read_gray(test_data / 'ir' / '00537D.png')
     rgb = read_rgb(test_data / 'vi' / '00537D.png')
     moved = np.ascontiguousarray(np.roll(th, 6, axis=1))     # thermal 6 px to the right

@@ -88,7 +88,7 @@ def test_fuse_level_equals_the_torch_composition(rng, hw, net, clamp):
 def test_blending_exp_is_vectorised_by_gcc_on_x86():
     """The fusion's blending pass (the only expf of the kernels) calls libmvec's vector expf when GCC
     builds for x86-64 with AVX2 or AVX-512: its loop vectorises. A refactor that stopped it (scalar
-    expf in a loop that no longer vectorised) made the pass 3-5x slower in session 15."""
+    expf in a loop that no longer vectorised) makes the pass 3-5x slower."""
     cc = native._compiler()
     version = native._compiler_version(cc) if cc else ''
     flags = native._cpu_features()
@@ -278,7 +278,7 @@ def test_pipeline_outputs_with_and_without_kernels(test_data):
     """The whole pipeline with native_kernels on and off: the same 8-bit image to 1 LSB, same fields."""
     from ros2_regionfuse.core.config import PipelineConfig
     from ros2_regionfuse.core.imageio import read_gray, read_rgb
-    from ros2_regionfuse.core.pipeline import FusionPipeline
+    from ros2_regionfuse.inference.pipeline import FusionPipeline
     th = read_gray(test_data / 'ir' / '00537D.png', as_uint8=True)
     rgb = read_rgb(test_data / 'vi' / '00537D.png')
     outs = []

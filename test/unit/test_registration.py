@@ -12,7 +12,7 @@ from ros2_regionfuse.core import convert
 from ros2_regionfuse.core import registration as R
 from ros2_regionfuse.core.config import PipelineConfig
 from ros2_regionfuse.core.imageio import read_gray, read_rgb
-from ros2_regionfuse.core.pipeline import FusionPipeline
+from ros2_regionfuse.inference.pipeline import FusionPipeline
 from ros2_regionfuse.models.register_refuse import RefuseSettings, RegisterRefuseCorrector, gate
 from ros2_regionfuse.training.rig_misalignment import (
     RigDeformation,

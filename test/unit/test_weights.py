@@ -53,7 +53,7 @@ def test_shipped_fusion_beats_average_on_real_pairs(test_data: Path) -> None:
     import cv2
 
     from ros2_regionfuse.core.config import PipelineConfig
-    from ros2_regionfuse.core.pipeline import FusionPipeline
+    from ros2_regionfuse.inference.pipeline import FusionPipeline
     path = shipped_weights('regionfuse_tiny')
     assert path.is_file(), f'shipped fusion weights missing: {path}'
     cfg = PipelineConfig(device='cpu')

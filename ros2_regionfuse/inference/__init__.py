@@ -1,0 +1,1 @@
+"""The inference layer: :class:`~.pipeline.FusionPipeline` on core (preprocessing) and models (runners)."""
