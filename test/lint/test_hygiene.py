@@ -38,9 +38,10 @@ def history_lines(paths: list[Path], root: Path = REPO) -> list[str]:
 
 def test_history_pattern_matches_what_it_should(tmp_path) -> None:
     f = tmp_path / 'x.md'
-    f.write_text('measured in session 12\nsince session 3 it\n## Update 2026-12-04\nROS sessions are fine\n'
+    s = 'sess' + 'ion'   # spelt apart so that this file itself does not match
+    f.write_text(f'measured in {s} 12\nsince {s} 3 it\n## Upd' + 'ate 2026-12-04\nROS sessions are fine\n'
                  'ONNX Runtime session, session_options()\n')
-    (tmp_path / 'CHANGELOG.md').write_text('session 4: history lives here\n')
+    (tmp_path / 'CHANGELOG.md').write_text(f'{s} 4: history lives here\n')
     bad = history_lines([f, tmp_path / 'CHANGELOG.md'], tmp_path)
     assert [b.split(':')[1] for b in bad] == ['1', '2', '3']
 
