@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     'bench-node': ('bench_node', 'time the running node end to end over loopback DDS'),
     'export-onnx': ('export_onnx', 'export fusion and corrector to ONNX'),
     'bag': ('bag', 'fuse a whole ROS 2 bag offline'),
+    'calibrate': ('calibrate', "the rig's thermal->RGB homography from its own recordings"),
     'make-sample-bag': ('make_sample_bag', 'build the bundled demo recording from ../shared data'),
     'demo': ('demo', 'play the bundled recording through the node and summarise'),
 }

@@ -1,0 +1,312 @@
+"""Rig calibration from recordings: the thermal->RGB homography from many registered frames.
+
+A fixed thermal + RGB rig has one geometry. Each frame pair is registered with
+:func:`~.registration.register` (the cross-modal registration the corrector
+runs per frame) in the thermal camera's frame at a working width of at most
+640 px, from a few starting fields of view so that a thermal camera covering
+only a sub-window of the RGB view is captured too (:func:`register_frame`);
+the per-frame estimates are then aggregated robustly:
+
+1. frames whose registration is not confident (gain and correlation below the
+   corrector's gate) are set aside;
+2. every confident frame maps the thermal frame's corners into the RGB frame;
+   the per-corner median over frames is the consensus, and frames whose
+   corners lie further than ``max(min_inlier_px, 3 x MAD)`` from it are
+   rejected as outliers;
+3. the homography (or affine / similarity map) is fitted to all inlier frames'
+   corner correspondences; the residual spread is the RMS distance of their
+   corners from the fit.
+
+The result follows ``align.homography``'s convention: thermal pixels ->
+RGB pixels of the original images (pixel centre ``i`` at coordinate ``i``).
+:func:`calibrate` refuses (:class:`CalibrationError`) when too few frames are
+confident or the inliers disagree by more than ``max_spread_px``.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+import cv2
+import numpy as np
+
+from . import convert
+from . import registration as reg_mod
+from .checks import RegionFuseError
+
+MODELS = ('homography', 'affine', 'similarity')
+
+
+class CalibrationError(RegionFuseError, ValueError):
+    """The frames do not give one confident rig geometry."""
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Settings of :func:`calibrate`.
+
+    Attributes:
+        model: the map written: homography, affine or similarity.
+        work_width: RGB width (px) the frames are registered at.
+        start_scales: thermal-field-of-view fractions of the RGB view tried as starts
+            (1: the thermal image spans the RGB frame; 0.5: it covers half its width).
+        min_gain, min_correlation: a frame counts when its registration gains at least
+            this much (relative decorrelation reduction) and reaches this correlation.
+        min_frames: confident frames needed (after outlier rejection: at least half of them).
+        min_inlier_px: inlier radius floor (px of the RGB frame at the original size).
+        max_spread_px: largest RMS corner residual accepted over the inliers.
+    """
+
+    model: str = 'homography'
+    work_width: int = 640
+    start_scales: tuple[float, ...] = (1.0, 0.8, 0.64, 0.5)
+    min_gain: float = 0.13
+    min_correlation: float = 0.24
+    min_frames: int = 3
+    min_inlier_px: float = 3.0
+    max_spread_px: float = 12.0
+    registration: reg_mod.RegistrationConfig = reg_mod.RegistrationConfig(model='homography')
+
+
+@dataclass
+class FrameEstimate:
+    """One pair's registration: ``homography`` thermal px -> RGB px, its confidence."""
+
+    homography: np.ndarray
+    gain: float
+    correlation: float
+    start_scale: float
+
+
+@dataclass
+class Calibration:
+    """Result of :func:`calibrate`.
+
+    Attributes:
+        homography: ``(3, 3)`` thermal px -> RGB px (original sizes), ``[2, 2] = 1``.
+        frames: pairs seen; used: inliers; low_confidence, outliers: rejected frames.
+        spread_px: RMS distance (px) of the inliers' thermal corners from the fit.
+        thermal_size, rgb_size: ``(width, height)`` of the images.
+    """
+
+    homography: np.ndarray
+    frames: int
+    used: int
+    low_confidence: int
+    outliers: int
+    spread_px: float
+    thermal_size: tuple[int, int]
+    rgb_size: tuple[int, int]
+    estimates: list[FrameEstimate] = field(default_factory=list, repr=False)
+
+    def corner_error(self, truth: np.ndarray) -> float:
+        """Mean distance (px) between where this and ``truth`` put the thermal frame's corners."""
+        c = _corners(self.thermal_size)
+        return float(np.hypot(*(_apply(self.homography, c) - _apply(truth, c)).T).mean())
+
+
+def _corners(size_wh: tuple[int, int]) -> np.ndarray:
+    w, h = size_wh
+    return np.array([[0.0, 0.0], [w - 1.0, 0.0], [w - 1.0, h - 1.0], [0.0, h - 1.0]])
+
+
+def _apply(h: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    x, y = reg_mod.project(h, pts[:, 0], pts[:, 1])
+    return np.stack([x, y], 1)
+
+
+def _scale_map(sx: float, sy: float) -> np.ndarray:
+    """Pixel-centre map of a resize by ``(sx, sy)``: ``x' = (x + 0.5) s - 0.5``."""
+    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
+
+
+def start_map(thermal_wh: tuple[int, int], rgb_wh: tuple[int, int], fraction: float) -> np.ndarray:
+    """Thermal px -> RGB px of a thermal view spanning ``fraction`` of the RGB view, centred.
+
+    The thermal image keeps its aspect ratio; at ``fraction`` 1 its larger relative
+    side fills the RGB frame.
+
+    Example:
+        >>> m = start_map((320, 256), (640, 512), 1.0)
+        >>> [round(float(v), 3) for v in m[0]]
+        [2.0, 0.0, 0.5]
+    """
+    tw, th = thermal_wh
+    rw, rh = rgb_wh
+    s = fraction * min(rw / tw, rh / th)
+    m = _scale_map(s, s)
+    # centre: the scaled thermal frame's centre on the RGB frame's centre
+    cx, cy = reg_mod.project(m, np.array([(tw - 1) / 2.0]), np.array([(th - 1) / 2.0]))
+    m[0, 2] += (rw - 1) / 2.0 - float(cx[0])
+    m[1, 2] += (rh - 1) / 2.0 - float(cy[0])
+    return m
+
+
+def register_frame(thermal: np.ndarray, rgb: np.ndarray, cfg: CalibrationConfig | None = None
+                   ) -> FrameEstimate:
+    """Register one pair at native sizes: thermal ``(Ht, Wt)`` any dtype, RGB ``(H, W, 3)`` uint8.
+
+    The registration works in the thermal camera's frame (scaled to at most
+    ``work_width``): for each start of :attr:`CalibrationConfig.start_scales` the RGB
+    luminance is resampled into it by the start map, so the thermal image always
+    fills the frame it is registered in (a thermal view that covers only part of the
+    RGB view leaves no empty border that would look like an edge).
+
+    Returns:
+        The best estimate over the starts by correlation.
+    """
+    cfg = cfg or CalibrationConfig()
+    t = convert.thermal_to_unit(np.asarray(thermal), 'percentile', (1.0, 99.0), (0.0, 65535.0), False)
+    u = convert.rgb_to_unit(rgb)
+    y = convert.luminance(u) if u.ndim == 3 else u
+    th_h, th_w = t.shape
+    st = min(1.0, cfg.work_width / th_w)
+    ww, wh = max(1, int(round(th_w * st))), max(1, int(round(th_h * st)))
+    scale = _scale_map(ww / th_w, wh / th_h)            # thermal px -> work px
+    t_w = cv2.resize(t, (ww, wh), interpolation=cv2.INTER_AREA) if st < 1.0 else t
+    best = _register_in_rgb_frame(t, y, cfg)
+    for frac in cfg.start_scales:
+        if frac >= 1.0:
+            continue   # the thermal view spanning the RGB view: registered in the RGB frame above
+        g0 = start_map((th_w, th_h), (y.shape[1], y.shape[0]), frac)   # thermal px -> RGB px
+        w2rgb = g0 @ np.linalg.inv(scale)                                # work px -> RGB px
+        v_w = cv2.warpPerspective(y, w2rgb, (ww, wh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                  borderMode=cv2.BORDER_CONSTANT)
+        reg = reg_mod.register(v_w, t_w, cfg.registration)
+        # thermal px x -> work q = S x -> visible work p = H^-1 q -> RGB g0 S^-1 p
+        t2rgb = reg_mod.compose(reg_mod.compose(w2rgb, reg_mod.invert(reg.homography)), scale)
+        est = FrameEstimate(t2rgb, reg.gain, float(reg.extra.get('rho', float('nan'))), frac)
+        if reg.gain > 0 and score(t, y, est.homography) > score(t, y, best.homography):
+            best = est
+    return best
+
+
+def score(t: np.ndarray, y: np.ndarray, t2rgb: np.ndarray, width: int = 160) -> float:
+    """Edge-descriptor correlation of a thermal->RGB map, in one frame for every candidate.
+
+    Both images at ``width`` px wide (RGB frame), the thermal image mapped by ``t2rgb``;
+    zero-mean normalised correlation of the descriptors over the pixels the thermal
+    view covers. Candidates registered in different frames are compared by it.
+    """
+    h0, w0 = y.shape
+    s = width / w0
+    wh = max(1, int(round(h0 * s)))
+    down = _scale_map(width / w0, wh / h0)
+    y_s = cv2.resize(y, (width, wh), interpolation=cv2.INTER_AREA)
+    m = down @ t2rgb
+    t_s = cv2.warpPerspective(t, m, (width, wh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    cover = cv2.warpPerspective(np.ones_like(t), m, (width, wh), flags=cv2.INTER_NEAREST,
+                                borderMode=cv2.BORDER_CONSTANT) > 0.5
+    cover = cv2.erode(cover.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    if cover.sum() < 0.05 * cover.size:
+        return -1.0
+    a = reg_mod.edge_descriptor(y_s)[cover].astype(np.float64)
+    b = reg_mod.edge_descriptor(t_s)[cover].astype(np.float64)
+    a -= a.mean(0)
+    b -= b.mean(0)
+    return float((a * b).sum() / max(math.sqrt(float((a * a).sum()) * float((b * b).sum())), 1e-12))
+
+
+def _register_in_rgb_frame(t: np.ndarray, y: np.ndarray, cfg: CalibrationConfig) -> FrameEstimate:
+    """The start that spans the RGB view: the thermal image resized into the RGB frame (work width)."""
+    h0, w0 = y.shape
+    s = min(1.0, cfg.work_width / w0)
+    ww, wh = max(1, int(round(w0 * s))), max(1, int(round(h0 * s)))
+    y_w = cv2.resize(y, (ww, wh), interpolation=cv2.INTER_AREA) if s < 1.0 else y
+    down = _scale_map(ww / w0, wh / h0)                                  # RGB px -> work px
+    g0 = down @ start_map((t.shape[1], t.shape[0]), (w0, h0), 1.0)      # thermal px -> work px
+    warped = cv2.warpPerspective(t, g0, (ww, wh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    reg = reg_mod.register(y_w, warped, cfg.registration)
+    # thermal content at work pixel p lies at warped px H p, i.e. thermal px g0^-1 H p
+    t2w = reg_mod.invert(reg_mod.compose(np.linalg.inv(g0), reg.homography))
+    return FrameEstimate(reg_mod.compose(np.linalg.inv(down), t2w), reg.gain,
+                         float(reg.extra.get('rho', float('nan'))), 1.0)
+
+
+def aggregate(estimates: list[FrameEstimate], thermal_wh: tuple[int, int], rgb_wh: tuple[int, int],
+              cfg: CalibrationConfig | None = None) -> Calibration:
+    """The robust rig map of per-frame estimates (module docstring).
+
+    Raises:
+        CalibrationError: too few confident frames, too few inliers, or a residual spread above
+            :attr:`CalibrationConfig.max_spread_px`.
+    """
+    cfg = cfg or CalibrationConfig()
+    if cfg.model not in MODELS:
+        raise CalibrationError(f'calibrate: model must be one of {MODELS}, got {cfg.model!r}')
+    conf = [e for e in estimates if e.gain >= cfg.min_gain and e.correlation >= cfg.min_correlation]
+    n, low = len(estimates), len(estimates) - len(conf)
+    if len(conf) < cfg.min_frames:
+        raise CalibrationError(f'calibrate: {len(conf)} of {n} frames registered confidently (need '
+                               f'{cfg.min_frames}); the cameras may not see the same scene, or the '
+                               'scenes carry too little structure')
+    c = _corners(thermal_wh)
+    pts = np.stack([_apply(e.homography, c) for e in conf])          # (frames, 4, 2)
+    med = np.median(pts, 0)
+    dev = np.hypot(*(pts - med).transpose(2, 0, 1)).max(1)            # per frame: worst corner
+    mad = float(np.median(np.abs(dev - np.median(dev))))
+    radius = max(cfg.min_inlier_px * max(rgb_wh) / 640.0, 3.0 * 1.4826 * mad + float(np.median(dev)))
+    inl = dev <= radius
+    if inl.sum() < max(cfg.min_frames, math.ceil(0.5 * len(conf))):
+        raise CalibrationError(f'calibrate: the confident frames disagree (only {int(inl.sum())} of '
+                               f'{len(conf)} within {radius:.1f} px of the consensus): the rig is not '
+                               'rigid, or the frames come from different rigs')
+    def fit(mask: np.ndarray) -> np.ndarray:
+        src = np.tile(c, (int(mask.sum()), 1))
+        dst = pts[mask].reshape(-1, 2)
+        if cfg.model == 'homography':
+            m, _ = cv2.findHomography(src, dst, 0)
+            return m / m[2, 2]
+        return reg_mod.fit_model(src, dst, cfg.model)
+    h = fit(inl)
+    # one trimming round: frames far from the joint fit leave it (they pulled on it)
+    res = np.hypot(*(pts - _apply(h, c)[None]).transpose(2, 0, 1)).max(1)
+    rms = float(np.sqrt((res[inl] ** 2).mean()))
+    keep = inl & (res <= max(2.5 * rms, cfg.min_inlier_px * max(rgb_wh) / 640.0))
+    if keep.sum() >= max(cfg.min_frames, math.ceil(0.5 * len(conf))) and keep.sum() < inl.sum():
+        inl = keep
+        h = fit(inl)
+    src = np.tile(c, (int(inl.sum()), 1))
+    dst = pts[inl].reshape(-1, 2)
+    resid = np.hypot(*(_apply(h, src) - dst).T)
+    spread = float(np.sqrt((resid ** 2).mean()))
+    if spread > cfg.max_spread_px * max(rgb_wh) / 640.0:
+        raise CalibrationError(f'calibrate: the inlier frames disagree by {spread:.1f} px RMS '
+                               f'(limit {cfg.max_spread_px * max(rgb_wh) / 640.0:.1f} px)')
+    return Calibration(h, n, int(inl.sum()), low, int((~inl).sum()), spread, thermal_wh, rgb_wh, estimates)
+
+
+def calibrate(pairs: Iterable[tuple[np.ndarray, np.ndarray]], cfg: CalibrationConfig | None = None
+              ) -> Calibration:
+    """Calibrate from ``(thermal, rgb)`` pairs of one rig (sizes fixed across pairs).
+
+    Raises:
+        CalibrationError: no pairs, sizes that change, or :func:`aggregate`'s refusals.
+    """
+    cfg = cfg or CalibrationConfig()
+    if cfg.registration.model != cfg.model:   # each frame registered with the model written
+        cfg = replace(cfg, registration=replace(cfg.registration, model=cfg.model))
+    est, sizes = [], set()
+    for thermal, rgb in pairs:
+        sizes.add(((thermal.shape[1], thermal.shape[0]), (rgb.shape[1], rgb.shape[0])))
+        if len(sizes) > 1:
+            raise CalibrationError(f'calibrate: image sizes change between pairs: {sorted(sizes)}')
+        est.append(register_frame(thermal, rgb, cfg))
+    if not est:
+        raise CalibrationError('calibrate: no image pairs')
+    (th_wh, rgb_wh), = sizes
+    return aggregate(est, th_wh, rgb_wh, cfg)
+
+
+def params_yaml(cal: Calibration, source: str = '') -> str:
+    """The node parameter file (``/**: ros__parameters: align: ...``) of a calibration."""
+    vals = ', '.join(repr(float(v)) for v in (cal.homography / cal.homography[2, 2]).ravel())
+    return (f'# regionfuse calibrate{": " + source if source else ""}\n'
+            f'# frames {cal.frames}: used {cal.used}, rejected {cal.low_confidence} (low confidence) + '
+            f'{cal.outliers} (outliers); residual spread {cal.spread_px:.2f} px RMS\n'
+            f'# thermal {cal.thermal_size[0]}x{cal.thermal_size[1]} -> '
+            f'RGB {cal.rgb_size[0]}x{cal.rgb_size[1]}; '
+            'align.homography maps thermal pixels to RGB pixels (row-major)\n'
+            '/**:\n  ros__parameters:\n    align:\n      mode: homography\n'
+            f'      homography: [{vals}]\n')
