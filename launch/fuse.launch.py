@@ -21,6 +21,7 @@ from ros2_regionfuse.ros.launch_args import (
     PACKAGE,
     launch_arguments,
     node_arguments,
+    preflight,
     rviz_config_file,
 )
 
@@ -28,6 +29,9 @@ from ros2_regionfuse.ros.launch_args import (
 def _actions(context: LaunchContext) -> list:
     values = {a.name: LaunchConfiguration(a.name).perform(context) for a in launch_arguments()}
     args = node_arguments(values)
+    problems = preflight(args)
+    if problems:   # before any process starts: nothing is left running
+        raise RuntimeError('; '.join(problems))
     actions = [Node(
         package=PACKAGE, executable=EXECUTABLE, name=NODE_NAME, namespace=args.namespace,
         parameters=[args.params_file, args.parameters], remappings=args.remappings,

@@ -12,7 +12,7 @@ ROS-free (no rclpy import); ``ament_index_python`` is used when present.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,6 +168,41 @@ def node_arguments(values: Mapping[str, str] | None = None) -> NodeArguments:
     return NodeArguments(namespace=v['namespace'].strip(), params_file=v['params_file'],
                          parameters=params, remappings=remaps,
                          ros_arguments=['--log-level', level], rviz=_flag(v['rviz'], 'rviz'))
+
+
+def package_available(name: str) -> bool:
+    """Whether the ROS package ``name`` is installed (ament index; else an executable of that name)."""
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+        try:
+            get_package_prefix(name)
+            return True
+        except (PackageNotFoundError, ValueError, OSError):
+            pass
+    except ImportError:
+        pass
+    import shutil
+    return shutil.which(name) is not None
+
+
+def preflight(args: NodeArguments, package_exists: Callable[[str], bool] = package_available) -> list[str]:
+    """Problems that must stop the launch before any process starts (empty: go).
+
+    A missing parameter file would leave the node on its built-in defaults (launch_ros
+    only warns), and a missing ``rviz2`` would end the launch after ``fuse_node`` had
+    started, leaving it running without its parent.
+
+    Example:
+        >>> preflight(node_arguments({'params_file': '/no/such.yaml'}), lambda n: True)
+        ["launch argument params_file: '/no/such.yaml' is not a file"]
+    """
+    problems = []
+    if not Path(args.params_file).is_file():
+        problems.append(f'launch argument params_file: {args.params_file!r} is not a file')
+    if args.rviz and not package_exists('rviz2'):
+        problems.append("launch argument rviz:=true, but the package 'rviz2' is not installed "
+                        '(install ros-<distro>-rviz2, or launch with rviz:=false)')
+    return problems
 
 
 def _param_text(value: object) -> str:

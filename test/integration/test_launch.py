@@ -152,3 +152,18 @@ def test_launch_command_line_runs_here(tmp_path) -> None:
         client.close()
         rc, log = stop_node(proc, signal.SIGTERM, timeout=30.0)
     assert rc == 0 and 'Traceback' not in log, log[-2000:]
+
+
+def test_preflight_stops_a_launch_that_would_orphan_the_node_or_ignore_its_parameters(tmp_path) -> None:
+    """rviz:=true without rviz2 and a mistyped params_file stop the launch before any process starts."""
+    good = tmp_path / 'p.yaml'
+    good.write_text('/**:\n  ros__parameters: {}\n')
+    ok = la.node_arguments({'params_file': str(good), 'rviz': 'true'})
+    assert la.preflight(ok, lambda name: True) == []
+    missing_rviz = la.preflight(ok, lambda name: name != 'rviz2')
+    assert len(missing_rviz) == 1 and "'rviz2' is not installed" in missing_rviz[0]
+    typo = la.node_arguments({'params_file': str(tmp_path / 'typo.yaml')})
+    expected = f"launch argument params_file: '{tmp_path / 'typo.yaml'}' is not a file"
+    assert la.preflight(typo, lambda name: True) == [expected]
+    # the default params file exists (source tree or package share)
+    assert la.preflight(la.node_arguments({}), lambda name: True) == []
