@@ -47,16 +47,14 @@ from .. import native
 from ..core import profiling
 from ..core.checks import ConfigError
 from ..core.config import PipelineConfig, field_specs
+from ..core.paths import BUNDLED_RECORDING, TEST_PAIRS, data_root
 from ..core.weights import shipped_weights
 from ..models.register_refuse import NAME as REGISTER_REFUSE
 
 log = logging.getLogger(__name__)
 
-_PKG = Path(__file__).resolve().parents[1]
-_REPO = _PKG.parent
-BUNDLED_BAG = _PKG / 'data' / 'sample_demo'
-TEST_PAIRS = _REPO / 'test' / 'data'
-SHARED_PAIRS = _REPO.parent / 'shared' / 'data' / 'ivif' / 'MSRS'
+BUNDLED_BAG = BUNDLED_RECORDING
+SHARED_PAIRS = data_root() / 'MSRS'
 THERMAL_TOPIC, RGB_TOPIC = '/thermal/image_raw', '/rgb/image_raw'
 
 REFERENCE_CORRECTOR = 'corrector_paper'

@@ -42,6 +42,7 @@ from typing import Any
 
 from ..core import bagio
 from ..core.checks import ConfigError
+from ..core.paths import BUNDLED_RECORDING, REPO_DIR
 from .demo_report import (
     DEFAULT_TILE_WIDTH,
     INPUT_TOPICS,
@@ -58,8 +59,8 @@ from .demo_report import (
 log = logging.getLogger(__name__)
 
 PACKAGE = 'ros2_regionfuse'
-REPO = Path(__file__).resolve().parents[2]
-BUNDLED_BAG = Path(__file__).resolve().parents[1] / 'data' / 'sample_demo'
+REPO = REPO_DIR
+BUNDLED_BAG = BUNDLED_RECORDING
 #: Domains picked for demos when --domain-id is not given: 200 + pid % span (Fast DDS allows <= 232).
 DOMAIN_BASE, DOMAIN_SPAN = 200, 30
 SETTLE_S = 0.5  # after discovery, before the first frame (shared-memory path set-up)

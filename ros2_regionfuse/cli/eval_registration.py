@@ -66,7 +66,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -92,6 +91,7 @@ from ..core.imageio import (
     restrict_pairs,
 )
 from ..core.metrics import mutual_information, ssim
+from ..core.paths import data_root
 from ..models.global_align import similarity_flow
 from ..models.runtime import TorchFusionRunner, build_runner
 from ..models.warp import warp_by_flow
@@ -100,7 +100,6 @@ from ..training.perturb import PerturbConfig, apply_perturbation, sample_perturb
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / 'shared' / 'data' / 'ivif'
 
 ECC_LEVELS = 3
 ECC_ITERS = 100
@@ -132,7 +131,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help='shift: seeded perturbations of a set mean displacement (--mean-shift) on the '
                         'given folders; rig: rig-range misalignments on the benchmark sets under '
                         '--data-root through the shipped pipeline (cli/eval_rig.py)')
-    p.add_argument('--data-root', default=os.environ.get('REGIONFUSE_DATA', str(DEFAULT_DATA)),
+    p.add_argument('--data-root', default=str(data_root()),
                    help='rig mode: folder holding LLVIP/, MSRS/ and RoadScene/ (default $REGIONFUSE_DATA, '
                         'else ../shared/data/ivif beside the repository)')
     p.add_argument('--no-classical', action='store_true', help='rig mode: skip the OpenCV baseline')

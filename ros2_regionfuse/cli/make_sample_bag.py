@@ -29,11 +29,12 @@ import numpy as np
 
 from ..core import bagio
 from ..core.checks import ConfigError
+from ..core.paths import REPO_DIR, data_root
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_SOURCE = REPO.parent / 'shared' / 'data' / 'ivif'
+REPO = REPO_DIR
+DEFAULT_SOURCE = data_root()
 #: Dataset licences that allow redistributing derived images (from ../shared/README.md).
 REDISTRIBUTABLE = {'MSRS': 'MIT', 'TNO': 'CC BY 4.0 (TNO)'}
 THERMAL_TOPIC, THERMAL_INFO_TOPIC = '/thermal/image_raw', '/thermal/camera_info'

@@ -1,1 +1,1 @@
-"""ROS-free core: configuration, checks, conversion, pairing and the pipeline."""
+"""ROS-free core: configuration, checks, conversion, pairing, registration, paths; no models."""

@@ -22,6 +22,7 @@ import numpy as np
 
 from .checks import EncodingError, RegionFuseError
 from .encodings import decode_image, encode_image
+from .paths import PACKAGE_DIR
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ DIAGNOSTIC_ARRAY = 'diagnostic_msgs/msg/DiagnosticArray'
 FUSION_STATUS = 'ros2_regionfuse/msg/FusionStatus'
 NS_PER_S = 1_000_000_000
 
-_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+_PACKAGE_ROOT = PACKAGE_DIR
 
 
 class BagError(RegionFuseError, OSError):

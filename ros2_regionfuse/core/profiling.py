@@ -21,7 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-_REPO = Path(__file__).resolve().parents[2]
+from .paths import REPO_DIR
+
+_REPO = REPO_DIR
 
 
 def count_params(model: nn.Module) -> int:

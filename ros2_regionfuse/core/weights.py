@@ -13,8 +13,7 @@ from typing import Any
 from torch import nn
 
 from .checks import WeightsError
-
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / 'weights'
+from .paths import WEIGHTS_DIR
 
 
 def shipped_weights(name: str) -> Path:

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ros2_regionfuse.core.paths import REPO_DIR
+
 PACKAGE = 'ros2_regionfuse'
 EXECUTABLE = 'fuse_node'
 NODE_NAME = 'regionfuse'
@@ -47,7 +49,7 @@ def _repo_or_share(*parts: str) -> str:
             pass
     except ImportError:
         pass
-    return str(Path(__file__).resolve().parents[2].joinpath(*parts))
+    return str(REPO_DIR.joinpath(*parts))
 
 
 def default_params_file() -> str:

@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from ..core.config import FusionConfig, _f
+from ..core.paths import REPO_DIR, data_root
 from ..core.weights import load_weights, save_weights
 from ..models.corrector import Corrector, trained_output
 from ..models.registry import build_corrector
@@ -41,7 +42,7 @@ from .perturb import PerturbConfig
 from .train_fusion import git_revision
 
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_DIR
 CORRECTOR_SETS = ('RoadScene', 'TNO', 'LLVIP', 'M3FD')  # MSRS is kept for evaluation
 WARMUP_STEPS = 100
 LR_FLOOR = 0.05          # cosine decay ends at this fraction of the peak
@@ -53,7 +54,8 @@ MAX_SKIPPED = 50
 class TrainCorrectorConfig:
     """Options of ``regionfuse train-corrector`` (CLI flags are generated from these fields)."""
 
-    data: str = _f(str(REPO.parent / 'shared' / 'data' / 'ivif'), 'Root of the ivif data sets.')
+    data: str = _f(str(data_root()),
+                   'Root of the ivif data sets ($REGIONFUSE_DATA, else ../shared/data/ivif).')
     out: str = _f('runs/corrector', 'Folder of the resumable training state.')
     weights: str = _f('', 'Where the final weights (+ .json model card) are written; empty = '
                       '<out>/final.safetensors (the shipped weights change only when copied or named here).')

@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from ..core.config import FusionConfig
+from ..core.paths import REPO_DIR, data_root
 from ..core.weights import load_weights, save_weights
 from ..models.fusion_net import network_level
 from ..models.registry import build_fusion
@@ -29,14 +30,14 @@ from .data import DEFAULT_SETS, PatchSampler, list_training_files, load_pairs
 from .losses import FusionLossWeights, fusion_loss
 
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_DIR
 
 
 @dataclass
 class TrainFusionConfig:
     """Options of ``regionfuse train-fusion`` (CLI flags are generated from these fields)."""
 
-    data: str = str(REPO.parent / 'shared' / 'data' / 'ivif')
+    data: str = str(data_root())
     out: str = 'runs/fusion'
     variant: str = FusionConfig().variant
     steps: int = 6000
