@@ -128,8 +128,10 @@ FUSED_STREAMS = (1,)
 
 
 @dataclass(frozen=True)
-class CorrectorConfig:
-    """Hyper-parameters of :class:`Corrector`.
+class CorrectorArchitecture:
+    """Hyper-parameters of :class:`Corrector` (the learned correctors' architecture).
+
+    The user-facing corrector settings are :class:`ros2_regionfuse.core.config.CorrectorConfig`.
 
     Attributes:
         stem_stride: resolution of the finest level (pixel-unshuffle factor, 1 = full resolution).
@@ -213,6 +215,11 @@ class CorrectorConfig:
         return self.stem_stride * 2 ** (self.levels - 1)
 
 
+#: deprecated alias of :class:`CorrectorArchitecture` (the user-facing settings are
+#: ``core.config.CorrectorConfig``)
+CorrectorConfig = CorrectorArchitecture
+
+
 class CorrectorOutput(NamedTuple):
     """Output of :class:`Corrector`.
 
@@ -228,7 +235,7 @@ class CorrectorOutput(NamedTuple):
             average-pooled to the stage's level and warped bidirectionally by
             that stage's flow and M (empty unless training or ``aux=True``).
 
-    A frame skipped as aligned (``CorrectorConfig.skip_aligned``) has the input
+    A frame skipped as aligned (``CorrectorArchitecture.skip_aligned``) has the input
     as ``image``, zero ``misregistration`` and ``flow`` and empty lists.
     """
 
@@ -308,7 +315,7 @@ def shift_gate(flow: torch.Tensor, min_shift: float, width: float) -> torch.Tens
 def trained_output(card: dict) -> str | None:
     """The output formula a model card's weights were trained for; None without a recorded config.
 
-    Cards written before :attr:`CorrectorConfig.output` existed record no ``output``: ``retain``.
+    Cards written before :attr:`CorrectorArchitecture.output` existed record no ``output``: ``retain``.
     """
     cfg = card.get('model_config')
     return None if cfg is None else cfg.get('output', 'retain')
@@ -686,16 +693,16 @@ class Corrector(nn.Module):
         - output: :class:`CorrectorOutput`.
 
     Example:
-        >>> m = Corrector(CorrectorConfig()).eval()
+        >>> m = Corrector(CorrectorArchitecture()).eval()
         >>> x = torch.rand(1, 1, 37, 50)
         >>> out = m(x, x, x)
         >>> out.image.shape, out.flow.shape
         (torch.Size([1, 1, 37, 50]), torch.Size([1, 2, 37, 50]))
     """
 
-    def __init__(self, cfg: CorrectorConfig | None = None) -> None:
+    def __init__(self, cfg: CorrectorArchitecture | None = None) -> None:
         super().__init__()
-        self.cfg = cfg = cfg or CorrectorConfig()
+        self.cfg = cfg = cfg or CorrectorArchitecture()
         s, w = cfg.stem_stride, cfg.widths
         stem_in = 3 * s * s
         # stride > 1: the 1x1 conv over the unshuffled s x s blocks is an s x s patch embedding.
@@ -724,7 +731,7 @@ class Corrector(nn.Module):
         self.heads = nn.ModuleList(heads)
         self.log_temp = nn.Parameter(torch.full((len(heads),), math.log(_SOFTARGMAX_TEMP)))
         if cfg.output not in OUTPUTS:
-            raise ValueError(f'CorrectorConfig.output must be one of {OUTPUTS}, got {cfg.output!r}')
+            raise ValueError(f'CorrectorArchitecture.output must be one of {OUTPUTS}, got {cfg.output!r}')
         self.mrb = ModalityRetentionBlock(w[0], cfg.mrb_width, cfg.windows)
         if cfg.output == 'refuse':
             self.reset_retention_gain()
@@ -1156,7 +1163,7 @@ def full_resolution(low: torch.Tensor, fused: torch.Tensor, visible: torch.Tenso
             bias, on the padded frame's grid (``h, w`` = ``padded_hw`` / stem stride).
         fused, visible, thermal: ``(B, 1, H, W)`` in [0, 1] (``thermal`` only for ``refuse``).
         padded_hw: ``(Hp, Wp)`` the padded size (``>= (H, W)``; padding at the bottom/right).
-        output: ``retain`` or ``refuse`` (:class:`CorrectorConfig`).
+        output: ``retain`` or ``refuse`` (:class:`CorrectorArchitecture`).
 
     Returns:
         ``(image, M, flow)``: ``(B, 1, H, W)`` corrected image in [0, 1], ``(B, 1, H, W)`` M,
@@ -1279,7 +1286,7 @@ def corrector_fast() -> Corrector:
     dead zone keeps them unchanged (59 dB vs 42 dB at 1 px) at the same recovery.
     Full resolution sees only one upsampling and one warp.
     """
-    return Corrector(CorrectorConfig(global_align=True, refine=False, min_shift=2.0))
+    return Corrector(CorrectorArchitecture(global_align=True, refine=False, min_shift=2.0))
 
 
 @register_corrector('corrector_lite')
@@ -1302,9 +1309,10 @@ def corrector_lite() -> Corrector:
     evaluation pairs: 34.8 / 50.3 % of the error removed at 8 / 16 px became 44.7 / 56.4 % with the
     same weights (gain reset to 1), and the full-resolution step warps one plane instead of two.
     """
-    return Corrector(CorrectorConfig(stem_stride=16, widths=(24,), radii=(2,), edge_radii=(2,), heads=(32,),
-                                     head_in_kernel=(3,), dilations=((1, 2),), coarse_iters=1,
-                                     global_align=True, refine=False, min_shift=2.0, output='refuse'))
+    return Corrector(CorrectorArchitecture(stem_stride=16, widths=(24,), radii=(2,), edge_radii=(2,),
+                                           heads=(32,),
+                                           head_in_kernel=(3,), dilations=((1, 2),), coarse_iters=1,
+                                           global_align=True, refine=False, min_shift=2.0, output='refuse'))
 
 
 # Extra encoder blocks of the paper reference: with them its cost at 640x480 (234.7 GFLOPs,
@@ -1319,8 +1327,8 @@ def corrector_paper() -> Corrector:
     Modules run at full resolution; the depth is set so the cost matches the
     published 233 GFLOPs at 640x480.
     """
-    return Corrector(CorrectorConfig(stem_stride=1, widths=(16, 16), radii=(1, 1), edge_radii=(1, 1),
-                                     heads=(16, 16),
-                                     head_in_kernel=(3, 3), dilations=((1, 1), (1, 1)), mrb_width=16,
-                                     windows=(1, 3, 5), global_affine=False, coarse_iters=1,
-                                     blocks=PAPER_BLOCKS))
+    return Corrector(CorrectorArchitecture(stem_stride=1, widths=(16, 16), radii=(1, 1), edge_radii=(1, 1),
+                                           heads=(16, 16),
+                                           head_in_kernel=(3, 3), dilations=((1, 1), (1, 1)), mrb_width=16,
+                                           windows=(1, 3, 5), global_affine=False, coarse_iters=1,
+                                           blocks=PAPER_BLOCKS))

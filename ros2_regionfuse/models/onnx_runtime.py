@@ -96,11 +96,11 @@ def graph_key(model: nn.Module, h: int, w: int) -> int:
 
     Example:
         >>> from ros2_regionfuse.models.fusion_net import regionfuse_tiny
-        >>> from ros2_regionfuse.models.corrector import Corrector, CorrectorConfig
+        >>> from ros2_regionfuse.models.corrector import Corrector, CorrectorArchitecture
         >>> m = regionfuse_tiny()
         >>> graph_key(m, 480, 640), graph_key(m, 1024, 1280), graph_key(nn.Identity(), 9, 9)
         (3, 4, 0)
-        >>> graph_key(Corrector(CorrectorConfig(global_align=True)), 480, 640)
+        >>> graph_key(Corrector(CorrectorArchitecture(global_align=True)), 480, 640)
         8
     """
     from .corrector import Corrector

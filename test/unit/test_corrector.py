@@ -11,11 +11,11 @@ from ros2_regionfuse.core import convert
 from ros2_regionfuse.core.checks import ConfigError, WeightsError
 from ros2_regionfuse.core.imageio import read_gray, read_rgb
 from ros2_regionfuse.core.weights import load_weights, save_weights, shipped_weights
-from ros2_regionfuse.models.corrector import Corrector, CorrectorConfig, CorrectorOutput, conv_part
+from ros2_regionfuse.models.corrector import Corrector, CorrectorArchitecture, CorrectorOutput, conv_part
 from ros2_regionfuse.models.registry import build_corrector, corrector_variants
 from ros2_regionfuse.models.warp import warp_by_flow
 
-TINY = CorrectorConfig(stem_stride=2, widths=(4, 4), radii=(1, 1), heads=(8, 8), head_in_kernel=(1, 3),
+TINY = CorrectorArchitecture(stem_stride=2, widths=(4, 4), radii=(1, 1), heads=(8, 8), head_in_kernel=(1, 3),
                        dilations=((1, 1), (1, 2)), mrb_width=8, windows=(1, 3, 5))
 
 
@@ -56,7 +56,7 @@ def test_fast_variant_shapes_and_aux_levels():
 
 
 # corrector_fast without its global start (tests of the learned path alone)
-LEARNED_ONLY = CorrectorConfig(global_align=False)
+LEARNED_ONLY = CorrectorArchitecture(global_align=False)
 
 
 def test_untrained_corrector_is_identity():

@@ -7,7 +7,7 @@ import torch
 
 from ros2_regionfuse.core import convert
 from ros2_regionfuse.core.imageio import read_gray, read_rgb
-from ros2_regionfuse.models.corrector import Corrector, CorrectorConfig
+from ros2_regionfuse.models.corrector import Corrector, CorrectorArchitecture
 from ros2_regionfuse.models.global_align import (
     GlobalAlignConfig,
     centred_coords,
@@ -151,7 +151,7 @@ def test_corrector_starts_from_global_flow(test_data, h, w):
     vis, th = vis[..., :h, :w], th[..., :h, :w]
     truth = _field([5.0, 3.0, 0.01, -0.01], h, w)
     moved = warp_by_flow(th, -truth)
-    model = Corrector(CorrectorConfig(global_align=True, refine=False, min_shift=0.0)).eval()
+    model = Corrector(CorrectorArchitecture(global_align=True, refine=False, min_shift=0.0)).eval()
     with torch.no_grad():
         out = model(vis, vis, moved)
         ref = similarity_flow(vis, moved)
@@ -161,7 +161,7 @@ def test_corrector_starts_from_global_flow(test_data, h, w):
 
 
 def test_corrector_init_flow_replaces_start():
-    model = Corrector(CorrectorConfig(refine=False, min_shift=0.0)).eval()
+    model = Corrector(CorrectorArchitecture(refine=False, min_shift=0.0)).eval()
     x = torch.rand(1, 1, 64, 96, generator=torch.Generator().manual_seed(3))
     init = _field([4.0, -2.0, 0.0, 0.0], 64, 96)
     with torch.no_grad():

@@ -232,9 +232,9 @@ def test_similarity_arguments_are_checked():
 
 def test_corrector_align_uses_the_kernel(test_data, monkeypatch):
     """Corrector.align(native=True) runs the C solver; its gated parameters equal the OpenCV path's."""
-    from ros2_regionfuse.models.corrector import Corrector, CorrectorConfig
+    from ros2_regionfuse.models.corrector import Corrector, CorrectorArchitecture
     v, t = _similarity_pair(test_data, 'tno17', [6.0, -4.0, 0.02, 0.015])
-    model = Corrector(CorrectorConfig(global_align=True)).eval()
+    model = Corrector(CorrectorArchitecture(global_align=True)).eval()
     calls = []
     real = native.similarity
     monkeypatch.setattr(native, 'similarity', lambda *a, **k: calls.append(1) or real(*a, **k))
