@@ -104,8 +104,8 @@ class RegistrationConfig:
             best finalist (residual reach ``RETILE_FRACTION * search_px``), refine its fit and
             keep it when it correlates better: a residual of a few degrees leaves the tiles
             far better matched than the raw pair. MSRS flow error 6.09 against 6.55 px
-            (scene-consistent 3.67 against 4.20 px), RoadScene test40 error removed 68.1
-            against 67.0 %, LLVIP unchanged; +6 ms on a cold 640x480 frame (30 against 24 ms), none warm.
+            (scene-consistent 3.67 against 4.20 px), RoadScene test40 error removed 67.6
+            against 66.8 %, LLVIP unchanged; +6 ms on a cold 640x480 frame (30 against 24 ms), none warm.
         polish_iters: ECC iterations of the final estimate at twice the finest level's
             resolution where that is 1/2 or coarser (1/2 of a 640x480 frame; 0: none). On
             LLVIP test pairs under 7 deg and 35 px the error against the exact field less the
@@ -995,18 +995,14 @@ def register(visible: np.ndarray, thermal: np.ndarray, cfg: RegistrationConfig |
             iterations += it
             finals.append((correlation(fine, h2), h2))
         finals.sort(key=lambda e: -e[0])
-        if cfg.retile:
-            for rho2, h2 in finals[:1]:
-                if rho2 <= rho_zero:
-                    continue
-                ht = tile_capture(levels[fg], size, cfg, base=h2)
-                if ht is None:
-                    continue
-                h3, it = refine_global(levels[fg], size, ht, cfg.model, cfg.iters[0])
-                refined.append((correlation(fine, h3), h3))
-                h4, it2 = refine_global(fine, size, h3, cfg.model, cfg.iters[1])
-                iterations += it + it2
-                finals.append((correlation(fine, h4), h4))
+        ht = (tile_capture(levels[fg], size, cfg, base=finals[0][1])
+              if cfg.retile and finals and finals[0][0] > rho_zero else None)
+        if ht is not None:
+            h3, it = refine_global(levels[fg], size, ht, cfg.model, cfg.iters[0])
+            refined.append((correlation(fine, h3), h3))
+            h4, it2 = refine_global(fine, size, h3, cfg.model, cfg.iters[1])
+            iterations += it + it2
+            finals.append((correlation(fine, h4), h4))
         for rho2, h2 in finals:
             if rho2 > best_rho:
                 best_h, best_rho = h2, rho2
