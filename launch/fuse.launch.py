@@ -5,9 +5,10 @@
 
 Arguments (see ``ros2 launch ros2_regionfuse fuse.launch.py --show-args``):
 namespace, params_file, thermal_topic, rgb_topic, device, use_sim_time,
-log_level, rviz. Their mapping to the node's remaps, parameters and ROS
+log_level, rviz, dds. Their mapping to the node's remaps, parameters and ROS
 arguments lives in ros2_regionfuse/ros/launch_args.py (shared with the tests);
-parameter defaults live only in the params file (config/fuse.yaml).
+parameter defaults live only in the params file (config/fuse.yaml). ``dds`` (default
+host) gives the node and RViz the shipped shared-memory DDS profile (docs/node.md).
 Uses only launch/launch_ros APIs present on Jazzy and Kilted.
 """
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
@@ -35,12 +36,14 @@ def _actions(context: LaunchContext) -> list:
     actions = [Node(
         package=PACKAGE, executable=EXECUTABLE, name=NODE_NAME, namespace=args.namespace,
         parameters=[args.params_file, args.parameters], remappings=args.remappings,
-        ros_arguments=args.ros_arguments, output='screen', emulate_tty=True)]
+        ros_arguments=args.ros_arguments, additional_env=args.environment, output='screen',
+        emulate_tty=True)]
     if args.rviz:
         actions.append(Node(
             package='rviz2', executable='rviz2', name='rviz2', namespace=args.namespace,
             arguments=['-d', rviz_config_file()],
-            parameters=[{'use_sim_time': args.parameters['use_sim_time']}], output='screen'))
+            parameters=[{'use_sim_time': args.parameters['use_sim_time']}],
+            additional_env=args.environment, output='screen'))
     return actions
 
 

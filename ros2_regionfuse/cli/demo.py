@@ -42,7 +42,7 @@ from typing import Any
 
 from ..core import bagio
 from ..core.checks import ConfigError
-from ..core.paths import BUNDLED_RECORDING, REPO_DIR
+from ..core.paths import BUNDLED_RECORDING
 from .demo_report import (
     DEFAULT_TILE_WIDTH,
     INPUT_TOPICS,
@@ -58,8 +58,6 @@ from .demo_report import (
 
 log = logging.getLogger(__name__)
 
-PACKAGE = 'ros2_regionfuse'
-REPO = REPO_DIR
 BUNDLED_BAG = BUNDLED_RECORDING
 #: Domains picked for demos when --domain-id is not given: 200 + pid % span (Fast DDS allows <= 232).
 DOMAIN_BASE, DOMAIN_SPAN = 200, 30
@@ -112,29 +110,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # Paths and the node process
 # ---------------------------------------------------------------------------
 
-def share_file(rel: str) -> Path:
-    """A file of the package share (``config/...``): source tree first, then the colcon install.
-
-    Raises:
-        ConfigError: not found.
-    """
-    candidates = [REPO / rel]
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        candidates.append(Path(get_package_share_directory(PACKAGE)) / rel)
-    except Exception:  # noqa: BLE001 - ament_index absent or package not installed
-        pass
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise ConfigError(f'{rel} not found (looked in {[str(c) for c in candidates]})')
-
-
 def ros_environment(domain_id: int) -> dict[str, str]:
-    """Environment for every rclpy process of the demo: loopback-only DDS, own domain."""
+    """Environment for every rclpy process of the demo.
+
+    The launch file's default DDS setup (``dds:=host``: shared memory, loopback-only
+    discovery) and a ROS domain of its own.
+    """
+    from ..ros import launch_args
     env = dict(os.environ)
-    env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-    env['FASTDDS_DEFAULT_PROFILES_FILE'] = str(share_file('config/fastdds_loopback.xml'))
+    env.update(launch_args.dds_environment(launch_args.DDS_HOST))
     env['ROS_DOMAIN_ID'] = str(domain_id)
     env.pop('ROS_STATIC_PEERS', None)
     env['PYTHONUNBUFFERED'] = '1'

@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     'train-corrector': ('train_corrector', 'train the post-registration corrector'),
     'bench': ('bench', 'time the pipeline stages against reference configurations'),
     'bench-node': ('bench_node', 'time the running node end to end over loopback DDS'),
+    'bench-sizes': ('bench_sizes', 'per-pair cost of a mixed-size folder against a fixed-size one'),
     'export-onnx': ('export_onnx', 'export fusion and corrector to ONNX'),
     'bag': ('bag', 'fuse a whole ROS 2 bag offline'),
     'calibrate': ('calibrate', "the rig's thermal->RGB homography from its own recordings"),

@@ -965,13 +965,19 @@ def register(visible: np.ndarray, thermal: np.ndarray, cfg: RegistrationConfig |
     runner_up = float('nan')
     polish = cfg.polish_iters > 0 and ff >= 4   # at 1/2 or coarser
     polished = None
-    if prior is not None and prior.size == size:
+    prior_h = prior_local = None
+    if prior is not None:
+        # another size: the same rig at another resolution (its map rescaled; the check below
+        # decides, as for any warm start, whether it still explains the pair)
+        prior_h, prior_local = ((prior.homography, prior.local) if prior.size == size
+                                else rescale(prior, size))
+    if prior is not None:
         # a warm start is near its optimum already: refined where the estimate ends (polish level)
         if polish:
-            h0, it = _polish(visible, thermal, size, prior.homography, ff // 2, cfg)
+            h0, it = _polish(visible, thermal, size, prior_h, ff // 2, cfg)
             polished = h0
         else:
-            h0, it = refine_global(fine, size, prior.homography, cfg.model, cfg.iters[1])
+            h0, it = refine_global(fine, size, prior_h, cfg.model, cfg.iters[1])
         iterations += it
         rho0 = correlation(fine, h0)
         if confidence(rho0, rho_zero) >= cfg.reuse_gain * prior.gain_global - REUSE_SLACK:
@@ -1017,7 +1023,7 @@ def register(visible: np.ndarray, thermal: np.ndarray, cfg: RegistrationConfig |
     local = np.zeros((0, 0, 2), np.float32)
     gain = gain_global
     if cfg.grid_px > 0 and cfg.local_iters > 0 and gain_global > 0:
-        start = prior.local if (prior is not None and not searched) else None
+        start = prior_local if (prior is not None and not searched) else None
         local, it = refine_local(fine, size, best_h, cfg, start)
         iterations += it
         gain = confidence(_local_correlation(fine, size, best_h, local), rho_zero)

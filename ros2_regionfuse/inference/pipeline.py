@@ -24,7 +24,7 @@ from ..core import convert
 from ..core.align import homography_from_values, load_homography_file, scale_homography, warp_thermal
 from ..core.checks import ConfigError, check_image
 from ..core.config import PipelineConfig
-from ..models.runtime import TorchFusionRunner, build_runner
+from ..models.runtime import TorchFusionRunner, build_runner, inline_builds
 
 log = logging.getLogger(__name__)
 
@@ -335,11 +335,12 @@ class FusionPipeline:
     def warm_up(self, size: tuple[int, int], thermal_size: tuple[int, int] | None = None) -> float:
         """Run one synthetic pair of RGB size ``size`` through the whole pipeline; milliseconds taken.
 
-        The first pair of a size pays one-time builds: the region network's ONNX Runtime
-        session, the TorchScript traces, the C kernels' loading (~2-3 s on 2 CPU cores). A
-        node that warms up at its cameras' size while configuring does not drop the first
-        seconds of pairs. The corrector's learned stages are forced to run (a 4 px start
-        shift), so their trace is built even where the synthetic pair looks aligned.
+        Builds what a size's fast path needs: the region network's ONNX Runtime session
+        for that size, the TorchScript traces of a learned corrector (~0.05-1 s on 2 CPU
+        cores). Without a warm-up they are built at a size's second pair, the first runs
+        on the fallbacks (:data:`~ros2_regionfuse.models.runtime.BUILD_AFTER`). The
+        corrector's learned stages are forced to run (a 4 px start shift), so their
+        trace is built even where the synthetic pair looks aligned.
 
         Args:
             size: RGB ``(width, height)`` expected from the camera.
@@ -356,12 +357,13 @@ class FusionPipeline:
         ty, tx = np.mgrid[0:th, 0:tw].astype(np.float32)
         thermal = (20000 + 3000 * np.sin(tx / 11.0) * np.cos(ty / 7.0)).astype(np.uint16)
         t0 = time.perf_counter()
-        frame = self.fuse(thermal, rgb)
-        registers = hasattr(self._corrector, 'reset')   # register_refuse: no learned stages to trace
-        if frame.correct and not registers and getattr(self._corrector, 'prepare', None) is not None:
-            frame.align_params = torch.tensor([[4.0, 0.0, 0.0, 0.0]], device=frame.fused_t.device)
-            frame.sources = None   # computed with these parameters in finish()
-        self.finish(frame)
+        with inline_builds():
+            frame = self.fuse(thermal, rgb)
+            registers = hasattr(self._corrector, 'reset')   # register_refuse: no learned stages to trace
+            if frame.correct and not registers and getattr(self._corrector, 'prepare', None) is not None:
+                frame.align_params = torch.tensor([[4.0, 0.0, 0.0, 0.0]], device=frame.fused_t.device)
+                frame.sources = None   # computed with these parameters in finish()
+            self.finish(frame)
         if frame.correct and hasattr(self._corrector, 'reset'):
             self._corrector.reset()   # the synthetic pair's estimate is no start for the camera's
         return (time.perf_counter() - t0) * 1e3

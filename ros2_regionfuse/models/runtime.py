@@ -7,11 +7,12 @@ All tensors are ``(1, C, H, W)`` float32 on the pipeline's device, images in
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -58,39 +59,116 @@ ORT_REGION_TOLERANCE = 1e-3
 REGION_ORT_THREADS = 1
 
 
-class OrtRegionNetwork:
-    """The fusion's region network (:meth:`RegionFuseNet.region_params`) in ONNX Runtime, one input size.
+#: Image sizes ``(H, W)`` at which the dynamic region graph is exported and checked against torch.
+REGION_CHECK_HW = ((120, 160), (96, 136))
 
-    Exported in memory at the given inputs' shapes (static: ORT then fuses and plans
-    the whole graph, ~1 s) and checked against ``reference`` (the torch output on
-    the same inputs). One intra-op thread (:data:`REGION_ORT_THREADS`), which does not
-    spin between calls. Against the TorchScript trace, paired rounds of the whole
-    pipeline at 640x480 gave -0.9 ms per frame with 1 and with 2 threads.
+
+def _region_inputs(model: RegionFuseNet, hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The region network's ``(feats, stats)`` for a synthetic ``hw`` pair (plain tensors)."""
+    got: list[torch.Tensor] = []
+
+    def grab(feats: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+        got[:] = [feats.clone(), stats.clone()]
+        return model.region_params(feats, stats)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model(torch.rand(1, 1, *hw, generator=g), torch.rand(1, 1, *hw, generator=g), region_params=grab)
+    return got[0], got[1]
+
+
+class RegionGraph:
+    """The fusion's region network (:meth:`RegionFuseNet.region_params`) as one ONNX graph for every size.
+
+    Exported once per set of weights and process (~0.5-1 s on 2 cores, at the
+    runner's construction: before a node subscribes), with dynamic feature sizes,
+    and checked against torch at :data:`REGION_CHECK_HW`. :meth:`session` gives an
+    ONNX Runtime session for it: with ``shapes``, one whose input sizes are fixed
+    (ORT then folds the shape arithmetic and plans the memory: 4.77 against 4.94 ms
+    for a graph exported at that size, 5.05 ms with dynamic sizes; 640x480, one
+    thread, 6 interleaved rounds of 100 runs), built in ~35 ms without a new export.
 
     Raises:
         RuntimeError: the export, the session or the check failed (the caller keeps torch).
     """
 
-    def __init__(self, model: RegionFuseNet, feats: torch.Tensor, stats: torch.Tensor,
-                 reference: torch.Tensor) -> None:
+    def __init__(self, model: RegionFuseNet) -> None:
         import io
 
+        buf = io.BytesIO()
+        samples = [_region_inputs(model, hw) for hw in REGION_CHECK_HW]
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter('ignore')
+            torch.onnx.export(_RegionParams(model).eval(), samples[0], buf,
+                              input_names=['feats', 'stats'], output_names=['params'],
+                              dynamic_axes={'feats': {2: 'h', 3: 'w'}, 'stats': {1: 'cells'}},
+                              opset_version=17, dynamo=False)
+        self.onnx = buf.getvalue()
+        self.dynamic = self.session()
+        with torch.no_grad():
+            self.max_error = max(self.dynamic.check(f, s, model.region_params(f, s)) for f, s in samples)
+
+    def session(self, shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None) -> OrtRegionNetwork:
+        """A session for the graph; ``shapes``: the ``feats`` and ``stats`` shapes it is fixed to."""
+        data = self.onnx
+        if shapes is not None:
+            import onnx
+            m = onnx.load_from_string(data)
+            for inp, shape in zip(m.graph.input, shapes):
+                dims = inp.type.tensor_type.shape.dim
+                if len(dims) != len(shape):
+                    raise RuntimeError(f'input {inp.name}: {len(dims)} dimensions, shape {shape}')
+                for d, v in zip(dims, shape):
+                    d.ClearField('dim_param')
+                    d.dim_value = int(v)
+            data = m.SerializeToString()
+        return OrtRegionNetwork(data)
+
+
+_GRAPHS: dict[str, RegionGraph] = {}   # by weights (state_sha256), at most _GRAPHS_MAX
+_GRAPHS_MAX = 4
+
+
+def region_graph(model: RegionFuseNet) -> RegionGraph:
+    """The :class:`RegionGraph` of ``model``'s weights, exported on the first request in this process."""
+    from .onnx_runtime import state_sha256
+    key = state_sha256(model)
+    with _BUILD_LOCK:
+        if key not in _GRAPHS:
+            graph = RegionGraph(model)
+            if len(_GRAPHS) >= _GRAPHS_MAX:
+                _GRAPHS.clear()
+            _GRAPHS[key] = graph
+        return _GRAPHS[key]
+
+
+class OrtRegionNetwork:
+    """One ONNX Runtime session of the region network: ``(feats, stats) -> params``.
+
+    One intra-op thread (:data:`REGION_ORT_THREADS`), which does not spin between
+    calls. Against the TorchScript trace, paired rounds of the whole pipeline at
+    640x480 gave -0.9 ms per frame with 1 and with 2 threads.
+    """
+
+    def __init__(self, onnx_model: bytes) -> None:
         import onnxruntime as ort
 
         from .onnx_runtime import session_options
-        buf = io.BytesIO()
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-            warnings.simplefilter('ignore')
-            torch.onnx.export(_RegionParams(model).eval(), (feats.clone(), stats.clone()), buf,
-                              input_names=['feats', 'stats'], output_names=['params'],
-                              opset_version=17, dynamo=False)
         so = session_options(REGION_ORT_THREADS)
         so.add_session_config_entry('session.intra_op.allow_spinning', '0')
-        self.session = ort.InferenceSession(buf.getvalue(), so, providers=['CPUExecutionProvider'])
+        self.session = ort.InferenceSession(onnx_model, so, providers=['CPUExecutionProvider'])
+        self.max_error = float('nan')
+
+    def check(self, feats: torch.Tensor, stats: torch.Tensor, reference: torch.Tensor) -> float:
+        """Largest difference to ``reference`` (the torch output).
+
+        Raises:
+            RuntimeError: above :data:`ORT_REGION_TOLERANCE`.
+        """
         err = float((self(feats, stats) - reference).abs().max())
         if not err <= ORT_REGION_TOLERANCE:
             raise RuntimeError(f'ONNX Runtime differs from torch by {err:.2e} (> {ORT_REGION_TOLERANCE:g})')
-        self.max_error = err
+        self.max_error = err if self.max_error != self.max_error else max(self.max_error, err)
+        return err
 
     def __call__(self, feats: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
         feed = {'feats': feats.contiguous().numpy(), 'stats': stats.contiguous().numpy()}
@@ -103,11 +181,14 @@ class TorchFusionRunner:
     For a :class:`RegionFuseNet` on the CPU:
 
     * the region network (:meth:`RegionFuseNet.region_params`) runs in ONNX
-      Runtime with ``region_runtime='onnxruntime'`` (:class:`OrtRegionNetwork`,
-      one session per feature size), else, or when that fails, as a TorchScript
-      trace, frozen, one per feature size (built on the first frame of a size,
-      ~0.5 s): same values (max difference 0), less per-operation overhead than
-      eager: measured -4.6 ms per frame with 1 thread, -2.7 ms with 2 (paired rounds);
+      Runtime with ``region_runtime='onnxruntime'``: one graph for every size
+      (:class:`RegionGraph`, exported when the runner is made), a session with
+      fixed input sizes for a size used :data:`BUILD_AFTER` times (~35 ms to make,
+      checked against torch on that frame), the dynamic session for the others;
+      else, or when the export fails, as a TorchScript trace, frozen, one per
+      feature size (built at a size's :data:`BUILD_AFTER`-th frame, ~0.5 s): same
+      values (max difference 0), less per-operation overhead than eager: measured
+      -4.6 ms per frame with 1 thread, -2.7 ms with 2 (paired rounds);
     * the full-resolution pyramid operations run in OpenCV (plane by plane;
       values equal to ~5e-7): paired rounds at 640x480, 13.2 vs 16.1 ms with
       1 intra-op thread, 17.9 vs 19.5 ms with 2. (Until the pyramid's 2x2
@@ -119,16 +200,26 @@ class TorchFusionRunner:
         self.native = native
         self._fast = isinstance(model, RegionFuseNet) and next(model.parameters()).device.type == 'cpu'
         self._traces = _TraceCache('fusion region network')
-        self._use_ort = self._fast and region_runtime == 'onnxruntime'
-        self._ort = _BuildCache('fusion region network', 'ONNX Runtime unavailable', 'using torch')
+        self._ort = _BuildCache('fusion region network', 'ONNX Runtime session failed', 'using the '
+                                'graph for every size')
+        self.graph: RegionGraph | None = None
+        if self._fast and region_runtime == 'onnxruntime':
+            try:
+                self.graph = region_graph(model)
+            except Exception as e:   # noqa: BLE001 - any failure: torch runs the region network
+                log.warning('fusion region network: ONNX Runtime unavailable (%s); using torch', e)
+
+    def _sized_session(self, feats: torch.Tensor, stats: torch.Tensor) -> OrtRegionNetwork:
+        assert self.graph is not None
+        sess = self.graph.session((tuple(feats.shape), tuple(stats.shape)))
+        sess.check(feats, stats, self.model.region_params(feats, stats))
+        return sess
 
     def _region_params(self, feats: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
         key = (tuple(feats.shape), tuple(stats.shape), feats.dtype, feats.is_contiguous())
-        if self._use_ort:
-            session = self._ort.get_or_build(key, lambda: OrtRegionNetwork(
-                self.model, feats, stats, self.model.region_params(feats, stats)))
-            if session is not None:
-                return session(feats, stats)
+        if self.graph is not None:
+            session = self._ort.get_or_build(key, lambda: self._sized_session(feats, stats))
+            return (session or self.graph.dynamic)(feats, stats)
         traced = self._traces.lookup(key, lambda: _RegionParams(self.model), (feats, stats))
         return (traced or self.model.region_params)(feats, stats)
 
@@ -172,22 +263,53 @@ class _CorrectorFused(nn.Module):
 _BUILD_LOCK = threading.RLock()   # one build at a time, across caches and threads
 _MISSING = object()
 
+#: Uses of an input signature before its fast path is built (on that use, on the calling thread).
+#: A size seen once (a folder where every pair has its own size) runs on its fallback and pays
+#: no build; a camera's stream builds at its second frame.
+BUILD_AFTER = 2
+
+_INLINE = [0]   # open inline_builds() blocks, process-wide (a warm-up's helper thread builds too)
+_INLINE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def inline_builds() -> Iterator[None]:
+    """Within the block, fast paths are built at their signature's first use.
+
+    For warm-ups and benchmarks, which want every build done before they time anything.
+    """
+    with _INLINE_LOCK:
+        _INLINE[0] += 1
+    try:
+        yield
+    finally:
+        with _INLINE_LOCK:
+            _INLINE[0] -= 1
+
 
 class _BuildCache(dict):
     """Objects built once per input signature (at most ``MAX`` kept); None marks a failed build.
 
+    A signature's object is built at its :data:`BUILD_AFTER`-th use (its first within
+    :func:`inline_builds`); before that the caller runs its fallback (same values).
     A failed build is warned once per signature (``what: failure for <first shape> (error);
     fallback``) and leaves the caller on its fallback.
     """
 
     MAX = 4
+    SEEN_MAX = 64   # signatures whose uses are counted
 
     def __init__(self, what: str, failure: str, fallback: str) -> None:
         super().__init__()
         self.what, self.failure, self.fallback = what, failure, fallback
+        self._seen: dict[tuple, int] = {}
+
+    def failed(self, key: tuple) -> bool:
+        """Whether the build for ``key`` ran and failed (the caller stays on its fallback)."""
+        return key in self and self[key] is None
 
     def get_or_build(self, key: tuple, build: Callable[[], Callable]) -> Callable | None:
-        """The object for ``key``, from ``build()`` the first time; None: the build failed.
+        """The object for ``key``; None: not built yet, or the build failed (:meth:`failed`).
 
         Builds of every cache run one at a time (:data:`_BUILD_LOCK`): with ``align_stage: auto``
         the helper thread traces the corrector's source part while the main thread may trace or
@@ -198,15 +320,23 @@ class _BuildCache(dict):
             return obj
         with _BUILD_LOCK:
             obj = self.get(key, _MISSING)
-            if obj is _MISSING:
-                try:
-                    obj = build()
-                except Exception as e:   # noqa: BLE001 - any failure: the caller falls back
-                    log.warning('%s: %s for %s (%s); %s', self.what, self.failure, key[0], e, self.fallback)
-                    obj = None
-                if len(self) >= self.MAX:
-                    self.clear()
-                self[key] = obj
+            if obj is not _MISSING:
+                return obj
+            if not _INLINE[0]:
+                n = self._seen.pop(key, 0) + 1
+                if n < BUILD_AFTER:
+                    if len(self._seen) >= self.SEEN_MAX:
+                        self._seen.pop(next(iter(self._seen)))
+                    self._seen[key] = n
+                    return None
+            try:
+                obj = build()
+            except Exception as e:   # noqa: BLE001 - any failure: the caller falls back
+                log.warning('%s: %s for %s (%s); %s', self.what, self.failure, key[0], e, self.fallback)
+                obj = None
+            if len(self) >= self.MAX:
+                self.clear()
+            self[key] = obj
             return obj
 
 
@@ -223,7 +353,7 @@ class _TraceCache(_BuildCache):
 
     def lookup(self, key: tuple, build: Callable[[], nn.Module], inputs: tuple[torch.Tensor, ...]
                ) -> Callable | None:
-        """The trace for ``key``, tracing ``build()`` on ``inputs`` the first time; None: run eagerly."""
+        """The trace for ``key``, tracing ``build()`` on ``inputs`` when due; None: run eagerly."""
         def trace() -> Callable:
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore', torch.jit.TracerWarning)

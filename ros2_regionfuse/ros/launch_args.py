@@ -12,6 +12,7 @@ ROS-free (no rclpy import); ``ament_index_python`` is used when present.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,11 @@ RGB_IMAGE = 'rgb/image_raw'
 COMPRESSED_SUFFIX = '/compressed'
 CAMERA_INFO = 'camera_info'
 TRUE_WORDS = ('true', '1', 'yes', 'on')
+#: ``dds`` launch argument values (else: a Fast DDS XML profile path).
+DDS_HOST = 'host'
+DDS_SYSTEM = 'system'
+#: RMW implementations that read Fast DDS profiles (the default RMW when unset).
+FASTDDS_RMWS = ('', 'rmw_fastrtps_cpp', 'rmw_fastrtps_dynamic_cpp')
 LOG_LEVELS = ('debug', 'info', 'warn', 'error', 'fatal')
 
 
@@ -57,6 +63,33 @@ def default_params_file() -> str:
     return _repo_or_share('config', 'fuse.yaml')
 
 
+def host_dds_profile() -> str:
+    """``<share>/ros2_regionfuse/config/fastdds_loopback.xml`` (or the source tree's copy)."""
+    return _repo_or_share('config', 'fastdds_loopback.xml')
+
+
+def dds_environment(value: str) -> dict[str, str]:
+    """Environment variables the ``dds`` launch argument sets for the started processes.
+
+    ``host``: the shipped shared-memory + loopback profile, discovery on this host only
+    (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``); ``system``: nothing; else the value is a
+    Fast DDS XML profile file.
+
+    Example:
+        >>> sorted(dds_environment('host'))
+        ['FASTDDS_DEFAULT_PROFILES_FILE', 'ROS_AUTOMATIC_DISCOVERY_RANGE']
+        >>> dds_environment('system')
+        {}
+    """
+    v = value.strip()
+    if v == DDS_SYSTEM:
+        return {}
+    if v == DDS_HOST:
+        return {'FASTDDS_DEFAULT_PROFILES_FILE': host_dds_profile(),
+                'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}
+    return {'FASTDDS_DEFAULT_PROFILES_FILE': v}
+
+
 def rviz_config_file() -> str:
     """``<share>/ros2_regionfuse/config/fuse.rviz`` (or the source tree's copy)."""
     return _repo_or_share('config', 'fuse.rviz')
@@ -76,6 +109,12 @@ def launch_arguments() -> tuple[LaunchArgument, ...]:
         LaunchArgument('use_sim_time', 'false', 'Use /clock (bag playback).'),
         LaunchArgument('log_level', 'info', 'Node log level: ' + '|'.join(LOG_LEVELS) + '.'),
         LaunchArgument('rviz', 'false', 'Also start RViz with config/fuse.rviz.'),
+        LaunchArgument('dds', DDS_HOST,
+                       f'DDS transports of the started processes: {DDS_HOST} (Fast DDS shared memory with '
+                       '32 MiB segments and UDP on loopback, config/fastdds_loopback.xml: 640x480 to 1080p '
+                       'at 30 Hz between processes on this host; give the camera drivers and viewers the '
+                       f'same), {DDS_SYSTEM} (keep this environment\'s DDS setup: multi-host rigs, '
+                       'docs/node.md), or the path of a Fast DDS XML profile.'),
     )
 
 
@@ -90,6 +129,8 @@ class NodeArguments:
         remappings: ``(from, to)`` topic remappings.
         ros_arguments: further ``--ros-args`` items (log level).
         rviz: start RViz too.
+        environment: variables set for the started processes (``dds`` launch argument).
+        dds: the ``dds`` launch argument's value.
     """
 
     namespace: str
@@ -98,6 +139,8 @@ class NodeArguments:
     remappings: list[tuple[str, str]] = field(default_factory=list)
     ros_arguments: list[str] = field(default_factory=list)
     rviz: bool = False
+    environment: dict[str, str] = field(default_factory=dict)
+    dds: str = DDS_HOST
 
 
 def _flag(text: str, name: str) -> bool:
@@ -169,7 +212,8 @@ def node_arguments(values: Mapping[str, str] | None = None) -> NodeArguments:
     remaps = [(a, b) for a, b in remaps if a != b]
     return NodeArguments(namespace=v['namespace'].strip(), params_file=v['params_file'],
                          parameters=params, remappings=remaps,
-                         ros_arguments=['--log-level', level], rviz=_flag(v['rviz'], 'rviz'))
+                         ros_arguments=['--log-level', level], rviz=_flag(v['rviz'], 'rviz'),
+                         environment=dds_environment(v['dds']), dds=v['dds'].strip())
 
 
 def package_available(name: str) -> bool:
@@ -187,12 +231,15 @@ def package_available(name: str) -> bool:
     return shutil.which(name) is not None
 
 
-def preflight(args: NodeArguments, package_exists: Callable[[str], bool] = package_available) -> list[str]:
+def preflight(args: NodeArguments, package_exists: Callable[[str], bool] = package_available,
+              rmw: str | None = None) -> list[str]:
     """Problems that must stop the launch before any process starts (empty: go).
 
     A missing parameter file would leave the node on its built-in defaults (launch_ros
     only warns), and a missing ``rviz2`` would end the launch after ``fuse_node`` had
-    started, leaving it running without its parent.
+    started, leaving it running without its parent. A Fast DDS profile is checked to
+    exist, and to be read at all (``rmw``: ``RMW_IMPLEMENTATION``, default from the
+    environment).
 
     Example:
         >>> preflight(node_arguments({'params_file': '/no/such.yaml'}), lambda n: True)
@@ -204,6 +251,16 @@ def preflight(args: NodeArguments, package_exists: Callable[[str], bool] = packa
     if args.rviz and not package_exists('rviz2'):
         problems.append("launch argument rviz:=true, but the package 'rviz2' is not installed "
                         '(install ros-<distro>-rviz2, or launch with rviz:=false)')
+    profile = args.environment.get('FASTDDS_DEFAULT_PROFILES_FILE')
+    if profile is not None:
+        if not Path(profile).is_file():
+            problems.append(f'launch argument dds: {profile!r} is not a file (use {DDS_HOST}, {DDS_SYSTEM} '
+                            'or the path of a Fast DDS XML profile)')
+        impl = (os.environ.get('RMW_IMPLEMENTATION', '') if rmw is None else rmw).strip()
+        if impl not in FASTDDS_RMWS:
+            problems.append(f'launch argument dds:={args.dds} configures Fast DDS, but '
+                            f'RMW_IMPLEMENTATION={impl}; launch with dds:={DDS_SYSTEM} and configure '
+                            f'{impl} for large images')
     return problems
 
 

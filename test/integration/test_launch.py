@@ -44,6 +44,12 @@ def test_mapping_of_launch_arguments() -> None:
     cmd = la.command_line('fuse_node', VALUES)
     assert cmd[:6] == ['fuse_node', '--ros-args', '-r', '__node:=regionfuse', '-r', '__ns:=/lt']
     assert '-p' in cmd and 'device:=cpu' in cmd and 'thermal/camera_info:=/boson/camera_info' in cmd
+    # dds: the shipped host profile (loopback discovery) by default, nothing with system, else a file
+    assert a.dds == 'host' and a.environment == {'FASTDDS_DEFAULT_PROFILES_FILE': la.host_dds_profile(),
+                                                 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}
+    assert Path(la.host_dds_profile()).is_file()
+    assert la.node_arguments({'dds': 'system'}).environment == {}
+    assert la.node_arguments({'dds': '/x/p.xml'}).environment == {'FASTDDS_DEFAULT_PROFILES_FILE': '/x/p.xml'}
     for bad in ({'rviz': 'maybe'}, {'log_level': 'loud'}, {'nope': '1'}):
         with pytest.raises(ValueError):
             la.node_arguments(bad)
@@ -59,7 +65,7 @@ def test_launch_files_repeat_no_parameter_default() -> None:
     assert {a.name: a.default for a in la.launch_arguments()}['device'] == ''
     assert [a.name for a in la.launch_arguments()] == [
         'namespace', 'params_file', 'thermal_topic', 'rgb_topic', 'device', 'use_sim_time',
-        'log_level', 'rviz']
+        'log_level', 'rviz', 'dds']
 
 
 def test_generate_launch_description() -> None:
@@ -87,6 +93,7 @@ def test_generate_launch_description() -> None:
     assert node['parameters'] == [expect.params_file, expect.parameters]
     assert node['remappings'] == expect.remappings and node['ros_arguments'] == expect.ros_arguments
     assert rviz['executable'] == 'rviz2' and rviz['arguments'] == ['-d', la.rviz_config_file()]
+    assert node['additional_env'] == rviz['additional_env'] == expect.environment
 
 
 def test_launch_command_line_runs_here(tmp_path) -> None:
@@ -159,11 +166,17 @@ def test_preflight_stops_a_launch_that_would_orphan_the_node_or_ignore_its_param
     good = tmp_path / 'p.yaml'
     good.write_text('/**:\n  ros__parameters: {}\n')
     ok = la.node_arguments({'params_file': str(good), 'rviz': 'true'})
-    assert la.preflight(ok, lambda name: True) == []
-    missing_rviz = la.preflight(ok, lambda name: name != 'rviz2')
+    assert la.preflight(ok, lambda name: True, rmw='') == []
+    missing_rviz = la.preflight(ok, lambda name: name != 'rviz2', rmw='')
     assert len(missing_rviz) == 1 and "'rviz2' is not installed" in missing_rviz[0]
     typo = la.node_arguments({'params_file': str(tmp_path / 'typo.yaml')})
     expected = f"launch argument params_file: '{tmp_path / 'typo.yaml'}' is not a file"
-    assert la.preflight(typo, lambda name: True) == [expected]
+    assert la.preflight(typo, lambda name: True, rmw='') == [expected]
     # the default params file exists (source tree or package share)
-    assert la.preflight(la.node_arguments({}), lambda name: True) == []
+    assert la.preflight(la.node_arguments({}), lambda name: True, rmw='') == []
+    # dds: a missing profile, or a profile the RMW would not read
+    bad_profile = la.preflight(la.node_arguments({'dds': str(tmp_path / 'nope.xml')}), lambda n: True, rmw='')
+    assert len(bad_profile) == 1 and 'nope.xml' in bad_profile[0] and 'is not a file' in bad_profile[0]
+    cyclone = la.preflight(la.node_arguments({}), lambda n: True, rmw='rmw_cyclonedds_cpp')
+    assert len(cyclone) == 1 and 'dds:=system' in cyclone[0]
+    assert la.preflight(la.node_arguments({'dds': 'system'}), lambda n: True, rmw='rmw_cyclonedds_cpp') == []

@@ -495,6 +495,7 @@ def test_pipeline_runs_the_global_registration_in_the_configured_stage(test_data
     cfg.corrector.variant = 'corrector_lite'
     cfg.corrector.align_stage = 'fuse'
     pipe = FusionPipeline(cfg)
+    pipe.warm_up((rgb.shape[1], rgb.shape[0]))   # traced stages from the first frame: exact comparisons
     frame = pipe.fuse(moved, rgb)
     assert frame.align_params is not None and frame.align_params.shape == (1, 4)
     assert float(frame.align_params[0, 0]) == pytest.approx(6.0, abs=1.5)   # tx in px
@@ -533,8 +534,9 @@ def test_runner_traces_the_learned_stages(test_data, monkeypatch, caplog):
         params = model.align(v, moved)
         ref = model(fused, v, moved, opencv=True, align_params=params)
     run = TorchCorrectorRunner(model)
-    for _ in range(2):   # trace, then the cached traces
+    for i in range(3):   # eager (a size's first frame), trace (BUILD_AFTER), then the cached traces
         image, m, flow = run(fused, v, moved, align_params=params)
+        assert bool(run._traces) == (i >= runtime.BUILD_AFTER - 1)
         assert float((image - ref.image).abs().max()) < 1e-5
         assert float((m - ref.misregistration).abs().max()) < 1e-5
         assert float((flow - ref.flow).abs().max()) < 1e-4
@@ -551,7 +553,7 @@ def test_runner_traces_the_learned_stages(test_data, monkeypatch, caplog):
 
     monkeypatch.setattr(runtime.torch.jit, 'trace', lambda *a, **k: (_ for _ in ()).throw(RuntimeError('no')))
     fallback = TorchCorrectorRunner(model)
-    with caplog.at_level('WARNING'):
+    with caplog.at_level('WARNING'), runtime.inline_builds():
         image, _, _ = fallback(fused, v, moved, align_params=params)
     assert torch.equal(image, ref.image) and 'corrector: tracing failed' in caplog.text
 
@@ -573,6 +575,8 @@ def test_runner_builds_run_one_at_a_time_across_threads():
             return object()
         return make
     caches = [_BuildCache('a', 'failed', 'fallback'), _BuildCache('b', 'failed', 'fallback')]
+    for c in caches:   # a signature's first use builds nothing (BUILD_AFTER = 2)
+        assert c.get_or_build(('k',), build('never')) is None and not spans and not c.failed(('k',))
     got: dict[str, object] = {}
     threads = [threading.Thread(target=lambda c=c, n=n: got.__setitem__(n, c.get_or_build(('k',), build(n))))
                for c, n in zip(caches, ('a', 'b'))]

@@ -187,7 +187,10 @@ def test_fusion_runner_traces_the_region_network_per_size(test_data, monkeypatch
         t, v = convert.to_tensor(t_img), convert.to_tensor(y_img)
         with torch.inference_mode():
             ref = model(t, v, opencv=cv)
-        assert torch.equal(run(t, v), ref)
+        n = len(run._traces)
+        assert torch.equal(run(t, v), ref)              # a size's first frame: eager, nothing built
+        assert len(run._traces) == n
+        assert torch.equal(run(t, v), ref)              # its second: traced (BUILD_AFTER)
         assert torch.equal(run(t, v), ref)              # the cached trace again
     assert len(run._traces) == 2
     assert all(isinstance(tr, torch.jit.ScriptModule) for tr in run._traces.values())
@@ -198,6 +201,7 @@ def test_fusion_runner_traces_the_region_network_per_size(test_data, monkeypatch
     fallback = TorchFusionRunner(model)
     t, v = convert.to_tensor(th), convert.to_tensor(y)
     with caplog.at_level('WARNING'):
+        fallback(t, v)
         out = fallback(t, v)
     with torch.inference_mode():
         assert torch.equal(out, model(t, v, opencv=cv))
@@ -205,33 +209,42 @@ def test_fusion_runner_traces_the_region_network_per_size(test_data, monkeypatch
 
 
 def test_fusion_region_network_in_onnxruntime(test_data, monkeypatch, caplog):
-    """The default CPU runner runs the region network in ONNX Runtime: within 1e-4 of the torch
-    runner's fused image on real pairs, one session per size; a failed export keeps torch."""
+    """The default CPU runner runs the region network in ONNX Runtime: one graph for every size
+    (a size's first frame), a session fixed to a size from its second frame; both within 1e-4 of
+    the torch runner's fused image on real pairs; a failed export keeps torch."""
     from ros2_regionfuse.core import convert
     from ros2_regionfuse.core.config import PipelineConfig
     from ros2_regionfuse.core.imageio import read_gray, read_rgb
+    from ros2_regionfuse.models import runtime
     from ros2_regionfuse.models.runtime import OrtRegionNetwork, TorchFusionRunner, build_runner, load_model
     assert PipelineConfig().fusion.region_runtime == 'onnxruntime'
     run, _ = build_runner('fusion', PipelineConfig(), torch.device('cpu'))
+    assert run.graph is not None and run.graph.max_error < 1e-4
     model, _ = load_model('fusion', FUSION, '', torch.device('cpu'))
     exact = TorchFusionRunner(model, region_runtime='torch')
     for stem in ('00537D', 'FLIR_05005'):
         th = read_gray(test_data / 'ir' / f'{stem}.png', as_uint8=True).astype('float32') / 255.0
         y = convert.luminance(convert.rgb_to_unit(read_rgb(test_data / 'vi' / f'{stem}.png')))
         t, v = convert.to_tensor(th), convert.to_tensor(y)
-        ref, got = exact(t, v), run(t, v)
+        ref = exact(t, v)
         assert float(ref.std()) > 0.05
-        assert 0.0 < float((got - ref).abs().max()) < 1e-4     # a different runtime, same result
+        built = len(run._ort)
+        first, second = run(t, v), run(t, v)
+        assert len(run._ort) == built + 1                      # the second frame made the sized session
+        for got in (first, second):
+            assert 0.0 < float((got - ref).abs().max()) < 1e-4  # a different runtime, same result
     sessions = [s for s in run._ort.values() if s is not None]
     assert len(sessions) == 2 and all(isinstance(s, OrtRegionNetwork) for s in sessions)
     assert all(s.max_error < 1e-4 for s in sessions)
     assert not run._traces                                     # no trace was needed
+    assert runtime.region_graph(model) is run.graph            # one export per set of weights
 
     def broken(*args, **kwargs):
         raise RuntimeError('no export here')
     monkeypatch.setattr(torch.onnx, 'export', broken)
-    fallback = TorchFusionRunner(model, region_runtime='onnxruntime')
+    monkeypatch.setattr(runtime, '_GRAPHS', {})
     with caplog.at_level('WARNING'):
+        fallback = TorchFusionRunner(model, region_runtime='onnxruntime')
         out = fallback(t, v)
-    assert torch.equal(out, exact(t, v))
-    assert 'ONNX Runtime unavailable' in caplog.text and list(fallback._ort.values()) == [None]
+    assert torch.equal(out, exact(t, v)) and fallback.graph is None
+    assert 'ONNX Runtime unavailable' in caplog.text
