@@ -71,10 +71,11 @@ class FusionConfig:
     checkpoint: str = _f('', 'Fusion weights (.safetensors); empty = the shipped weights.',
                          read_only=True)
     region_runtime: str = _f('onnxruntime', "Runtime of the fusion's region network in the torch backend "
-                             'on the CPU: onnxruntime (exported per input size at the first frame, ~1 s; '
+                             'on the CPU: onnxruntime (one graph for every size, exported when the node '
+                             'configures, ~1 s; a session fixed to a size from its second frame, ~35 ms; '
                              'fewer, fused operators: -0.9 ms per 640x480 frame on 2 cores) or torch (a '
-                             'TorchScript trace). Falls back to torch, with a warning, when the export or '
-                             'its check fails.', choices=('onnxruntime', 'torch'), read_only=True)
+                             'TorchScript trace per size). Falls back to torch, with a warning, when the '
+                             'export or its check fails.', choices=('onnxruntime', 'torch'), read_only=True)
     contrast: str = _f('percentile', 'Output contrast of the fused luminance: none (as the network '
                        'emits it), minmax (full range per frame) or percentile (the '
                        'fusion.contrast_percentiles of the frame mapped to black and white).',
@@ -242,10 +243,11 @@ class NodeConfig:
     autostart: bool = _f(True, 'Configure and activate the (lifecycle) node at start; false: stay '
                          'unconfigured until a lifecycle transition is requested.', read_only=True)
     warmup_width: int = _f(0, 'RGB width (px) of the pair the node runs through the pipeline while '
-                           'configuring (with warmup_height; the output size follows output.*), so that '
-                           'the first camera pair does not pay the one-time builds for its size (ONNX '
-                           'Runtime session, TorchScript traces: ~2-3 s on 2 CPU cores, during which '
-                           'pairs are dropped). 0 = no warm-up.', range=(0, 16384), read_only=True)
+                           'configuring (with warmup_height; the output size follows output.*): the '
+                           'first camera pair then runs on the fast path of its size (without, the first '
+                           'pair of a size runs on the fallbacks and the second builds the fast path: '
+                           '~35 ms for the default models, ~0.5 s per TorchScript trace of a learned '
+                           'corrector). 0 = no warm-up.', range=(0, 16384), read_only=True)
     warmup_height: int = _f(0, 'RGB height (px) of the warm-up pair; 0 = no warm-up.',
                             range=(0, 16384), read_only=True)
 
