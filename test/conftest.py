@@ -59,3 +59,59 @@ def _restore_torch_threads():
     yield
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+
+
+class FoxgloveClient:
+    """A minimal Foxglove WebSocket client (protocol ``foxglove.sdk.v1``) for the live-view tests."""
+
+    SUBPROTOCOL = 'foxglove.sdk.v1'
+    MESSAGE_DATA = 0x01   # binary opcode: uint8 op, uint32 subscription id, uint64 log time, payload
+
+    @staticmethod
+    def jpeg(payload: bytes) -> np.ndarray:
+        """The JPEG inside a protobuf ``foxglove.CompressedImage`` payload, decoded (BGR)."""
+        import cv2
+        i, j = payload.find(b'\xff\xd8'), payload.rfind(b'\xff\xd9')
+        assert 0 <= i < j, 'no JPEG in the message'
+        img = cv2.imdecode(np.frombuffer(payload[i:j + 2], np.uint8), cv2.IMREAD_COLOR)
+        assert img is not None
+        return img
+
+    def receive(self, url: str, topics: list[str], timeout: float = 20.0) -> dict[str, list[bytes]]:
+        """Connect, subscribe to ``topics`` and return the first message of each (bounded wait)."""
+        import asyncio
+        return asyncio.run(self._receive(url, topics, timeout))
+
+    async def _receive(self, url: str, topics: list[str], timeout: float) -> dict[str, list[bytes]]:
+        import asyncio
+        import json
+        import struct
+        import time
+
+        import websockets
+        got: dict[str, list[bytes]] = {t: [] for t in topics}
+        deadline = time.monotonic() + timeout
+
+        def left() -> float:
+            return max(0.1, deadline - time.monotonic())
+        async with websockets.connect(url, subprotocols=[self.SUBPROTOCOL], open_timeout=timeout) as ws:
+            channels: dict[str, int] = {}
+            while not all(t in channels for t in topics):
+                msg = json.loads(await asyncio.wait_for(ws.recv(), left()))
+                if msg['op'] == 'advertise':
+                    channels.update({c['topic']: c['id'] for c in msg['channels']})
+            subs = dict(enumerate(topics))
+            await ws.send(json.dumps({'op': 'subscribe', 'subscriptions': [
+                {'id': i, 'channelId': channels[t]} for i, t in subs.items()]}))
+            while not all(got.values()):
+                msg = await asyncio.wait_for(ws.recv(), left())
+                if isinstance(msg, bytes) and msg[0] == self.MESSAGE_DATA:
+                    _, sid, _ = struct.unpack_from('<BIQ', msg)
+                    got[subs[sid]].append(msg[13:])
+        return got
+
+
+@pytest.fixture()
+def foxglove_client() -> FoxgloveClient:
+    """A Foxglove WebSocket client (loopback servers only)."""
+    return FoxgloveClient()

@@ -104,6 +104,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help='stop waiting when no output arrived for this long after the last input')
     p.add_argument('--tile-width', type=int, default=d.tile_width, help='mosaic tile width (px)')
     p.add_argument('--no-gif', action='store_true', help='skip the animated GIF')
+    p.add_argument('--foxglove', action='store_true',
+                   help='live view: the node serves the fused image, overlay and status to the Foxglove '
+                        'app on 127.0.0.1 (viz.foxglove); the demo prints where to connect')
+    p.add_argument('--foxglove-port', type=int, default=None,
+                   help='port of that server (default: viz.foxglove_port of the parameters)')
+    p.add_argument('--foxglove-wait', type=float, default=5.0,
+                   help='seconds between printing the connection string and playing (time to connect)')
 
 
 # ---------------------------------------------------------------------------
@@ -425,6 +432,14 @@ def run(args: argparse.Namespace) -> int:
                         ('corrector.checkpoint', args.corrector_checkpoint), ('device', args.device)):
         if value is not None:
             params.append(f'{name}:={value}')
+    view_url = ''
+    if getattr(args, 'foxglove', False):
+        from ..core.config import VizConfig
+        port = VizConfig().foxglove_port if args.foxglove_port is None else args.foxglove_port
+        if not 1 <= port <= 65535:
+            raise ConfigError(f'--foxglove-port must be in [1, 65535], got {port}')
+        params += ['viz.foxglove:=true', f'viz.foxglove_port:={port}']
+        view_url = f'ws://127.0.0.1:{port}'
     domain = args.domain_id if args.domain_id is not None else DOMAIN_BASE + os.getpid() % DOMAIN_SPAN
     env = ros_environment(domain)
     os.environ.update({k: env[k] for k in ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'FASTDDS_DEFAULT_PROFILES_FILE',
@@ -435,6 +450,11 @@ def run(args: argparse.Namespace) -> int:
           f'node log {out / "node.log"}', flush=True)
     node = NodeProcess(cmd, env, out / 'node.log')
     try:
+        if view_url:
+            print('demo: live view: in the Foxglove app, Open connection -> Foxglove WebSocket -> '
+                  f'{view_url} (Image panels on /fused/image and /fused/misregistration/overlay); playing in '
+                  f'{args.foxglove_wait:g} s', flush=True)
+            time.sleep(max(0.0, args.foxglove_wait))
         res = play_and_record(msgs, node, args.rate, opts)
     finally:
         res_exit = node.stop(opts.stop_timeout)

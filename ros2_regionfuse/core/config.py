@@ -225,6 +225,21 @@ class DiagnosticsConfig:
 
 
 @dataclass
+class VizConfig:
+    """Live view without RViz: a Foxglove WebSocket server in the node (``foxglove-sdk``)."""
+
+    foxglove: bool = _f(False, 'Serve the fused image, the misregistration overlay and the status to '
+                        'the Foxglove app (open connection ws://<foxglove_host>:<foxglove_port>).',
+                        read_only=True)
+    foxglove_host: str = _f('127.0.0.1', 'Address the Foxglove server listens on (127.0.0.1: this '
+                            'computer only; 0.0.0.0 exposes it to the network).', read_only=True)
+    foxglove_port: int = _f(8765, 'TCP port of the Foxglove server (0: any free port, logged).',
+                            range=(0, 65535), read_only=True)
+    foxglove_rate: float = _f(10.0, 'Most images per second sent to the Foxglove clients (JPEG).',
+                              range=(0.1, 120.0))
+
+
+@dataclass
 class NodeConfig:
     """All parameters of ``fuse_node``."""
 
@@ -234,6 +249,7 @@ class NodeConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    viz: VizConfig = field(default_factory=VizConfig)
     overlap_stages: bool = _f(True, 'Run preprocessing + fusion of the next pair on one thread while '
                               'the corrector, postprocessing and publishing of the current pair run on '
                               'another: a higher output rate on multi-core CPUs and with a GPU, at a '

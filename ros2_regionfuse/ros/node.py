@@ -148,6 +148,7 @@ class RegionFuseNode(LifecycleNode):
         self._latency = LatencyStats()
         self._prev_snapshot: Snapshot | None = None
         self._active = False
+        self._view: Any = None   # viz.foxglove: a FoxgloveView
 
     # -- lifecycle ---------------------------------------------------------------------------
     @_transition
@@ -178,6 +179,8 @@ class RegionFuseNode(LifecycleNode):
         self._plane_key = None          # a new pipeline: plane mode recomputes its homography
         self._update_plane_homography()
         self._warm_up()
+        if self.cfg.viz.foxglove and not self._start_view():
+            return TransitionCallbackReturn.FAILURE
         c = self.cfg.sync
         self.sync = ApproximateTimeSync(seconds_to_ns(c.slop), c.queue_size,
                                         seconds_to_ns(c.thermal_offset),
@@ -195,6 +198,19 @@ class RegionFuseNode(LifecycleNode):
                  f'{"two overlapped stages" if self.cfg.overlap_stages else "one worker"} '
                  f'with {_intra_op_threads()} thread(s) each')
         return TransitionCallbackReturn.SUCCESS
+
+    def _start_view(self) -> bool:
+        """viz.foxglove: start the Foxglove server (logged with its connection string); False on failure."""
+        from ..viz.foxglove_view import FoxgloveView
+        v = self.cfg.viz
+        try:
+            self._view = FoxgloveView(v.foxglove_host, v.foxglove_port, v.foxglove_rate)
+        except RegionFuseError as e:
+            self.get_logger().error(f'viz.foxglove: {e}')
+            return False
+        self.get_logger().info(f'Foxglove live view: open connection {self._view.url} in the Foxglove app '
+                               '(channels /fused/image, /fused/misregistration/overlay, /fused/status)')
+        return True
 
     def _warm_up(self) -> None:
         """One synthetic pair at ``warmup_width`` x ``warmup_height`` (if set), logged; failures warn only."""
@@ -275,6 +291,9 @@ class RegionFuseNode(LifecycleNode):
             self.get_logger().warn(f'{worker.name} still busy after {WORKER_JOIN_S} s')
 
     def _cleanup(self) -> None:
+        if self._view is not None:
+            self._view.close()
+            self._view = None
         for pub in self._pubs.values():
             self.destroy_publisher(pub)
         self._pubs = {}
@@ -480,6 +499,10 @@ class RegionFuseNode(LifecycleNode):
                     pubs[name].publish(msg)
         total_ms = (time.monotonic() - pair.received) * 1e3
         self._latency.add(total_ms)
+        if self._view is not None:
+            self._view.publish(res.fused, res.misregistration, outputs.view_status(res, total_ms, processed,
+                                                                                   self.pipeline),
+                               r_hdr.stamp.sec * 1_000_000_000 + r_hdr.stamp.nanosec, r_hdr.frame_id)
         if pub.status:
             p = self.pipeline
             pubs['status'].publish(outputs.status_message(

@@ -8,7 +8,7 @@ return None and the node publishes nothing on those topics.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sensor_msgs.msg import CameraInfo, Image
@@ -105,3 +105,15 @@ def status_message(header: Header, pair: Pair, res: FusionResult, total_ms: floa
         corrector_model=corrector_model,
         thermal_received=counters.thermal.received, rgb_received=counters.rgb.received,
         paired=counters.pairs, processed=processed, dropped=dropped)
+
+
+def view_status(res: FusionResult, total_ms: float, processed: int, pipeline: Any) -> dict[str, Any]:
+    """The live view's status record (JSON: NaN becomes null)."""
+    mean, peak = res.shift_stats
+
+    def num(x: float) -> float | None:
+        return None if x != x else round(float(x), 3)
+    return {'frame': int(processed), 'latency_ms': num(total_ms),
+            'misaligned_fraction': num(res.misaligned_fraction), 'shift_mean_px': num(mean),
+            'shift_max_px': num(peak), 'fusion': pipeline.fusion_name,
+            'corrector': pipeline.corrector_name or ''}
