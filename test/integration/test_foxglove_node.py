@@ -68,7 +68,8 @@ def test_node_serves_the_fused_image_to_a_foxglove_client(tmp_path, foxglove_cli
         while f'ws://127.0.0.1:{port}' not in log.read_text(errors='replace'):   # the logged URL
             assert proc.poll() is None and time.monotonic() < deadline, stop_node(proc)[1][-2000:]
             time.sleep(0.2)
-        got = foxglove_client.receive(f'ws://127.0.0.1:{port}', ['/fused/image', '/fused/status'], timeout=60.0)
+        got = foxglove_client.receive(f'ws://127.0.0.1:{port}', ['/fused/image', '/fused/status'],
+                                      timeout=60.0)
         img = foxglove_client.jpeg(got['/fused/image'][0])
         assert img.shape == rgb.shape and float(np.ptp(img)) > 0
         assert b'"fusion"' in got['/fused/status'][0]
