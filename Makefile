@@ -16,7 +16,7 @@ demo: setup
 	$(VENV)/bin/regionfuse demo --out out/demo
 
 test: setup
-	$(PY) -m pytest -p no:cacheprovider test --doctest-modules ros2_regionfuse/core ros2_regionfuse/models ros2_regionfuse/inference ros2_regionfuse/cli/eval_rig.py ros2_regionfuse/training/rig_misalignment.py
+	$(PY) -m pytest -p no:cacheprovider test --doctest-modules ros2_regionfuse/core ros2_regionfuse/models ros2_regionfuse/inference ros2_regionfuse/cli/eval_rig.py ros2_regionfuse/training/rig_misalignment.py ros2_regionfuse/ros/launch_args.py
 
 lint: setup
 	$(PY) -m pytest -p no:cacheprovider test/lint

@@ -411,6 +411,25 @@ def play_and_record(msgs: list[bagio.BagMessage], node: NodeProcess, rate: float
     return res
 
 
+def foxglove_params(args: argparse.Namespace) -> tuple[list[str], str]:
+    """``--foxglove``: the node parameters of the live view and its connection string (none without).
+
+    Raises:
+        ConfigError: a port outside [1, 65535].
+
+    Example:
+        >>> foxglove_params(argparse.Namespace(foxglove=True, foxglove_port=9000))
+        (['viz.foxglove:=true', 'viz.foxglove_port:=9000'], 'ws://127.0.0.1:9000')
+    """
+    if not getattr(args, 'foxglove', False):
+        return [], ''
+    from ..core.config import VizConfig
+    port = VizConfig().foxglove_port if args.foxglove_port is None else args.foxglove_port
+    if not 1 <= port <= 65535:
+        raise ConfigError(f'--foxglove-port must be in [1, 65535], got {port}')
+    return ['viz.foxglove:=true', f'viz.foxglove_port:={port}'], f'ws://127.0.0.1:{port}'
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the demo; print the summary; 0 on success."""
     opts = DemoOptions(startup_timeout=args.startup_timeout, drain_timeout=args.drain_timeout,
@@ -432,14 +451,8 @@ def run(args: argparse.Namespace) -> int:
                         ('corrector.checkpoint', args.corrector_checkpoint), ('device', args.device)):
         if value is not None:
             params.append(f'{name}:={value}')
-    view_url = ''
-    if getattr(args, 'foxglove', False):
-        from ..core.config import VizConfig
-        port = VizConfig().foxglove_port if args.foxglove_port is None else args.foxglove_port
-        if not 1 <= port <= 65535:
-            raise ConfigError(f'--foxglove-port must be in [1, 65535], got {port}')
-        params += ['viz.foxglove:=true', f'viz.foxglove_port:={port}']
-        view_url = f'ws://127.0.0.1:{port}'
+    view_params, view_url = foxglove_params(args)
+    params += view_params
     domain = args.domain_id if args.domain_id is not None else DOMAIN_BASE + os.getpid() % DOMAIN_SPAN
     env = ros_environment(domain)
     os.environ.update({k: env[k] for k in ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'FASTDDS_DEFAULT_PROFILES_FILE',

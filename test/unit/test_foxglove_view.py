@@ -56,3 +56,14 @@ def test_rate_limit_and_a_port_in_use() -> None:
         view.close()
     with pytest.raises(ConfigError):
         fv.FoxgloveView(port=0, rate_hz=0.0)
+
+
+def test_demo_turns_the_view_on_and_names_the_connection() -> None:
+    import argparse
+
+    from ros2_regionfuse.cli import demo
+    assert demo.foxglove_params(argparse.Namespace(foxglove=False, foxglove_port=None)) == ([], '')
+    params, url = demo.foxglove_params(argparse.Namespace(foxglove=True, foxglove_port=None))
+    assert params == ['viz.foxglove:=true', 'viz.foxglove_port:=8765'] and url == 'ws://127.0.0.1:8765'
+    with pytest.raises(ConfigError):
+        demo.foxglove_params(argparse.Namespace(foxglove=True, foxglove_port=70000))
