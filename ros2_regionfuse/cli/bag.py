@@ -26,7 +26,7 @@ import numpy as np
 from ..core import bagio, encodings
 from ..core.align import plane_homography
 from ..core.checks import ConfigError, RegionFuseError
-from ..core.config import NodeConfig, SyncConfig, field_specs, flatten_dict, set_value
+from ..core.config import NodeConfig, SyncConfig, check_offline, field_specs, flatten_dict, set_value
 from ..core.mosaic import misregistration_overlay
 from ..core.sync import ApproximateTimeSync, seconds_to_ns
 
@@ -107,6 +107,7 @@ def load_params_files(cfg: NodeConfig, paths: list[Path]) -> NodeConfig:
 def build_config(args: argparse.Namespace) -> NodeConfig:
     """NodeConfig from the dataclass defaults, ``--params-file`` files and explicit options."""
     cfg = load_params_files(NodeConfig(), args.params_file)
+    check_offline(cfg.pipeline)
     overrides = {'sync.slop': args.slop, 'sync.thermal_offset': args.thermal_offset,
                  'sync.queue_size': args.queue_size, 'fusion.checkpoint': args.fusion_checkpoint,
                  'corrector.checkpoint': args.corrector_checkpoint, 'device': args.device}

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from ..core import convert
 from ..core.checks import ConfigError, ImageIOError, RegionFuseError
-from ..core.config import NodeConfig, PipelineConfig, to_dict, update_from_dict
+from ..core.config import NodeConfig, PipelineConfig, check_offline, to_dict, update_from_dict
 from ..core.imageio import (
     ImagePair,
     atomic_write_bytes,
@@ -121,6 +121,7 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
     update_from_dict(cfg, {k: v for k, v in flags.items() if v is not None})
     if args.no_correct:
         cfg.corrector.enabled = False
+    check_offline(cfg)
     for name, ckpt in (('--fusion-checkpoint', cfg.fusion.checkpoint),
                        ('--corrector-checkpoint', cfg.corrector.checkpoint if cfg.corrector.enabled else '')):
         if ckpt and not Path(ckpt).is_file():

@@ -299,6 +299,87 @@ def calibrate(pairs: Iterable[tuple[np.ndarray, np.ndarray]], cfg: CalibrationCo
     return aggregate(est, th_wh, rgb_wh, cfg)
 
 
+class OnlineCalibration:
+    """Calibration from a live stream (the node's ``align.mode: auto``): estimate, then hold.
+
+    Pairs offered with :meth:`add` are registered (:func:`register_frame`) until
+    ``frames`` of them are confident; then :func:`aggregate` gives the rig's map,
+    which is held (:attr:`result`) until :meth:`restart`. The estimate uses the last
+    ``window`` registered pairs, so a stretch of featureless or unrelated frames at the
+    start is forgotten rather than holding the estimate back forever; an aggregate
+    that refuses (frames disagreeing) waits for more confident frames.
+
+    Args:
+        cfg: calibration settings (model, thresholds).
+        frames: confident frames the estimate needs (>= ``cfg.min_frames``).
+        window: registered pairs kept (>= ``frames``).
+
+    Raises:
+        CalibrationError: inconsistent ``frames`` / ``window``.
+    """
+
+    def __init__(self, cfg: CalibrationConfig | None = None, frames: int = 8, window: int = 24) -> None:
+        cfg = cfg or CalibrationConfig()
+        if cfg.registration.model != cfg.model:
+            cfg = replace(cfg, registration=replace(cfg.registration, model=cfg.model))
+        if frames < cfg.min_frames or window < frames:
+            raise CalibrationError(f'online calibration: need {cfg.min_frames} <= frames ({frames}) '
+                                   f'<= window ({window})')
+        self.cfg, self.frames, self.window = cfg, frames, window
+        self.restart()
+
+    def restart(self) -> None:
+        """Forget the estimate and its frames; the next pairs start a new one."""
+        self.estimates: list[FrameEstimate] = []
+        self.result: Calibration | None = None
+        self.registered = 0
+        self.last_error = ''
+        self._sizes: tuple | None = None
+
+    @property
+    def state(self) -> str:
+        """``'fixed'`` once the estimate is held, else ``'collecting'``."""
+        return 'fixed' if self.result is not None else 'collecting'
+
+    def confident(self) -> int:
+        """Confident pairs among those kept."""
+        c = self.cfg
+        return sum(e.gain >= c.min_gain and e.correlation >= c.min_correlation for e in self.estimates)
+
+    def add(self, thermal: np.ndarray, rgb: np.ndarray) -> Calibration | None:
+        """Register one pair (thermal ``(Ht, Wt)``, RGB ``(H, W, 3)`` uint8) unless the estimate is held.
+
+        A change of either image size starts the collection again (another camera mode).
+
+        Returns:
+            The held :class:`Calibration`, or None while collecting.
+        """
+        if self.result is not None:
+            return self.result
+        sizes = ((thermal.shape[1], thermal.shape[0]), (rgb.shape[1], rgb.shape[0]))
+        if sizes != self._sizes:
+            self.estimates, self._sizes = [], sizes
+        self.estimates = (self.estimates + [register_frame(thermal, rgb, self.cfg)])[-self.window:]
+        self.registered += 1
+        if self.confident() >= self.frames:
+            try:
+                self.result = aggregate(self.estimates, sizes[0], sizes[1], self.cfg)
+                self.last_error = ''
+            except CalibrationError as e:
+                self.last_error = str(e)
+        return self.result
+
+    def summary(self) -> str:
+        """One line for logs and diagnostics."""
+        if self.result is not None:
+            r = self.result
+            return (f'fixed from {r.used} of {r.frames} pairs ({r.low_confidence} low confidence, '
+                    f'{r.outliers} outliers), spread {r.spread_px:.2f} px RMS')
+        more = f'; {self.last_error}' if self.last_error else ''
+        return (f'collecting: {self.confident()} of {self.frames} confident pairs '
+                f'({self.registered} registered){more}')
+
+
 def params_yaml(cal: Calibration, source: str = '') -> str:
     """The node parameter file (``/**: ros__parameters: align: ...``) of a calibration."""
     vals = ', '.join(repr(float(v)) for v in (cal.homography / cal.homography[2, 2]).ravel())

@@ -47,8 +47,10 @@ class AlignConfig:
 
     mode: str = _f('none', 'none: resize only; homography: warp by align.homography '
                    '(or align.homography_file); plane: homography induced by a plane at '
-                   'align.plane_depth from both camera_infos and align.extrinsic.',
-                   choices=('none', 'homography', 'plane'))
+                   'align.plane_depth from both camera_infos and align.extrinsic; auto (node): '
+                   'estimate the homography from the first align.auto_frames confident pairs '
+                   '(as regionfuse calibrate does), then hold it; the ~/recalibrate service '
+                   'estimates it again.', choices=('none', 'homography', 'plane', 'auto'))
     homography: list = _f([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
                           'Thermal->RGB homography, 9 values row-major, in pixels of the '
                           'original thermal and RGB images.', length=9)
@@ -59,6 +61,10 @@ class AlignConfig:
                          'roll pitch yaw (rad), optical frames (plane mode).', length=6)
     plane_depth: float = _f(10.0, 'Depth (m) of the fronto-parallel plane used in plane mode.',
                             range=(0.1, 1000.0))
+    auto_frames: int = _f(8, 'auto mode: confident pairs the estimate needs (the last 3x that many '
+                          'registered pairs are kept).', range=(3, 100))
+    auto_every: int = _f(5, 'auto mode: register every N-th pair while estimating (on a helper '
+                         'thread, ~0.1-0.3 s per pair on 2 CPU cores).', range=(1, 1000))
 
 
 @dataclass
@@ -266,6 +272,17 @@ class NodeConfig:
                            'corrector). 0 = no warm-up.', range=(0, 16384), read_only=True)
     warmup_height: int = _f(0, 'RGB height (px) of the warm-up pair; 0 = no warm-up.',
                             range=(0, 16384), read_only=True)
+
+
+def check_offline(cfg: PipelineConfig) -> None:
+    """Refuse settings only the node can honour (offline tools: fuse, bag).
+
+    Raises:
+        ConfigError: ``align.mode: auto`` (the node's online estimate).
+    """
+    if cfg.align.mode == 'auto':
+        raise ConfigError('align.mode auto estimates the rig in the running node; offline, run '
+                          '`regionfuse calibrate` once and pass the file it writes (align.mode: homography)')
 
 
 # ---------------------------------------------------------------------------

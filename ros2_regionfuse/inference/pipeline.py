@@ -255,7 +255,7 @@ class FusionPipeline:
         self._ensure_corrector()
 
     def set_homography(self, h: np.ndarray | None) -> None:
-        """Set a thermal->RGB homography computed outside (plane mode); None clears it."""
+        """Set a thermal->RGB homography computed outside (plane and auto modes); None clears it."""
         self._homography = None if h is None else homography_from_values(np.ravel(h).tolist())
 
     def homography(self) -> np.ndarray | None:
@@ -263,7 +263,7 @@ class FusionPipeline:
         a = self.cfg.align
         if a.mode == 'none':
             return None
-        if a.mode == 'plane':
+        if a.mode in ('plane', 'auto'):
             return self._homography
         if a.homography_file:
             if self._file_homography is None or self._file_homography[0] != a.homography_file:

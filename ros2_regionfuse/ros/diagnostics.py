@@ -99,6 +99,8 @@ class Snapshot:
         native_kernels: the fused C kernels' state (``loaded <path>``, ``unavailable: <reason>``,
             ``not loaded`` before the first frame, ``off``).
         last_pair: monotonic time the last pair was formed (None: never).
+        alignment: ``(state, summary)`` of the pre-alignment (``align.mode`` or, in auto mode,
+            ``collecting`` / ``fixed``).
     """
 
     time: float
@@ -117,6 +119,7 @@ class Snapshot:
     corrector_model: str = ''
     last_pair: float | None = None
     native_kernels: str = ''
+    alignment: tuple[str, str] = ('', '')
 
 
 def _kv(key: str, value: Any) -> KeyValue:
@@ -186,6 +189,11 @@ def build_statuses(node_name: str, cur: Snapshot, prev: Snapshot | None, cfg: No
                                     message=msg, hardware_id=cur.topics.get(stream, ''),
                                     values=values))
     out.append(_fusion_status(node_name, cur, prev, dt, cfg))
+    state, summary = cur.alignment
+    if state:
+        out.append(DiagnosticStatus(level=DiagnosticStatus.OK, name=f'{node_name}: alignment',
+                                    message=summary, hardware_id=cur.device,
+                                    values=[_kv('mode', cfg.pipeline.align.mode), _kv('state', state)]))
     params = [KeyValue(key=k, value=v if isinstance(v, str) else format_value(v))
               for k, v in to_dict(cfg).items()]
     out.append(DiagnosticStatus(level=DiagnosticStatus.OK, name=f'{node_name}: parameters',

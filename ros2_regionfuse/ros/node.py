@@ -44,10 +44,12 @@ from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
+from std_srvs.srv import Trigger
 
 from .. import native
 from ..core.align import plane_homography
 from ..core.allocator import retain_freed_memory
+from ..core.calibration import CalibrationConfig, OnlineCalibration
 from ..core.checks import ConfigError, RegionFuseError
 from ..core.config import NodeConfig
 from ..core.sync import (
@@ -98,6 +100,8 @@ OUT_TOPICS = {'image': 'fused/image', 'camera_info': 'fused/camera_info',
 OUT_TYPES = {'image': Image, 'camera_info': CameraInfo, 'misregistration': Image, 'flow': Image,
              'overlay': Image, 'status': FusionStatus}
 DIAGNOSTICS_TOPIC = '/diagnostics'
+#: align.mode auto: the service that estimates the rig's homography again (node-private).
+RECALIBRATE_SERVICE = '~/recalibrate'
 
 
 def _transition(fn: Callable[..., TransitionCallbackReturn]) -> Callable[..., TransitionCallbackReturn]:
@@ -149,6 +153,12 @@ class RegionFuseNode(LifecycleNode):
         self._prev_snapshot: Snapshot | None = None
         self._active = False
         self._view: Any = None   # viz.foxglove: a FoxgloveView
+        self._auto: OnlineCalibration | None = None   # align.mode auto
+        self._auto_lock = threading.Lock()
+        self._auto_busy = False
+        self._auto_offered = 0
+        self._auto_pool: Any = None
+        self._recalibrate: Any = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     @_transition
@@ -178,6 +188,7 @@ class RegionFuseNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._plane_key = None          # a new pipeline: plane mode recomputes its homography
         self._update_plane_homography()
+        self._auto_mode()
         self._warm_up()
         if self.cfg.viz.foxglove and not self._start_view():
             return TransitionCallbackReturn.FAILURE
@@ -190,6 +201,7 @@ class RegionFuseNode(LifecycleNode):
             OUT_TYPES[key], topic, qos, qos_overriding_options=QoSOverridingOptions.with_default_policies())
             for key, topic in OUT_TOPICS.items()}
         self._pubs['diagnostics'] = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, qos)
+        self._recalibrate = self.create_service(Trigger, RECALIBRATE_SERVICE, self._on_recalibrate)
         p = self.pipeline
         pc = self.cfg.pipeline
         log.info(f'configured: device {p.device}, backend {pc.backend}, fusion {p.fusion_name}, '
@@ -294,6 +306,13 @@ class RegionFuseNode(LifecycleNode):
         if self._view is not None:
             self._view.close()
             self._view = None
+        if self._recalibrate is not None:
+            self.destroy_service(self._recalibrate)
+            self._recalibrate = None
+        if self._auto_pool is not None:
+            self._auto_pool.shutdown(wait=True)
+            self._auto_pool = None
+        self._auto = None
         for pub in self._pubs.values():
             self.destroy_publisher(pub)
         self._pubs = {}
@@ -407,6 +426,82 @@ class RegionFuseNode(LifecycleNode):
         self._plane_key = key
         self.get_logger().info(f'plane homography (depth {a.plane_depth} m): {np.round(h, 4).tolist()}')
 
+    # -- align.mode auto -------------------------------------------------------------------------------
+    def _auto_mode(self) -> None:
+        """Start (align.mode auto) or stop the online calibration."""
+        a = self.cfg.pipeline.align
+        if a.mode != 'auto':
+            with self._auto_lock:
+                self._auto = None
+            return
+        with self._auto_lock:
+            if self._auto is not None:
+                return
+            self._auto = OnlineCalibration(CalibrationConfig(), frames=a.auto_frames,
+                                           window=3 * a.auto_frames)
+            self._auto_offered = 0
+        if self._auto_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._auto_pool = ThreadPoolExecutor(1, thread_name_prefix='regionfuse-calibrate')
+        self.get_logger().info(f'align.mode=auto: estimating the thermal->RGB homography from '
+                               f'{a.auto_frames} confident pairs (every {a.auto_every}-th pair); '
+                               'resizing only until then')
+
+    def _auto_offer(self, thermal: np.ndarray, rgb: np.ndarray) -> None:
+        """Hand every auto_every-th pair to the calibration thread while it estimates (never waits)."""
+        with self._auto_lock:
+            auto = self._auto
+            if auto is None or auto.state == 'fixed' or self._auto_busy or self._auto_pool is None:
+                return
+            self._auto_offered += 1
+            if (self._auto_offered - 1) % self.cfg.pipeline.align.auto_every:
+                return
+            self._auto_busy = True
+        self._auto_pool.submit(self._auto_register, auto, thermal.copy(), rgb.copy())
+
+    def _auto_register(self, auto: OnlineCalibration, thermal: np.ndarray, rgb: np.ndarray) -> None:
+        try:
+            cal = auto.add(thermal, rgb)
+        except Exception as e:  # noqa: BLE001 - a bad frame must not end the estimation
+            self.get_logger().warn(f'align.mode=auto: registration failed: {type(e).__name__}: {e}',
+                                   throttle_duration_sec=LOG_THROTTLE_S)
+            cal = None
+        finally:
+            with self._auto_lock:
+                self._auto_busy = False
+        with self._auto_lock:
+            current = auto is self._auto and self.cfg.pipeline.align.mode == 'auto'
+        if cal is not None and current and self.pipeline is not None:
+            self.pipeline.set_homography(cal.homography)
+            self.get_logger().info(f'align.mode=auto: homography {np.round(cal.homography, 5).tolist()} '
+                                   f'held ({auto.summary()})')
+
+    def _on_recalibrate(self, request: Any, response: Any) -> Any:
+        """~/recalibrate (std_srvs/Trigger): estimate the homography again; the held one stays until then."""
+        with self._auto_lock:
+            auto = self._auto
+            if auto is None:
+                response.success = False
+                response.message = f'align.mode is {self.cfg.pipeline.align.mode!r}, not auto'
+                return response
+            auto.restart()
+            self._auto_offered = 0
+        response.success = True
+        response.message = 'estimating the homography again; the current one stays until then'
+        self.get_logger().info('align.mode=auto: ' + response.message)
+        return response
+
+    def alignment_state(self) -> tuple[str, str]:
+        """``(state, summary)`` of the pre-alignment for diagnostics."""
+        a = self.cfg.pipeline.align
+        h = self.pipeline.homography() if self.pipeline is not None else None
+        values = '' if h is None else ', '.join(f'{v:.6g}' for v in (h / h[2, 2]).ravel())
+        with self._auto_lock:
+            auto = self._auto
+        if a.mode == 'auto' and auto is not None:
+            return auto.state, auto.summary() + (f'; homography [{values}]' if values else '')
+        return a.mode, f'homography [{values}]' if values else 'resize only'
+
     # -- worker -------------------------------------------------------------------------------------
     def _work(self) -> None:
         """First (or only) worker: take the newest pair, fuse it, then finish it or hand it over."""
@@ -459,6 +554,7 @@ class RegionFuseNode(LifecycleNode):
     def _fuse(self, pair: Pair) -> FusedFrame | None:
         """Preprocess and fuse one pair; None (counted, logged) when the pipeline rejects it."""
         (_, thermal), (_, rgb) = pair.thermal.payload, pair.rgb.payload
+        self._auto_offer(thermal, rgb)
         if self.cfg.pipeline.align.mode == 'plane' and self.pipeline.homography() is None:
             self.get_logger().warn('align.mode=plane: waiting for thermal/camera_info and rgb/camera_info; '
                                    'resizing only', throttle_duration_sec=LOG_THROTTLE_S)
@@ -528,7 +624,8 @@ class RegionFuseNode(LifecycleNode):
             latency=self._latency.take(), device=str(p.device) if p else '',
             backend=self.cfg.pipeline.backend, fusion_model=p.fusion_name if p else '',
             corrector_model=p.corrector_name if p else '', last_pair=self._last_pair,
-            native_kernels=native.status() if self.cfg.pipeline.native_kernels else 'off')
+            native_kernels=native.status() if self.cfg.pipeline.native_kernels else 'off',
+            alignment=self.alignment_state())
 
     def _publish_diagnostics(self) -> None:
         if self.sync is None or 'diagnostics' not in self._pubs:
@@ -560,6 +657,8 @@ class RegionFuseNode(LifecycleNode):
         if any(n.startswith('align.') for n in changed):
             self._plane_key = None
             self._update_plane_homography()
+            if 'align.mode' in changed:
+                self._auto_mode()
         if 'diagnostics.period' in changed and self._timer is not None:
             self._start_timer()
         self.get_logger().info('parameters changed: ' + ', '.join(sorted(changed)))

@@ -99,3 +99,30 @@ def test_calibrate_cli_writes_the_parameter_file(test_data, tmp_path) -> None:
     assert main(['calibrate', '--thermal', str(blank_dir), '--rgb', str(vi), '--out',
                  str(tmp_path / 'x.yaml'), '--no-progress']) == 2
     assert not (tmp_path / 'x.yaml').exists()
+
+
+def test_online_calibration_estimates_from_a_stream_then_holds(test_data) -> None:
+    """align.mode auto's estimator: blank frames first (not confident, nothing fixed), then the rig's
+    frames; it fixes the map from the first confident ones, holds it, and restarts on request."""
+    from ros2_regionfuse.core.calibration import OnlineCalibration
+    h = np.array([[1.02, 0.01, 11.0], [-0.01, 1.0, -7.0], [0.0, 0.0, 1.0]])
+    frames = _rig(test_data, h, RGB_WH)
+    rgb = frames[0][1]
+    online = OnlineCalibration(CalibrationConfig(model='affine'), frames=3, window=8)
+    for _ in range(3):
+        assert online.add(np.full((240, 320), 90, np.uint8), rgb) is None
+    assert online.state == 'collecting' and online.confident() == 0
+    assert 'collecting: 0 of 3' in online.summary()
+    got, n = None, 0
+    while got is None and n < len(frames):
+        got = online.add(*frames[n])
+        n += 1
+    assert got is not None and online.state == 'fixed' and n <= 5
+    assert _grid_error(got.homography, h, RGB_WH) < 1.5
+    assert got.low_confidence == 3                       # the blank frames, kept in the window, rejected
+    assert online.add(*frames[-1]) is got and online.registered == 3 + n   # held: no more registration
+    assert 'fixed from' in online.summary()
+    online.restart()
+    assert online.state == 'collecting' and online.registered == 0
+    with pytest.raises(CalibrationError):
+        OnlineCalibration(frames=2, window=8)             # fewer than min_frames
