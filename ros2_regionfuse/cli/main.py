@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     'export-onnx': ('export_onnx', 'export fusion and corrector to ONNX'),
     'bag': ('bag', 'fuse a whole ROS 2 bag offline'),
     'calibrate': ('calibrate', "the rig's thermal->RGB homography from its own recordings"),
+    'eval-calibration': ('eval_calibration', 'calibrate on synthetic rigs with a known homography'),
     'make-sample-bag': ('make_sample_bag', 'build the bundled demo recording from ../shared data'),
     'demo': ('demo', 'play the bundled recording through the node and summarise'),
 }

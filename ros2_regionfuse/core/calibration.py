@@ -36,6 +36,8 @@ from . import registration as reg_mod
 from .checks import RegionFuseError
 
 MODELS = ('homography', 'affine', 'similarity')
+#: Narrowest working frame (px) refined at full resolution (:func:`_register_fine`).
+FINE_MIN_WIDTH = 480
 
 
 class CalibrationError(RegionFuseError, ValueError):
@@ -56,6 +58,7 @@ class CalibrationConfig:
         min_frames: confident frames needed (after outlier rejection: at least half of them).
         min_inlier_px: inlier radius floor (px of the RGB frame at the original size).
         max_spread_px: largest RMS corner residual accepted over the inliers.
+        fine_iters: Gauss-Newton iterations of each frame's map at full resolution (0: none).
     """
 
     model: str = 'homography'
@@ -66,6 +69,7 @@ class CalibrationConfig:
     min_frames: int = 3
     min_inlier_px: float = 3.0
     max_spread_px: float = 12.0
+    fine_iters: int = 6
     registration: reg_mod.RegistrationConfig = reg_mod.RegistrationConfig(model='homography')
 
 
@@ -173,7 +177,7 @@ def register_frame(thermal: np.ndarray, rgb: np.ndarray, cfg: CalibrationConfig 
         w2rgb = g0 @ np.linalg.inv(scale)                                # work px -> RGB px
         v_w = cv2.warpPerspective(y, w2rgb, (ww, wh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                   borderMode=cv2.BORDER_CONSTANT)
-        reg = reg_mod.register(v_w, t_w, cfg.registration)
+        reg = _register_fine(v_w, t_w, cfg)
         # thermal px x -> work q = S x -> visible work p = H^-1 q -> RGB g0 S^-1 p
         t2rgb = reg_mod.compose(reg_mod.compose(w2rgb, reg_mod.invert(reg.homography)), scale)
         est = FrameEstimate(t2rgb, reg.gain, float(reg.extra.get('rho', float('nan'))), frac)
@@ -208,6 +212,24 @@ def score(t: np.ndarray, y: np.ndarray, t2rgb: np.ndarray, width: int = 160) -> 
     return float((a * b).sum() / max(math.sqrt(float((a * a).sum()) * float((b * b).sum())), 1e-12))
 
 
+def _register_fine(visible: np.ndarray, thermal: np.ndarray, cfg: CalibrationConfig) -> reg_mod.Registration:
+    """:func:`~.registration.register`, then ``cfg.fine_iters`` iterations at full resolution.
+
+    At 640x480 the per-frame registration ends at half resolution (the corrector's
+    budget); a calibration runs once, so each frame is refined where the pixels are:
+    eval-calibration's reprojection error 1.21 -> 0.88 px (same-size rig), 1.16 -> 0.93 px
+    (sub-window rig). Frames narrower than :data:`FINE_MIN_WIDTH` px keep the
+    registration's own map (it ends at half resolution or finer there; the extra step
+    measured 1.68 against 1.2 px on the 320x240 test rig).
+    """
+    reg = reg_mod.register(visible, thermal, cfg.registration)
+    if cfg.fine_iters > 0 and reg.gain > 0 and visible.shape[1] >= FINE_MIN_WIDTH:
+        rc = replace(cfg.registration, polish_iters=cfg.fine_iters)
+        h, _ = reg_mod._polish(visible, thermal, reg.size, reg.homography, 1, rc)
+        reg = replace(reg, homography=h)
+    return reg
+
+
 def _register_in_rgb_frame(t: np.ndarray, y: np.ndarray, cfg: CalibrationConfig) -> FrameEstimate:
     """The start that spans the RGB view: the thermal image resized into the RGB frame (work width)."""
     h0, w0 = y.shape
@@ -217,7 +239,7 @@ def _register_in_rgb_frame(t: np.ndarray, y: np.ndarray, cfg: CalibrationConfig)
     down = _scale_map(ww / w0, wh / h0)                                  # RGB px -> work px
     g0 = down @ start_map((t.shape[1], t.shape[0]), (w0, h0), 1.0)      # thermal px -> work px
     warped = cv2.warpPerspective(t, g0, (ww, wh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    reg = reg_mod.register(y_w, warped, cfg.registration)
+    reg = _register_fine(y_w, warped, cfg)
     # thermal content at work pixel p lies at warped px H p, i.e. thermal px g0^-1 H p
     t2w = reg_mod.invert(reg_mod.compose(np.linalg.inv(g0), reg.homography))
     return FrameEstimate(reg_mod.compose(np.linalg.inv(down), t2w), reg.gain,
