@@ -36,8 +36,6 @@ from . import registration as reg_mod
 from .checks import RegionFuseError
 
 MODELS = ('homography', 'affine', 'similarity')
-#: Narrowest working frame (px) refined at full resolution (:func:`_register_fine`).
-FINE_MIN_WIDTH = 480
 
 
 class CalibrationError(RegionFuseError, ValueError):
@@ -218,12 +216,11 @@ def _register_fine(visible: np.ndarray, thermal: np.ndarray, cfg: CalibrationCon
     At 640x480 the per-frame registration ends at half resolution (the corrector's
     budget); a calibration runs once, so each frame is refined where the pixels are:
     eval-calibration's reprojection error 1.21 -> 0.88 px (same-size rig), 1.16 -> 0.93 px
-    (sub-window rig). Frames narrower than :data:`FINE_MIN_WIDTH` px keep the
-    registration's own map (it ends at half resolution or finer there; the extra step
-    measured 1.68 against 1.2 px on the 320x240 test rig).
+    (sub-window rig). Images upsampled from a smaller original gain nothing from it
+    (set ``fine_iters`` 0 for them).
     """
     reg = reg_mod.register(visible, thermal, cfg.registration)
-    if cfg.fine_iters > 0 and reg.gain > 0 and visible.shape[1] >= FINE_MIN_WIDTH:
+    if cfg.fine_iters > 0 and reg.gain > 0:
         rc = replace(cfg.registration, polish_iters=cfg.fine_iters)
         h, _ = reg_mod._polish(visible, thermal, reg.size, reg.homography, 1, rc)
         reg = replace(reg, homography=h)

@@ -52,7 +52,8 @@ def test_start_map_centres_the_thermal_view() -> None:
 def test_calibrate_recovers_a_rig_and_the_file_round_trips(test_data, tmp_path) -> None:
     h = np.array([[1.03, 0.02, 9.0], [-0.015, 0.99, -6.0], [0.0, 0.0, 1.0]])
     frames = _rig(test_data, h, RGB_WH)
-    cal = calibrate(frames, CalibrationConfig(model='affine'))
+    # the committed pairs are upsampled to this size: no detail for a full-resolution step
+    cal = calibrate(frames, CalibrationConfig(model='affine', fine_iters=0))
     assert cal.used >= 4 and cal.frames == 6
     assert _grid_error(cal.homography, h, RGB_WH) < 1.5
     # the written file goes through the node's parameter loader into the same matrix
