@@ -72,7 +72,7 @@ class FusionConfig:
     """The region-adaptive fusion network."""
 
     variant: str = _f('regionfuse_lite', 'Fusion model variant (shipped weights: regionfuse_lite, the '
-                      'region network at 1/16 of a 640x480 frame; regionfuse_tiny, at 1/8: slightly '
+                      'region network at 1/16 of a 640x480 frame; regionfuse_fine, at 1/8: slightly '
                       'higher MI, about twice the fusion time).', read_only=True)
     checkpoint: str = _f('', 'Fusion weights (.safetensors); empty = the shipped weights.',
                          read_only=True)
@@ -99,15 +99,15 @@ class CorrectorConfig:
     variant: str = _f('register_refuse', 'Corrector variant: register_refuse registers the thermal '
                       'image to the visible one (rotation, scale and translation search, affine refinement; '
                       'captures +-40 px, +-8 deg, 0.9-1.1 scale at 640x480) and fuses again with the '
-                      'registered thermal image; corrector_lite and corrector_fast are the learned '
+                      'registered thermal image; corrector_lite and corrector_multiscale are the learned '
                       'correctors with a global similarity registration (shipped weights).',
                       read_only=True)
     checkpoint: str = _f('', 'Corrector weights (.safetensors); empty = the shipped weights.',
                          read_only=True)
     global_start: bool = _f(True, "Use the variant's global similarity registration of the thermal "
-                            'image (corrector_lite and corrector_fast: it is the flow; recovers much more '
-                            'of a coarse calibration error; 5-7 ms at 640x480 on 2 CPU cores); false = the '
-                            'learned stages estimate the flow alone.', read_only=True)
+                            'image (corrector_lite and corrector_multiscale: it is the flow; recovers much '
+                            'more of a coarse calibration error; 5-7 ms at 640x480 on 2 CPU cores); false = '
+                            'the learned stages estimate the flow alone.', read_only=True)
     skip_aligned: bool = _f(True, 'Return a frame unchanged (M = 0, flow = 0) without the learned '
                             'stages when the global registration finds it aligned to within 1 px '
                             '(torch backend; a calibrated rig then costs only the global check); '

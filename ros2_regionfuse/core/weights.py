@@ -15,6 +15,11 @@ from torch import nn
 from .checks import WeightsError
 from .paths import WEIGHTS_DIR
 
+#: Former variant names and the variants they name (same models, same weights). The names said
+#: the opposite of what the models are: ``corrector_fast`` is the slower learned corrector,
+#: ``regionfuse_tiny`` is slower than ``regionfuse_lite``.
+DEPRECATED_NAMES = {'corrector_fast': 'corrector_multiscale', 'regionfuse_tiny': 'regionfuse_fine'}
+
 
 def shipped_weights(name: str) -> Path:
     """Path of the shipped weights ``NAME.safetensors``.
@@ -22,6 +27,7 @@ def shipped_weights(name: str) -> Path:
     Looked up in the installed package share (``ament_index``) when the package
     is installed by colcon, else next to the sources (``ros2_regionfuse/weights``).
     """
+    name = DEPRECATED_NAMES.get(name, name)
     candidates = [WEIGHTS_DIR / f'{name}.safetensors']
     try:  # installed ROS package: <prefix>/share/ros2_regionfuse/weights
         from ament_index_python.packages import get_package_share_directory

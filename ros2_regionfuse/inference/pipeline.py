@@ -226,7 +226,7 @@ class FusionPipeline:
     # -- configuration ----------------------------------------------------------
     @property
     def fusion_name(self) -> str:
-        """Variant and weights tag of the fusion model, e.g. ``regionfuse_tiny@ab12cd``."""
+        """Variant and weights tag of the fusion model, e.g. ``regionfuse_fine@ab12cd``."""
         return str(self.fusion_card.get('name', self.cfg.fusion.variant))
 
     @property

@@ -11,7 +11,7 @@ from torch import nn
 from ..core.checks import ConfigError, WeightsError
 from ..core.weights import load_weights, shipped_weights
 from .corrector import Corrector, trained_output
-from .registry import build_corrector, build_fusion
+from .registry import build_corrector, build_fusion, canonical_name
 
 
 def load_model(kind: str, variant: str, checkpoint: str, device: torch.device,
@@ -30,6 +30,7 @@ def load_model(kind: str, variant: str, checkpoint: str, device: torch.device,
         ConfigError: unknown kind or variant.
         WeightsError: missing, corrupt or mismatching weights.
     """
+    variant = canonical_name(variant)   # a deprecated name loads the renamed variant and its weights
     if kind == 'fusion':
         model = build_fusion(variant)
     elif kind == 'corrector':

@@ -95,9 +95,9 @@ def graph_key(model: nn.Module, h: int, w: int) -> int:
     fixed in a graph).
 
     Example:
-        >>> from ros2_regionfuse.models.fusion_net import regionfuse_tiny
+        >>> from ros2_regionfuse.models.fusion_net import regionfuse_fine
         >>> from ros2_regionfuse.models.corrector import Corrector, CorrectorArchitecture
-        >>> m = regionfuse_tiny()
+        >>> m = regionfuse_fine()
         >>> graph_key(m, 480, 640), graph_key(m, 1024, 1280), graph_key(nn.Identity(), 9, 9)
         (3, 4, 0)
         >>> graph_key(Corrector(CorrectorArchitecture(global_align=True)), 480, 640)
@@ -116,8 +116,8 @@ def sample_size_for_key(model: nn.Module, key: int) -> tuple[int, int]:
     """An example input size ``(H, W)`` whose :func:`graph_key` is ``key`` (4:3 aspect).
 
     Example:
-        >>> from ros2_regionfuse.models.fusion_net import regionfuse_tiny
-        >>> sample_size_for_key(regionfuse_tiny(), 4)
+        >>> from ros2_regionfuse.models.fusion_net import regionfuse_fine
+        >>> sample_size_for_key(regionfuse_fine(), 4)
         (960, 1280)
     """
     from .corrector import Corrector

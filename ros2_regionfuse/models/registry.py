@@ -6,11 +6,15 @@ import from ``ros2_regionfuse.models`` finds every variant registered.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from torch import nn
 
 from ..core.checks import ConfigError
+from ..core.weights import DEPRECATED_NAMES
+
+log = logging.getLogger(__name__)
 
 _FUSION: dict[str, Callable[[], nn.Module]] = {}
 _CORRECTOR: dict[str, Callable[[], nn.Module]] = {}
@@ -27,6 +31,20 @@ def needs_weights(kind: str, variant: str) -> bool:
         (False, True)
     """
     return not (kind == 'corrector' and variant == REGISTER_REFUSE)
+
+
+def canonical_name(name: str) -> str:
+    """The variant ``name`` stands for (a deprecated alias resolved, with a warning).
+
+    Example:
+        >>> canonical_name('regionfuse_lite')
+        'regionfuse_lite'
+    """
+    new = DEPRECATED_NAMES.get(name)
+    if new is None:
+        return name
+    log.warning('variant %r is deprecated: use %r (the same model and weights)', name, new)
+    return new
 
 
 def register_fusion(name: str) -> Callable:
@@ -51,6 +69,7 @@ def build_fusion(name: str) -> nn.Module:
     Raises:
         ConfigError: unknown variant.
     """
+    name = canonical_name(name)
     if name not in _FUSION:
         raise ConfigError(f'unknown fusion variant {name!r}; known: {sorted(_FUSION)}')
     return _FUSION[name]()
@@ -62,6 +81,7 @@ def build_corrector(name: str) -> nn.Module:
     Raises:
         ConfigError: unknown variant.
     """
+    name = canonical_name(name)
     if name not in _CORRECTOR:
         raise ConfigError(f'unknown corrector variant {name!r}; known: {sorted(_CORRECTOR)}')
     return _CORRECTOR[name]()

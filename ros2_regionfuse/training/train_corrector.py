@@ -59,7 +59,7 @@ class TrainCorrectorConfig:
     out: str = _f('runs/corrector', 'Folder of the resumable training state.')
     weights: str = _f('', 'Where the final weights (+ .json model card) are written; empty = '
                       '<out>/final.safetensors (the shipped weights change only when copied or named here).')
-    variant: str = _f('corrector_lite', 'Learned corrector variant (corrector_lite or corrector_fast).')
+    variant: str = _f('corrector_lite', 'Learned corrector variant (corrector_lite or corrector_multiscale).')
     fusion_variant: str = _f(FusionConfig().variant, "Frozen fusion variant (default: the pipeline's).")
     fusion_checkpoint: str = _f('', 'Fusion weights (or a train-fusion last.safetensors); '
                                 'empty = the shipped weights.')

@@ -5,7 +5,7 @@ counters, so every check works on deltas); the last test stops it with SIGINT.
 The module runs twice: with ``overlap_stages`` (two worker threads, the
 default) and with one worker.
 Models: an untrained checkpoint of the default fusion variant written to tmp (and an
-untrained corrector_fast one when that model exists). Loopback-only DDS and an
+untrained corrector_multiscale one when that model exists). Loopback-only DDS and an
 own ROS_DOMAIN_ID come from test/conftest.py.
 """
 from __future__ import annotations

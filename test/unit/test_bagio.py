@@ -57,7 +57,7 @@ def test_fusion_status_and_camera_info_round_trip(tmp_path) -> None:
     status = bagio.fusion_status_msg(T0, 'rgb_optical', thermal_stamp=T0 + 4_000_000, rgb_stamp=T0,
                                      pair_dt=0.004, fusion_ms=7.5, total_ms=31.25,
                                      misaligned_fraction=0.125, mean_shift_px=6.5, corrector_enabled=True,
-                                     device='cpu', fusion_model='regionfuse_tiny@x', processed=42, dropped=3)
+                                     device='cpu', fusion_model='regionfuse_fine@x', processed=42, dropped=3)
     with bagio.BagWriter(tmp_path / 'b') as w:
         w.write('/fused/status', status, T0)
         w.write('/rgb/camera_info', bagio.camera_info_msg(T0, 'rgb_optical', 448, 336, k), T0 + 1)
@@ -65,7 +65,7 @@ def test_fusion_status_and_camera_info_round_trip(tmp_path) -> None:
     s = msgs['/fused/status']
     assert bagio.time_to_ns(s.thermal_stamp) - bagio.time_to_ns(s.rgb_stamp) == 4_000_000
     assert (s.header.frame_id, s.device, s.fusion_model, s.processed, s.dropped, s.corrector_enabled) == \
-        ('rgb_optical', 'cpu', 'regionfuse_tiny@x', 42, 3, True)
+        ('rgb_optical', 'cpu', 'regionfuse_fine@x', 42, 3, True)
     assert (s.fusion_ms, s.total_ms, s.misaligned_fraction, s.mean_shift_px) == (7.5, 31.25, 0.125, 6.5)
     assert s.pair_dt == pytest.approx(0.004)
     assert s.paired == 0 and s.corrector_model == ''  # omitted fields default to zero / empty

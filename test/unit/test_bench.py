@@ -53,7 +53,7 @@ def test_bench_stage_numbers_are_sane(report, size):
     # the total covers every stage of the same runs
     assert st['total']['max'] >= max(st[k]['max'] for k in bench.STAGES[:-1]) * 0.999
     w, h = (int(v) for v in size.split('x'))
-    fusion = build_fusion('regionfuse_tiny')
+    fusion = build_fusion('regionfuse_fine')
     assert res['cost']['fusion']['params'] == profiling.count_params(fusion)
     variant = CorrectorConfig().variant
     default = profiling.count_params(build_corrector(variant)) if needs_weights('corrector', variant) else 0
@@ -105,7 +105,7 @@ def test_corrector_paper_has_published_size():
     x = torch.rand(1, 1, 96, 128)
     gflops_640 = profiling.count_flops(lambda a: m(a, a, a), x) * (640 * 480) / (128 * 96) / 1e9
     assert 220.0 < gflops_640 < 250.0
-    for variant in ('corrector_fast', 'corrector_lite'):
+    for variant in ('corrector_multiscale', 'corrector_lite'):
         fast = build_corrector(variant).eval()
         fast_flops = profiling.count_flops(lambda a, fast=fast: fast(a, a, a), x)
         assert fast_flops * 100 < profiling.count_flops(lambda a: m(a, a, a), x), variant

@@ -130,7 +130,7 @@ def test_plane_homography_parallax() -> None:
 def pipeline() -> FusionPipeline:
     cfg = PipelineConfig(device='cpu')
     cfg.corrector.enabled = False
-    return FusionPipeline(cfg, fusion=build_fusion('regionfuse_tiny'))
+    return FusionPipeline(cfg, fusion=build_fusion('regionfuse_fine'))
 
 
 def test_pipeline_shapes_sizes_and_dtypes(pipeline: FusionPipeline,
@@ -152,8 +152,8 @@ def test_fuse_then_finish_equals_process(rng: np.random.Generator) -> None:
     from ros2_regionfuse.models.registry import build_corrector
     torch.manual_seed(0)
     cfg = PipelineConfig(device='cpu')
-    pipe = FusionPipeline(cfg, fusion=build_fusion('regionfuse_tiny'),
-                          corrector=build_corrector('corrector_fast'))
+    pipe = FusionPipeline(cfg, fusion=build_fusion('regionfuse_fine'),
+                          corrector=build_corrector('corrector_multiscale'))
     thermal = rng.integers(7000, 9000, (60, 80)).astype(np.uint16)
     rgb = rng.integers(0, 256, (72, 96, 3)).astype(np.uint8)
     whole = pipe.process(thermal, rgb)
@@ -194,7 +194,7 @@ def test_pipeline_keeps_opencv_single_threaded() -> None:
         cv2.setNumThreads(4)
         cfg = PipelineConfig(device='cpu')
         cfg.corrector.enabled = False
-        FusionPipeline(cfg, fusion=build_fusion('regionfuse_tiny'))
+        FusionPipeline(cfg, fusion=build_fusion('regionfuse_fine'))
         assert OPENCV_THREADS == 1 and cv2.getNumThreads() == 1
     finally:
         cv2.setNumThreads(before)
@@ -230,7 +230,7 @@ def test_pipeline_homography_fills_outside_with_visible(rng: np.random.Generator
     cfg.corrector.enabled = False
     cfg.align.mode = 'homography'
     cfg.align.homography = [1, 0, 20, 0, 1, 0, 0, 0, 1]
-    pipe = FusionPipeline(cfg, fusion=build_fusion('regionfuse_tiny'))
+    pipe = FusionPipeline(cfg, fusion=build_fusion('regionfuse_fine'))
     rgb = rng.integers(0, 256, (48, 64, 3)).astype(np.uint8)
     res = pipe.process(np.full((48, 64), 255, np.uint8), rgb)
     y = convert.luminance(convert.rgb_to_unit(rgb))
@@ -265,7 +265,7 @@ def test_pipeline_contrast_none_vs_minmax(rng: np.random.Generator) -> None:
     cfg = PipelineConfig(device='cpu')
     cfg.corrector.enabled = False
     cfg.fusion.contrast = 'none'
-    pipe = FusionPipeline(cfg, fusion=build_fusion('regionfuse_tiny'))
+    pipe = FusionPipeline(cfg, fusion=build_fusion('regionfuse_fine'))
     th = (rng.random((40, 40)) * 100 + 60).astype(np.uint8)
     rgb = np.repeat((rng.random((40, 40, 1)) * 100 + 60).astype(np.uint8), 3, axis=2)
     a = pipe.process(th, rgb).fused

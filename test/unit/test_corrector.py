@@ -25,8 +25,8 @@ def _inputs(h: int, w: int, b: int = 1, seed: int = 0) -> tuple[torch.Tensor, ..
 
 
 def test_variants_registered():
-    assert {'corrector_fast', 'corrector_paper'} <= set(corrector_variants())
-    assert isinstance(build_corrector('corrector_fast'), Corrector)
+    assert {'corrector_multiscale', 'corrector_paper'} <= set(corrector_variants())
+    assert isinstance(build_corrector('corrector_multiscale'), Corrector)
     with pytest.raises(ConfigError):
         build_corrector('nope')
 
@@ -46,7 +46,7 @@ def test_shapes_odd_sizes(h, w):
 
 
 def test_fast_variant_shapes_and_aux_levels():
-    m = build_corrector('corrector_fast').eval()
+    m = build_corrector('corrector_multiscale').eval()
     fused, vis, th = _inputs(48, 80)
     with torch.no_grad():
         out = m(fused, vis, th)
@@ -55,7 +55,7 @@ def test_fast_variant_shapes_and_aux_levels():
     assert [f.shape[-2:] for f in aux.flows] == [(6, 10), (3, 5), (3, 5)]   # 1/8, then two stages at 1/16
 
 
-# corrector_fast without its global start (tests of the learned path alone)
+# corrector_multiscale without its global start (tests of the learned path alone)
 LEARNED_ONLY = CorrectorArchitecture(global_align=False)
 
 
@@ -69,7 +69,7 @@ def test_untrained_corrector_is_identity():
     assert float((out.image - fused).abs().max()) < 1e-4   # float rounding of the sampling grid
 
 
-@pytest.mark.parametrize('variant', ['corrector_lite', 'corrector_fast'])
+@pytest.mark.parametrize('variant', ['corrector_lite', 'corrector_multiscale'])
 def test_stem_block_means_equal_average_pooling(variant):
     # The stem's extra output per group (weights 1 / s^2) gives the block means; the stem
     # features are the grouped patch embedding of the unshuffled blocks (the module as built).
@@ -89,7 +89,7 @@ def test_stem_block_means_equal_average_pooling(variant):
     assert float((fine - torch.nn.functional.avg_pool2d(x, q)).abs().max()) < 1e-6
 
 
-@pytest.mark.parametrize('variant', ['corrector_lite', 'corrector_fast', 'corrector_paper'])
+@pytest.mark.parametrize('variant', ['corrector_lite', 'corrector_multiscale', 'corrector_paper'])
 def test_encoder_of_some_streams_equals_those_streams_of_the_whole(variant):
     """Corrector.sources encodes visible + thermal, fused_fields the fused image: per level, the
     streams' features equal those of the grouped encoder run on all three."""
@@ -261,7 +261,7 @@ def test_untrained_fast_corrector_leaves_a_real_aligned_image_alone(test_data):
     untrained corrector (zero-initialised heads) returns its input."""
     th, _ = _real_pair(test_data, 'FLIR_05005')
     x = convert.to_tensor(th)
-    m = build_corrector('corrector_fast').eval()
+    m = build_corrector('corrector_multiscale').eval()
     assert m.cfg.global_align
     with torch.no_grad():
         out = m(x, x, x)
@@ -295,14 +295,14 @@ def test_corrupt_weights_clear_error(tmp_path):
     bad = tmp_path / 'corrupt.safetensors'
     bad.write_bytes(b'\x00\x01 definitely not a safetensors file')
     with pytest.raises(WeightsError, match='not a valid safetensors'):
-        load_weights(build_corrector('corrector_fast'), bad)
+        load_weights(build_corrector('corrector_multiscale'), bad)
     # A valid file of another architecture: mismatch named.
     other = tmp_path / 'other.safetensors'
     save_weights(Corrector(TINY), other, {'variant': 'tiny'})
     with pytest.raises(WeightsError, match='does not match'):
-        load_weights(build_corrector('corrector_fast'), other)
+        load_weights(build_corrector('corrector_multiscale'), other)
     with pytest.raises(WeightsError, match='not found'):
-        load_weights(build_corrector('corrector_fast'), tmp_path / 'missing.safetensors')
+        load_weights(build_corrector('corrector_multiscale'), tmp_path / 'missing.safetensors')
 
 
 def _real_pair(test_data, stem: str) -> tuple[np.ndarray, np.ndarray]:
@@ -312,7 +312,7 @@ def _real_pair(test_data, stem: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 # the variants that ship trained weights (the default one first)
-SHIPPED = ('corrector_lite', 'corrector_fast')
+SHIPPED = ('corrector_lite', 'corrector_multiscale')
 
 
 @pytest.mark.parametrize('variant', SHIPPED)
@@ -323,7 +323,7 @@ def test_identity_on_real_pair_with_shipped_weights(test_data, stem, variant):
     assert path.is_file(), f'shipped corrector weights missing: {path}'
     from ros2_regionfuse.training.corrector_data import StandInFusion, load_frozen_fusion
     try:
-        fusion, _ = load_frozen_fusion('regionfuse_tiny')
+        fusion, _ = load_frozen_fusion('regionfuse_fine')
     except WeightsError:
         fusion = StandInFusion()
     model = build_corrector(variant)
@@ -339,7 +339,7 @@ def test_identity_on_real_pair_with_shipped_weights(test_data, stem, variant):
     # no pixel the corrector leaves in place (|flow| < 1 px) is declared misregistered (M > 0.5). The
     # global estimate does move a part of tno17 (20 % of its pixels by 1-2.6 px: the TNO reference's own
     # misregistration, README); there corrector_lite's M is high on half of the moved pixels,
-    # corrector_fast's stays low.
+    # corrector_multiscale's stays low.
     m_high = out.misregistration[:, 0] > 0.5
     moved = mag > 1.0
     assert float(out.misregistration.mean()) < 0.2
@@ -353,8 +353,9 @@ def test_identity_on_real_pair_with_shipped_weights(test_data, stem, variant):
 
 def test_load_model_can_switch_the_global_start_off():
     from ros2_regionfuse.models.runtime import load_model
-    on, card_on = load_model('corrector', 'corrector_fast', '', torch.device('cpu'))
-    off, card_off = load_model('corrector', 'corrector_fast', '', torch.device('cpu'), global_start=False)
+    on, card_on = load_model('corrector', 'corrector_multiscale', '', torch.device('cpu'))
+    off, card_off = load_model('corrector', 'corrector_multiscale', '', torch.device('cpu'),
+                               global_start=False)
     assert on.cfg.global_align and not off.cfg.global_align
     assert card_off['global_start'] is False and 'global_start' not in card_on
     for a, b in zip(on.state_dict().values(), off.state_dict().values(), strict=True):
@@ -416,7 +417,7 @@ def test_misaligned_frame_is_not_skipped(test_data, variant):
 def test_skip_aligned_switch_reaches_the_model(test_data):
     from ros2_regionfuse.core.config import PipelineConfig
     from ros2_regionfuse.models.runtime import build_runner, load_model
-    off, card = load_model('corrector', 'corrector_fast', '', torch.device('cpu'), skip_aligned=False)
+    off, card = load_model('corrector', 'corrector_multiscale', '', torch.device('cpu'), skip_aligned=False)
     assert not off.cfg.skip_aligned and card['skip_aligned'] is False
     th, vis = _real_pair(test_data, '00537D')
     t, v = convert.to_tensor(th), convert.to_tensor(vis)

@@ -69,7 +69,7 @@ def test_region_gate_scales_each_region_uniformly() -> None:
     assert RFCM(8, 3, 4)(torch.randn(1, 8, 8, 8)).shape == (1, 3, 8, 8)
 
 
-@pytest.mark.parametrize('variant', ['regionfuse_tiny', 'regionfuse_lite'])
+@pytest.mark.parametrize('variant', ['regionfuse_fine', 'regionfuse_lite'])
 @pytest.mark.parametrize('h,w', [(37, 53), (64, 64), (120, 161), (1, 1), (481, 641)])
 def test_fusion_net_any_size(variant: str, h: int, w: int) -> None:
     net = build_fusion(variant).eval()
@@ -101,7 +101,7 @@ def test_training_mode_sets_balance_loss() -> None:
     assert 1.0 <= float(net.aux_loss.detach()) <= 4.0
 
 
-@pytest.mark.parametrize('variant,hw_net,padded', [('regionfuse_tiny', (60, 80), (60, 80)),
+@pytest.mark.parametrize('variant,hw_net,padded', [('regionfuse_fine', (60, 80), (60, 80)),
                                                     ('regionfuse_lite', (30, 40), (32, 40))])
 def test_region_network_size(variant: str, hw_net: tuple, padded: tuple) -> None:
     # 640x480: tiny reasons at 1/8, lite at 1/16, where 30 rows are padded to whole 4x4 regions
@@ -132,7 +132,7 @@ def test_network_level() -> None:
 def test_smallest_training_patch_reaches_the_variants_level() -> None:
     from ros2_regionfuse.training.train_fusion import _smallest_patch
     lite = build_fusion('regionfuse_lite').cfg.base_size
-    tiny = build_fusion('regionfuse_tiny').cfg.base_size
+    tiny = build_fusion('regionfuse_fine').cfg.base_size
     assert _smallest_patch(lite) == 512       # 448 px patches would still train the 1/8 level
     assert network_level(448, 448, lite) == 3
     assert network_level(512, 512, lite) == network_level(480, 640, lite) == 4

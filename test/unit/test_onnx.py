@@ -32,7 +32,7 @@ def _perturbed(model: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.
 
 @pytest.fixture(scope='module')
 def fusion_model() -> torch.nn.Module:
-    return _perturbed(build_fusion('regionfuse_tiny'), 0)
+    return _perturbed(build_fusion('regionfuse_fine'), 0)
 
 
 @pytest.fixture(scope='module')
@@ -47,7 +47,7 @@ def corrector_model() -> torch.nn.Module:
     """The corrector with its aligned-frame skip off: a traced graph has no data-dependent
     branch, so parity is checked against the eager model running the same full path."""
     from dataclasses import replace
-    model = _perturbed(build_corrector('corrector_fast'), 1, 0.1)
+    model = _perturbed(build_corrector('corrector_multiscale'), 1, 0.1)
     model.cfg = replace(model.cfg, skip_aligned=False)
     return model
 
@@ -152,29 +152,29 @@ def test_lite_corrector_runner_matches_torch_on_real_pair(small_fusion_model, re
 
 def test_export_cli_files_are_found_and_checked(fusion_model, real_pairs, tmp_path):
     ckpt = tmp_path / 'w' / 'fuse_a.safetensors'
-    save_weights(fusion_model, ckpt, {'variant': 'regionfuse_tiny'})
+    save_weights(fusion_model, ckpt, {'variant': 'regionfuse_fine'})
     assert main(['export-onnx', '--only', 'fusion', '--fusion-checkpoint', str(ckpt),
                  '--size', '160x120']) == 0
     onnx_file = ckpt.with_name('fuse_a.level3.onnx')
     assert onnx_file.is_file()
     meta = ox.onnx_metadata(onnx_file)
     assert meta['weights_sha256'] == ox.file_sha256(ckpt) and meta['dynamic_hw'] == 'true'
-    run, card = ox.build_onnx_runner('fusion', 'regionfuse_tiny', str(ckpt), torch.device('cpu'), 1)
+    run, card = ox.build_onnx_runner('fusion', 'regionfuse_fine', str(ckpt), torch.device('cpu'), 1)
     _stem, t, y = real_pairs[0]
     with torch.inference_mode():
         ref = fusion_model(t, y)
     assert (run(t, y) - ref).abs().max().item() < PARITY_ATOL
     assert card['onnx'] == {'3': str(onnx_file)}  # the exported file, not a fresh export
     # other weights under the same name: the stale graph is ignored, a fresh one is exported
-    save_weights(_perturbed(build_fusion('regionfuse_tiny'), 7), ckpt, {'variant': 'regionfuse_tiny'})
-    run2, card2 = ox.build_onnx_runner('fusion', 'regionfuse_tiny', str(ckpt), torch.device('cpu'), 1)
+    save_weights(_perturbed(build_fusion('regionfuse_fine'), 7), ckpt, {'variant': 'regionfuse_fine'})
+    run2, card2 = ox.build_onnx_runner('fusion', 'regionfuse_fine', str(ckpt), torch.device('cpu'), 1)
     run2(t, y)
     assert card2['onnx']['3'] != str(onnx_file)
 
 
 def test_export_cli_out_dir_and_errors(fusion_model, tmp_path):
     ckpt = tmp_path / 'fuse_b.safetensors'
-    save_weights(fusion_model, ckpt, {'variant': 'regionfuse_tiny'})
+    save_weights(fusion_model, ckpt, {'variant': 'regionfuse_fine'})
     out = tmp_path / 'onnx'
     assert main(['export-onnx', '--only', 'fusion', '--fusion-checkpoint', str(ckpt), '--size', '96x72',
                  '--out', str(out)]) == 0
@@ -201,7 +201,7 @@ def test_pipeline_with_onnxruntime_backend(small_fusion_model, corrector_model, 
 
 
 def test_graph_helpers():
-    m = build_fusion('regionfuse_tiny')
+    m = build_fusion('regionfuse_fine')
     assert ox.graph_key(m, 480, 640) == 3 and ox.graph_key(m, 1024, 1280) == 4
     assert ox.graph_key(m, *ox.sample_size_for_key(m, 5)) == 5
     assert ox.onnx_filename('x', 4, (10, 20)) == 'x.level4.10x20.onnx'

@@ -68,7 +68,7 @@ def test_layer_norm_2d_equals_channel_formula_with_gradients(channels_last):
 def test_corrector_stem_strided_conv_equals_unshuffle_then_1x1():
     from ros2_regionfuse.models.registry import build_corrector
     torch.manual_seed(4)
-    m = build_corrector('corrector_fast')
+    m = build_corrector('corrector_multiscale')
     s = m.cfg.stem_stride
     conv = m.stem[0]
     x = torch.rand(2, 3, 4 * s, 6 * s, requires_grad=True)

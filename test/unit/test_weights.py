@@ -13,12 +13,12 @@ from ros2_regionfuse.models.registry import build_fusion
 
 
 def test_save_load_round_trip(tmp_path: Path) -> None:
-    a = build_fusion('regionfuse_tiny')
+    a = build_fusion('regionfuse_fine')
     with torch.no_grad():
         for p in a.parameters():
             p.add_(torch.randn_like(p) * 0.01)
-    save_weights(a, tmp_path / 'w.safetensors', {'variant': 'regionfuse_tiny', 'seed': 3})
-    b = build_fusion('regionfuse_tiny')
+    save_weights(a, tmp_path / 'w.safetensors', {'variant': 'regionfuse_fine', 'seed': 3})
+    b = build_fusion('regionfuse_fine')
     card = load_weights(b, tmp_path / 'w.safetensors')
     assert card['seed'] == 3
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
@@ -26,7 +26,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
 
 
 def test_corrupt_and_wrong_files_are_rejected(tmp_path: Path) -> None:
-    m = build_fusion('regionfuse_tiny')
+    m = build_fusion('regionfuse_fine')
     bad = tmp_path / 'corrupt.safetensors'
     bad.write_bytes(b'\x00\x01garbage' * 100)
     with pytest.raises(WeightsError, match='not a valid safetensors'):
@@ -54,7 +54,7 @@ def test_shipped_fusion_beats_average_on_real_pairs(test_data: Path) -> None:
 
     from ros2_regionfuse.core.config import PipelineConfig
     from ros2_regionfuse.inference.pipeline import FusionPipeline
-    path = shipped_weights('regionfuse_tiny')
+    path = shipped_weights('regionfuse_fine')
     assert path.is_file(), f'shipped fusion weights missing: {path}'
     cfg = PipelineConfig(device='cpu')
     cfg.corrector.enabled = False
@@ -72,3 +72,21 @@ def test_shipped_fusion_beats_average_on_real_pairs(test_data: Path) -> None:
         for k in wins:
             wins[k] += mf[k] > ma[k]
     assert wins == {k: len(stems) for k in wins}, wins
+
+
+@pytest.mark.parametrize('old,new', [('corrector_fast', 'corrector_multiscale'),
+                                     ('regionfuse_tiny', 'regionfuse_fine')])
+def test_deprecated_names_load_the_renamed_variant(old, new, caplog) -> None:
+    """The former names (they said the opposite of what the models are) still load, with a warning."""
+    import torch
+
+    from ros2_regionfuse.models.runtime import load_model
+    kind = 'corrector' if old.startswith('corrector') else 'fusion'
+    assert shipped_weights(old) == shipped_weights(new) and shipped_weights(new).name == f'{new}.safetensors'
+    with caplog.at_level('WARNING'):
+        a, card_a = load_model(kind, old, '', torch.device('cpu'))
+    assert f'{old!r} is deprecated' in caplog.text
+    b, card_b = load_model(kind, new, '', torch.device('cpu'))
+    assert card_a['name'] == card_b['name'] and card_a['name'].startswith(f'{new}@')
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
