@@ -44,9 +44,9 @@ import numpy as np
 from ..core import bagio, profiling
 from ..core.checks import ConfigError
 from ..core.weights import save_weights, shipped_weights
+from ..inference.benchmark import parse_size
 from ..models.register_refuse import NAME as REGISTER_REFUSE
 from . import demo
-from .bench import parse_size
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from ..core.checks import ConfigError
 from ..core.config import PipelineConfig
 from ..core.imageio import atomic_write_bytes, match_pairs, read_gray, read_rgb
 from ..core.paths import TEST_PAIRS, data_root
-from .bench import parse_size
+from ..inference.benchmark import parse_size
 
 
 @dataclass(frozen=True)

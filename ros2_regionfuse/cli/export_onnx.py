@@ -97,7 +97,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export, check and list the files."""
-    from .bench import parse_size
+    from ..inference.benchmark import parse_size
     sizes = [parse_size(s) for s in (args.size or DEFAULT_SIZES)]
     if args.out is not None:
         if args.out.exists() and not args.out.is_dir():

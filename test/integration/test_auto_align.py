@@ -25,8 +25,8 @@ from ros2_regionfuse.ros import msg_convert as mc  # noqa: E402
 from ros2_regionfuse.ros.launch_args import command_line, default_params_file  # noqa: E402
 
 FUSION = FusionConfig().variant
-WH = (320, 240)
-TRUTH = np.array([[1.02, 0.01, 11.0], [-0.01, 1.0, -7.0], [0.0, 0.0, 1.0]])   # thermal -> RGB
+WH = (160, 120)   # no committed pair is upsampled at this size (full-resolution detail)
+TRUTH = np.array([[1.02, 0.01, 6.0], [-0.01, 1.0, -4.0], [0.0, 0.0, 1.0]])   # thermal -> RGB
 TIMEOUT_S = 120.0
 
 
@@ -104,7 +104,7 @@ def test_auto_mode_estimates_holds_and_recalibrates(tmp_path, test_data) -> None
         h = _homography(fixed[1])
         xs, ys = np.meshgrid(np.linspace(0, WH[0] - 1, 9), np.linspace(0, WH[1] - 1, 7))
         p = np.stack([xs.ravel(), ys.ravel()], 1)
-        assert float(np.hypot(*(_apply(h, p) - _apply(TRUTH, p)).T).mean()) < 1.5
+        assert float(np.hypot(*(_apply(h, p) - _apply(TRUTH, p)).T).mean()) < 1.0   # px at 160x120
         # ~/recalibrate: a new estimate (collecting again), then fixed again
         srv = client.node.create_client(Trigger, '/aa/regionfuse/recalibrate')
         assert srv.wait_for_service(timeout_sec=30.0)

@@ -102,7 +102,7 @@ def test_fusion_error_is_reported_and_threads_restored(two_threads, frame, monke
 
 def test_bench_reports_the_concurrent_registration(two_threads, frame):
     """regionfuse bench keeps the helper thread's time apart from the stages (not in 'total')."""
-    from ros2_regionfuse.cli import bench
+    from ros2_regionfuse.inference import benchmark as bench
     pipe = _pipe('auto')
     try:
         samples, _ = bench.pipeline_samples(pipe, [frame[0]] * 2, [frame[1]] * 2, repeats=3, warmup=1)

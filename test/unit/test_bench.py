@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from ros2_regionfuse.cli import bench
 from ros2_regionfuse.cli.main import main
 from ros2_regionfuse.core import profiling
 from ros2_regionfuse.core.checks import ConfigError
 from ros2_regionfuse.core.config import CorrectorConfig
+from ros2_regionfuse.inference import benchmark as bench
 from ros2_regionfuse.models.registry import build_corrector, build_fusion, needs_weights
 
 
