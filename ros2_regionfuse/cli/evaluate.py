@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..core.checks import ConfigError, ImageIOError, ShapeError
+from ..core.classical_fusion import REFERENCE_METHODS
 from ..core.imageio import (
     ImagePair,
     atomic_write_bytes,
@@ -48,9 +50,11 @@ class MethodResult:
     """Metrics of one fused folder."""
 
     name: str
-    folder: Path
+    folder: Path | None
     files: dict[str, Path]
     per_image: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: a reference row computed from the sources (``fuse(ir, vi)`` on [0, 1] grey) instead of a folder
+    fuse: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
 
     def means(self) -> dict[str, float]:
         """Mean of each metric over the evaluated images."""
@@ -71,6 +75,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--skip-unmatched', action='store_true',
                    help='evaluate the matched pairs even if some source files have no partner '
                         '(they are listed); without it, unmatched source files are an error')
+    p.add_argument('--reference', nargs='+', default=[], choices=sorted(REFERENCE_METHODS), metavar='NAME',
+                   help='classical reference rows computed from the sources: '
+                        + ', '.join(sorted(REFERENCE_METHODS)) + ' (core/classical_fusion.py)')
     p.add_argument('--csv', type=Path, metavar='OUT', help='write the table (means, mean rank) as CSV')
     p.add_argument('--json', type=Path, metavar='OUT', help='write means, ranks and per-image values as JSON')
 
@@ -153,6 +160,10 @@ def evaluate(pairs: list[ImagePair], methods: list[MethodResult], progress: bool
             raise ShapeError(f'{pair.rgb}: size {vi.shape[::-1]} differs from {pair.thermal} '
                              f'{ir.shape[::-1]} (sources must be registered and of equal size)')
         for m in methods:
+            if m.fuse is not None:
+                out = m.fuse(ir.astype(np.float32) / 255.0, vi.astype(np.float32) / 255.0)
+                m.per_image[pair.stem] = compute_metrics(np.rint(out * 255.0).astype(np.uint8), ir, vi)
+                continue
             path = m.files[pair.stem]
             fused = read_fused_gray(path)
             if fused.shape != ir.shape:
@@ -184,6 +195,10 @@ def run(args: argparse.Namespace) -> int:
     names = method_names(list(args.fused), args.names)
     pairs = select_pairs(args.thermal, args.rgb, args.stem_list, args.skip_unmatched)
     methods = prepare_methods(list(args.fused), names, pairs)
+    for ref in getattr(args, 'reference', []):
+        if ref in names:
+            raise ConfigError(f'--reference {ref}: a --fused folder already has that name')
+        methods.append(MethodResult(ref, None, {}, fuse=REFERENCE_METHODS[ref]))
     evaluate(pairs, methods)
     means = {m.name: m.means() for m in methods}
     ranks = mean_ranks(means)
@@ -195,7 +210,8 @@ def run(args: argparse.Namespace) -> int:
         doc = {'metrics': list(METRIC_NAMES), 'thermal': str(args.thermal), 'rgb': str(args.rgb),
                'list': str(args.stem_list) if args.stem_list else None,
                'pairs': [p.stem for p in pairs],
-               'methods': {m.name: {'folder': str(m.folder), 'mean': means[m.name],
+               'methods': {m.name: {'folder': str(m.folder) if m.folder else f'reference {m.name}',
+                                    'mean': means[m.name],
                                     'mean_rank': ranks[m.name], 'per_image': m.per_image}
                            for m in methods}}
         atomic_write_bytes(args.json, (json.dumps(doc, indent=1) + '\n').encode())

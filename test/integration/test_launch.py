@@ -96,6 +96,26 @@ def test_generate_launch_description() -> None:
     assert node['additional_env'] == rviz['additional_env'] == expect.environment
 
 
+def test_launch_description_stops_before_any_process_on_a_preflight_problem(tmp_path) -> None:
+    """With launch_ros: a mistyped params_file raises in the OpaqueFunction and builds no Node action."""
+    pytest.importorskip('launch_ros', reason='launch_ros is not installable here')
+    from launch.actions import OpaqueFunction
+    from launch.launch_context import LaunchContext
+    spec = importlib.util.spec_from_file_location('fuse_launch_fail', LAUNCH_FILE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ld = mod.generate_launch_description()
+    (opaque,) = [e for e in ld.entities if isinstance(e, OpaqueFunction)]
+    calls = []
+    mod.Node = lambda **kw: calls.append(kw) or kw
+    ctx = LaunchContext()
+    ctx.launch_configurations.update({a.name: a.default for a in la.launch_arguments()})
+    ctx.launch_configurations['params_file'] = str(tmp_path / 'typo.yaml')
+    with pytest.raises(RuntimeError, match='is not a file'):
+        opaque.execute(ctx)
+    assert calls == []
+
+
 def test_launch_command_line_runs_here(tmp_path) -> None:
     """Start fuse_node with the launch file's command line; outputs appear under the namespace.
 
