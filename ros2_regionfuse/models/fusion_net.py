@@ -222,79 +222,88 @@ class RegionFuseNet(nn.Module):
         self.aux_loss = torch.stack(aux).mean() if aux else torch.zeros((), device=p.device)
         return p
 
-    def forward(self, thermal: torch.Tensor, visible: torch.Tensor, opencv: bool = False,
-                region_params: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                native: bool = False, native_threads: int | Callable[[], int] = 1) -> torch.Tensor:
+    def forward(self, thermal: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """Fuse ``(B, 1, H, W)`` thermal and visible luminance into ``(B, 1, H, W)``, all in [0, 1].
 
-        ``opencv`` runs the full-resolution pyramid upsampling and box means in
-        OpenCV (honoured in eager CPU float32 inference only, where the
-        pipeline's runner sets it; values equal to ~1e-6, see :func:`.pyramid.up_to`).
-        ``native`` runs the detail energies and each level's blending and
-        reconstruction as one fused C pass (:mod:`ros2_regionfuse.native`; honoured
-        for one frame in eager CPU float32 inference when the kernels are
-        available, else ignored; values equal to ~1e-6).
-        ``region_params`` replaces :meth:`region_params` (the pipeline's runner
-        passes a traced, frozen copy of it: same values, less overhead).
-        ``native_threads``: threads of the finest level's C pass (see :func:`_native_blend`).
+        Plain torch: the reference that training and export use. The pipeline's runner
+        calls :func:`fuse` with the CPU fast paths instead (same values to ~1e-6).
         """
-        cfg = self.cfg
-        h, w = thermal.shape[-2:]
-        ln = network_level(h, w, cfg.base_size)
-        levels = ln + 1  # detail levels 0..ln, base at ln+1
-        mult = 2 ** levels   # the pyramid's need; the region grid is padded at the network level
-        ph, pw = (-h) % mult, (-w) % mult
-        x = torch.cat([thermal, visible], 0)  # both sources through one pyramid pass
-        if ph or pw or torch.jit.is_tracing():  # traced (ONNX): pads are dynamic, keep the op
-            mode = 'reflect' if (ph < h and pw < w) else 'replicate'
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        b = thermal.shape[0]
-        native = native and b == 1 and opencv_eligible(x) and not self.training and native_kernels.available()
-        gauss = gaussian_pyramid(x, levels, opencv or native)
-        if native:
-            details, abs_details = [], []
-            energies = [_native_energies(gauss[lv], gauss[lv + 1], f) for lv, f in self._energy_levels(ln)]
-        else:
-            details, _ = laplacian_pyramid(x, levels, opencv, gaussians=gauss)
-            abs_details = [d.abs() for d in details]   # shared by the energies and the selection below
-            energies = self._energies(abs_details, ln)
-        base = gauss[levels]
-        g_net, g_fine = gauss[ln], gauss[ln - 1]
-        feats = self._features(g_net, g_fine, energies)
-        hn, wn = g_net.shape[-2:]
-        rh, rw = (-hn) % cfg.region, (-wn) % cfg.region
-        if rh or rw or torch.jit.is_tracing():   # whole regions: pad the low-resolution inputs only
-            feats = F.pad(feats, (0, rw, 0, rh), mode='replicate')
-            g_net = F.pad(g_net, (0, rw, 0, rh), mode='replicate')
-        stats = region_stats(g_net[:b], g_net[b:], cfg.region)
-        p = (region_params or self.region_params)(feats, stats)[..., :hn, :wn]
-        # --- apply the region-adaptive parameters at each level -----------------
-        bt, by = base[:b], base[b:]
-        pb = up_to(p[:, :2], bt.shape[-2:], opencv)
-        wb = torch.sigmoid(pb[:, :1])
-        fused_base = wb * bt + (1 - wb) * by + 0.1 * torch.tanh(pb[:, 1:2])
-        temps = self.log_temp.exp()
-        # Detail gains: softplus at the network level, then upsampled with the selection bias
-        # (softplus at full resolution cost 0.5 ms per 640x480 level).
-        gains = F.softplus(p[:, 2 + BANDS:2 + 2 * BANDS])
-        if native:
-            return _native_blend(gauss, p, gains, fused_base, temps, ln, native_threads)[..., :h, :w]
-        fused_details = []
-        for lvl, d in enumerate(details):
-            band = min(ln - lvl, BANDS - 1)
-            dt, dy = d[:b], d[b:]
-            pl = torch.cat([p[:, 2 + band:3 + band], gains[:, band:band + 1]], 1)   # (bias, gain)
-            pl = up_to(pl, dt.shape[-2:], opencv)
-            a = box_mean3(abs_details[lvl], opencv)  # = F.avg_pool2d(., 3, 1, 1), faster
-            at, ay = a[:b], a[b:]
-            s = torch.sigmoid(temps[band] * (at - ay) / (at + ay + 1e-3) + pl[:, :1])
-            fused_details.append(pl[:, 1:2] * torch.lerp(dy, dt, s))   # dy + s * (dt - dy) in one op
-        out = reconstruct(fused_details, fused_base, opencv)[..., :h, :w]
-        return out.clamp(0.0, 1.0)
+        return fuse(self, thermal, visible)
 
     def config_dict(self) -> dict:
         """The hyper-parameters as a plain dict (for model cards)."""
         return asdict(self.cfg)
+
+
+def fuse(model: RegionFuseNet, thermal: torch.Tensor, visible: torch.Tensor, opencv: bool = False,
+         region_params: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+         native: bool = False, native_threads: int | Callable[[], int] = 1) -> torch.Tensor:
+    """:meth:`RegionFuseNet.forward` with the fast paths the runners choose (all off: the forward).
+
+    ``opencv`` runs the full-resolution pyramid upsampling and box means in
+    OpenCV (honoured in eager CPU float32 inference only, where the
+    pipeline's runner sets it; values equal to ~1e-6, see :func:`.pyramid.up_to`).
+    ``native`` runs the detail energies and each level's blending and
+    reconstruction as one fused C pass (:mod:`ros2_regionfuse.native`; honoured
+    for one frame in eager CPU float32 inference when the kernels are
+    available, else ignored; values equal to ~1e-6).
+    ``region_params`` replaces :meth:`region_params` (the pipeline's runner
+    passes a traced, frozen copy of it: same values, less overhead).
+    ``native_threads``: threads of the finest level's C pass (see :func:`_native_blend`).
+    """
+    cfg = model.cfg
+    h, w = thermal.shape[-2:]
+    ln = network_level(h, w, cfg.base_size)
+    levels = ln + 1  # detail levels 0..ln, base at ln+1
+    mult = 2 ** levels   # the pyramid's need; the region grid is padded at the network level
+    ph, pw = (-h) % mult, (-w) % mult
+    x = torch.cat([thermal, visible], 0)  # both sources through one pyramid pass
+    if ph or pw or torch.jit.is_tracing():  # traced (ONNX): pads are dynamic, keep the op
+        mode = 'reflect' if (ph < h and pw < w) else 'replicate'
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    b = thermal.shape[0]
+    native = native and b == 1 and opencv_eligible(x) and not model.training and native_kernels.available()
+    gauss = gaussian_pyramid(x, levels, opencv or native)
+    if native:
+        details, abs_details = [], []
+        energies = [_native_energies(gauss[lv], gauss[lv + 1], f) for lv, f in model._energy_levels(ln)]
+    else:
+        details, _ = laplacian_pyramid(x, levels, opencv, gaussians=gauss)
+        abs_details = [d.abs() for d in details]   # shared by the energies and the selection below
+        energies = model._energies(abs_details, ln)
+    base = gauss[levels]
+    g_net, g_fine = gauss[ln], gauss[ln - 1]
+    feats = model._features(g_net, g_fine, energies)
+    hn, wn = g_net.shape[-2:]
+    rh, rw = (-hn) % cfg.region, (-wn) % cfg.region
+    if rh or rw or torch.jit.is_tracing():   # whole regions: pad the low-resolution inputs only
+        feats = F.pad(feats, (0, rw, 0, rh), mode='replicate')
+        g_net = F.pad(g_net, (0, rw, 0, rh), mode='replicate')
+    stats = region_stats(g_net[:b], g_net[b:], cfg.region)
+    p = (region_params or model.region_params)(feats, stats)[..., :hn, :wn]
+    # --- apply the region-adaptive parameters at each level -----------------
+    bt, by = base[:b], base[b:]
+    pb = up_to(p[:, :2], bt.shape[-2:], opencv)
+    wb = torch.sigmoid(pb[:, :1])
+    fused_base = wb * bt + (1 - wb) * by + 0.1 * torch.tanh(pb[:, 1:2])
+    temps = model.log_temp.exp()
+    # Detail gains: softplus at the network level, then upsampled with the selection bias
+    # (softplus at full resolution cost 0.5 ms per 640x480 level).
+    gains = F.softplus(p[:, 2 + BANDS:2 + 2 * BANDS])
+    if native:
+        return _native_blend(gauss, p, gains, fused_base, temps, ln, native_threads)[..., :h, :w]
+    fused_details = []
+    for lvl, d in enumerate(details):
+        band = min(ln - lvl, BANDS - 1)
+        dt, dy = d[:b], d[b:]
+        pl = torch.cat([p[:, 2 + band:3 + band], gains[:, band:band + 1]], 1)   # (bias, gain)
+        pl = up_to(pl, dt.shape[-2:], opencv)
+        a = box_mean3(abs_details[lvl], opencv)  # = F.avg_pool2d(., 3, 1, 1), faster
+        at, ay = a[:b], a[b:]
+        s = torch.sigmoid(temps[band] * (at - ay) / (at + ay + 1e-3) + pl[:, :1])
+        fused_details.append(pl[:, 1:2] * torch.lerp(dy, dt, s))   # dy + s * (dt - dy) in one op
+    out = reconstruct(fused_details, fused_base, opencv)[..., :h, :w]
+    return out.clamp(0.0, 1.0)
 
 
 @register_fusion('regionfuse_fine')

@@ -21,7 +21,7 @@ from torch import nn
 from ..core.checks import ConfigError
 from ..core.config import PipelineConfig
 from .corrector import Corrector
-from .fusion_net import RegionFuseNet
+from .fusion_net import RegionFuseNet, fuse
 from .loading import load_model, set_skip_aligned, without_global_start
 from .register_refuse import NAME as REGISTER_REFUSE
 from .register_refuse import RegisterRefuseCorrector
@@ -72,7 +72,8 @@ def _region_inputs(model: RegionFuseNet, hw: tuple[int, int]) -> tuple[torch.Ten
         return model.region_params(feats, stats)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        model(torch.rand(1, 1, *hw, generator=g), torch.rand(1, 1, *hw, generator=g), region_params=grab)
+        t, v = torch.rand(1, 1, *hw, generator=g), torch.rand(1, 1, *hw, generator=g)
+        fuse(model, t, v, region_params=grab)
     return got[0], got[1]
 
 
@@ -229,12 +230,12 @@ class TorchFusionRunner:
         """Fused luminance ``(1, 1, H, W)`` in [0, 1].
 
         ``native_threads``: threads of the finest level's C pass, or a function giving them when
-        that level starts (:meth:`RegionFuseNet.forward`).
+        that level starts (:func:`~.fusion_net.fuse`).
         """
         if not self._fast or self.model.training:
             return self.model(thermal, visible_y)
-        return self.model(thermal, visible_y, opencv=True, region_params=self._region_params,
-                          native=self.native, native_threads=native_threads)
+        return fuse(self.model, thermal, visible_y, opencv=True, region_params=self._region_params,
+                    native=self.native, native_threads=native_threads)
 
 
 class _CorrectorSources(nn.Module):

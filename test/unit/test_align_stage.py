@@ -78,7 +78,11 @@ def test_auto_overlaps_only_whole_frames_with_two_threads(two_threads, frame):
         assert no_corr.align_params is None
         torch.set_num_threads(2)
         a, b = pipe.finish(whole), pipe.finish(half)
-        assert np.array_equal(a.fused, b.fused) and np.array_equal(a.flow, b.flow)
+        # The overlapped frame's fusion ran on one torch thread, the other's on two: oneDNN may sum
+        # in another order (2.4e-7 on the Intel Xeon VM), which rounds a few pixels by one level.
+        diff = np.abs(a.fused.astype(np.int16) - b.fused.astype(np.int16))
+        assert int(diff.max()) <= 1 and float((diff > 0).mean()) < 1e-3
+        assert np.array_equal(a.flow, b.flow)
         assert torch.get_num_threads() == 2   # restored after the corrector's one thread
     finally:
         pipe.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ros2_regionfuse.models.fusion_net import RegionFuseNet, network_level
+from ros2_regionfuse.models.fusion_net import RegionFuseNet, fuse, network_level
 from ros2_regionfuse.models.layers import from_regions, to_regions
 from ros2_regionfuse.models.mora import MoRA, Routing, balance_loss, expert_masked_attention, noisy_top_k
 from ros2_regionfuse.models.registry import build_fusion
@@ -115,7 +115,7 @@ def test_region_network_size(variant: str, hw_net: tuple, padded: tuple) -> None
 
     t, y = torch.rand(1, 1, 480, 640), torch.rand(1, 1, 480, 640)
     with torch.inference_mode():
-        out = net(t, y, region_params=spy)
+        out = fuse(net, t, y, region_params=spy)
         ref = net(t, y)
     assert seen == [(padded, (padded[0] // 4) * (padded[1] // 4))]
     assert out.shape == (1, 1, 480, 640) and torch.equal(out, ref)

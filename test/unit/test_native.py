@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ros2_regionfuse import native
 from ros2_regionfuse.models.corrector import full_resolution, full_resolution_native
+from ros2_regionfuse.models.fusion_net import fuse
 
 
 @pytest.fixture()
@@ -306,12 +307,12 @@ def test_disabled_kernels_fall_back_to_the_same_results(fresh_native, monkeypatc
     y = convert.luminance(convert.rgb_to_unit(read_rgb(test_data / 'vi' / '00537D.png')))
     t, v = convert.to_tensor(th), convert.to_tensor(y)
     with torch.inference_mode():
-        fast, cv = model(t, v, opencv=True, native=True), model(t, v, opencv=True)
+        fast, cv = fuse(model, t, v, opencv=True, native=True), fuse(model, t, v, opencv=True)
     assert not torch.equal(fast, cv)                    # the kernels did run above
     monkeypatch.setenv('REGIONFUSE_NATIVE', '0')
     fresh_native._reset_for_tests()
     with torch.inference_mode():
-        assert torch.equal(model(t, v, opencv=True, native=True), cv)
+        assert torch.equal(fuse(model, t, v, opencv=True, native=True), cv)
     assert fresh_native.load() is None and 'REGIONFUSE_NATIVE=0' in fresh_native.status()
     with pytest.raises(RuntimeError, match='unavailable'):
         fresh_native.detail_energy(np.zeros((4, 4), np.float32), np.zeros((2, 2), np.float32), 2)

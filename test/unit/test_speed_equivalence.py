@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ros2_regionfuse.core.config import FusionConfig
+from ros2_regionfuse.models.fusion_net import fuse
 from ros2_regionfuse.models.layers import from_regions, to_regions
 from ros2_regionfuse.models.pyramid import box_mean3, down2
 
@@ -138,8 +139,8 @@ def test_fusion_opencv_path_matches_torch_on_real_pairs(test_data):
             for n in (1, 2):   # (thread counts change oneDNN's summation order: compare within one)
                 torch.set_num_threads(n)
                 with torch.inference_mode():
-                    ref, got = model(t, y), model(t, y, opencv=True)
-                    nat = model(t, y, opencv=True, native=True)
+                    ref, got = model(t, y), fuse(model, t, y, opencv=True)
+                    nat = fuse(model, t, y, opencv=True, native=True)
                 assert float((got - ref).abs().max()) < 5e-6
                 assert 0.0 < float((nat - ref).abs().max()) < 5e-6   # another order of operations
                 assert float(ref.std()) > 0.05          # a real image, not a flat one
@@ -186,7 +187,7 @@ def test_fusion_runner_traces_the_region_network_per_size(test_data, monkeypatch
         t_img, y_img = (th, y) if crop is None else (th[crop].copy(), y[crop].copy())
         t, v = convert.to_tensor(t_img), convert.to_tensor(y_img)
         with torch.inference_mode():
-            ref = model(t, v, opencv=cv)
+            ref = fuse(model, t, v, opencv=cv)
         n = len(run._traces)
         assert torch.equal(run(t, v), ref)              # a size's first frame: eager, nothing built
         assert len(run._traces) == n
@@ -204,7 +205,7 @@ def test_fusion_runner_traces_the_region_network_per_size(test_data, monkeypatch
         fallback(t, v)
         out = fallback(t, v)
     with torch.inference_mode():
-        assert torch.equal(out, model(t, v, opencv=cv))
+        assert torch.equal(out, fuse(model, t, v, opencv=cv))
     assert 'running it eagerly' in caplog.text and 'fusion region network' in caplog.text
 
 
