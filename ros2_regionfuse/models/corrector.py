@@ -774,30 +774,17 @@ class Corrector(nn.Module):
             return False
         return bool((max_shift(params, image_hw) <= cfg.min_shift - 4 * cfg.min_shift_width).all())
 
-    def align(self, visible: torch.Tensor, thermal: torch.Tensor, opencv: bool = False, native: bool = False
-              ) -> torch.Tensor | None:
-        """Gated global similarity parameters ``(B, 4)`` the forward pass starts from.
+    def align(self, visible: torch.Tensor, thermal: torch.Tensor) -> torch.Tensor | None:
+        """Gated global similarity parameters ``(B, 4)`` the forward pass starts from (torch).
 
         None without ``cfg.global_align``. No learned weights are involved (no gradient).
-        ``opencv`` solves with numpy/OpenCV in eager CPU inference
-        (:func:`~.global_align.estimate_similarity_cv`; parameters within ~2e-4 px of torch),
-        ``native`` with the fused C kernels when available
-        (:func:`~.global_align.estimate_similarity_native`, same values to ~1e-4 px).
+        The runners call :func:`global_params` with the CPU solvers instead.
         """
-        if not self.cfg.global_align:
-            return None
-        with torch.no_grad():
-            eager = not self.training
-            return gated_similarity(visible, thermal, self.cfg.align, opencv=opencv and eager,
-                                    native=native and eager)
+        return global_params(self, visible, thermal)
 
     def config_dict(self) -> dict:
         """Hyper-parameters as a plain dict (for model cards)."""
         return asdict(self.cfg)
-
-    def _use_opencv(self, requested: bool, low: torch.Tensor) -> bool:
-        """Whether the full-resolution step runs in OpenCV: requested and eager CPU float32 inference."""
-        return requested and not self.training and opencv_eligible(low)
 
     def stem_and_pool(self, x: torch.Tensor, streams: tuple[int, ...] = STREAMS
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -1069,87 +1056,120 @@ class Corrector(nn.Module):
             x = F.pad(x, (0, pw, 0, ph), mode='replicate')
         return x
 
-    def prepare(self, visible: torch.Tensor, thermal: torch.Tensor, opencv: bool = False,
-                native: bool = False, sources: Callable[..., tuple[torch.Tensor, ...]] | None = None
-                ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, ...] | None]:
-        """Everything of :meth:`forward` that needs only the sources: ``(align_params, sources)``.
-
-        The global registration (:meth:`align`) and :meth:`sources`; the pipeline runs this
-        while the fusion runs. ``sources`` is None when the frame is skipped (found aligned,
-        :meth:`skips`) or without ``cfg.global_align`` (then only the parameters are None too).
-        ``sources`` (the argument) replaces :meth:`sources` (a traced copy).
-        """
-        h, w = visible.shape[-2:]
-        params = self.align(visible, thermal, opencv, native)
-        if params is not None and self.skips(params, (h, w)):
-            return params, None
-        with torch.no_grad():
-            return params, (sources or self.sources)(self.pad_sources(visible, thermal), (h, w), params)
-
     def forward(self, fused: torch.Tensor, visible: torch.Tensor, thermal: torch.Tensor,
-                aux: bool = False, init_flow: torch.Tensor | None = None, opencv: bool = False,
-                align_params: torch.Tensor | None = None,
-                sources: tuple[torch.Tensor, ...] | None = None,
-                stages: tuple[Callable[..., tuple[torch.Tensor, ...]],
-                              Callable[..., tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]]]
-                | None = None, native: bool = False, native_threads: int | None = None) -> CorrectorOutput:
+                aux: bool = False, init_flow: torch.Tensor | None = None) -> CorrectorOutput:
         """Correct ``fused``; see the class docstring for shapes.
 
+        Plain torch: the reference that training and export use. The pipeline's runner calls
+        :func:`correct` with the CPU fast paths and the traced learned stages instead.
         ``init_flow`` (``(B, 2, H, W)``, pixels) replaces the start of the
         coarsest stage (zero, or the global registration when
-        ``cfg.global_align``); used by tests and experiments. ``opencv`` runs
-        the full-resolution step and the global registration with OpenCV
-        (:func:`full_resolution_cv`, :func:`~.global_align.estimate_similarity_cv`;
-        honoured in eager CPU float32 inference only, where the pipeline's
-        runner sets it; otherwise the torch code runs). ``align_params``
-        (``(B, 4)``) are the gated similarity parameters of this frame computed
-        beforehand (:meth:`align`), so the pipeline can run the global
-        registration in its first stage; None computes them here. ``sources``:
-        this frame's :meth:`sources` computed beforehand with those parameters
-        (:meth:`prepare`); None computes them here. ``stages`` replaces
-        :meth:`sources` and :meth:`fused_fields` (the pipeline's runner passes traced,
-        frozen copies: same values, less overhead). ``native`` runs the full-resolution step as
-        one fused C pass (:func:`full_resolution_native`; honoured for one frame in
-        eager CPU float32 inference when the kernels are available; else ``opencv`` decides),
-        and the global registration as one C call (:meth:`align`); ``native_threads``: the threads
-        of that C pass (default 1; see :func:`full_resolution_native`).
+        ``cfg.global_align``); used by tests and experiments.
         """
-        cfg = self.cfg
-        h, w = fused.shape[-2:]
-        params = None
-        if cfg.global_align and init_flow is None:
-            params = self.align(visible, thermal, opencv, native) if align_params is None else align_params
-            # prepare() gives sources only for frames it did not skip (same parameters): no second check
-            if sources is None and self.skips(params, (h, w)):
-                zero = torch.zeros_like(fused)
-                return CorrectorOutput(fused, zero, torch.cat([zero, zero], 1), [], [], [])
-        sources_fn, fused_fn = stages or (self.sources, self.fused_fields)
-        if sources is None:
-            sources = sources_fn(self.pad_sources(visible, thermal), (h, w), params, init_flow)
-        fpad = self._pad(fused)
-        hp, wp = fpad.shape[-2:]
-        low, flows, logits = fused_fn(fpad, sources, init_flow)
-        n = len(cfg.stages)
-        if native and low.shape[0] == 1 and self._use_opencv(True, low) and native_kernels.available():
-            out, m, flow = full_resolution_native(low, fused, visible, (hp, wp), thermal, cfg.output,
-                                                  native_threads)
-        elif self._use_opencv(opencv, low):
-            out, m, flow = full_resolution_cv(low, fused, visible, (hp, wp), thermal, cfg.output)
-        else:
-            out, m, flow = full_resolution(low, fused, visible, (hp, wp), thermal, cfg.output)
+        return correct(self, fused, visible, thermal, aux=aux, init_flow=init_flow)
 
-        flows_full, masks, warped = [], [], []
+
+def _use_opencv(model: Corrector, requested: bool, low: torch.Tensor) -> bool:
+    """Whether the full-resolution step runs in OpenCV: requested and eager CPU float32 inference."""
+    return requested and not model.training and opencv_eligible(low)
+
+
+def global_params(model: Corrector, visible: torch.Tensor, thermal: torch.Tensor, opencv: bool = False,
+                  native: bool = False) -> torch.Tensor | None:
+    """:meth:`Corrector.align` with the solvers the runners choose (all off: torch).
+
+    ``opencv`` solves with numpy/OpenCV in eager CPU inference
+    (:func:`~.global_align.estimate_similarity_cv`; parameters within ~2e-4 px of torch),
+    ``native`` with the fused C kernels when available
+    (:func:`~.global_align.estimate_similarity_native`, same values to ~1e-4 px).
+    """
+    if not model.cfg.global_align:
+        return None
+    with torch.no_grad():
+        eager = not model.training
+        return gated_similarity(visible, thermal, model.cfg.align, opencv=opencv and eager,
+                                native=native and eager)
+
+
+def prepare(model: Corrector, visible: torch.Tensor, thermal: torch.Tensor, opencv: bool = False,
+            native: bool = False, sources: Callable[..., tuple[torch.Tensor, ...]] | None = None
+            ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, ...] | None]:
+    """Everything of :func:`correct` that needs only the sources: ``(align_params, sources)``.
+
+    The global registration (:func:`global_params`, ``opencv`` / ``native`` as there) and
+    :meth:`Corrector.sources`; the pipeline runs this while the fusion runs. ``sources`` is None
+    when the frame is skipped (found aligned, :meth:`Corrector.skips`) or without
+    ``cfg.global_align`` (then the parameters are None too). ``sources`` (the argument)
+    replaces :meth:`Corrector.sources` (a traced copy).
+    """
+    h, w = visible.shape[-2:]
+    params = global_params(model, visible, thermal, opencv, native)
+    if params is not None and model.skips(params, (h, w)):
+        return params, None
+    with torch.no_grad():
+        return params, (sources or model.sources)(model.pad_sources(visible, thermal), (h, w), params)
+
+
+def correct(model: Corrector, fused: torch.Tensor, visible: torch.Tensor, thermal: torch.Tensor,
+            aux: bool = False, init_flow: torch.Tensor | None = None, opencv: bool = False,
+            align_params: torch.Tensor | None = None,
+            sources: tuple[torch.Tensor, ...] | None = None,
+            stages: tuple[Callable[..., tuple[torch.Tensor, ...]],
+                          Callable[..., tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]]]
+            | None = None, native: bool = False, native_threads: int | None = None) -> CorrectorOutput:
+    """:meth:`Corrector.forward` with the fast paths the runners choose (all off: the forward).
+
+    ``opencv`` runs the full-resolution step and the global registration with OpenCV
+    (:func:`full_resolution_cv`, :func:`~.global_align.estimate_similarity_cv`;
+    honoured in eager CPU float32 inference only; otherwise the torch code runs).
+    ``align_params`` (``(B, 4)``) are the gated similarity parameters of this frame computed
+    beforehand (:func:`global_params`), so the pipeline can run the global registration in
+    its first stage; None computes them here. ``sources``: this frame's
+    :meth:`Corrector.sources` computed beforehand with those parameters (:func:`prepare`);
+    None computes them here. ``stages`` replaces :meth:`Corrector.sources` and
+    :meth:`Corrector.fused_fields` (the runner passes traced, frozen copies: same values,
+    less overhead). ``native`` runs the full-resolution step as one fused C pass
+    (:func:`full_resolution_native`; honoured for one frame in eager CPU float32 inference
+    when the kernels are available; else ``opencv`` decides), and the global registration as
+    one C call; ``native_threads``: the threads of that C pass (default 1).
+    """
+    cfg = model.cfg
+    h, w = fused.shape[-2:]
+    params = None
+    if cfg.global_align and init_flow is None:
+        params = (global_params(model, visible, thermal, opencv, native) if align_params is None
+                  else align_params)
+        # prepare() gives sources only for frames it did not skip (same parameters): no second check
+        if sources is None and model.skips(params, (h, w)):
+            zero = torch.zeros_like(fused)
+            return CorrectorOutput(fused, zero, torch.cat([zero, zero], 1), [], [], [])
+    sources_fn, fused_fn = stages or (model.sources, model.fused_fields)
+    if sources is None:
+        sources = sources_fn(model.pad_sources(visible, thermal), (h, w), params, init_flow)
+    fpad = model._pad(fused)
+    hp, wp = fpad.shape[-2:]
+    low, flows, logits = fused_fn(fpad, sources, init_flow)
+    n = len(cfg.stages)
+    if native and low.shape[0] == 1 and _use_opencv(model, True, low) and native_kernels.available():
+        out, m, flow = full_resolution_native(low, fused, visible, (hp, wp), thermal, cfg.output,
+                                              native_threads)
+    elif _use_opencv(model, opencv, low):
+        out, m, flow = full_resolution_cv(low, fused, visible, (hp, wp), thermal, cfg.output)
+    else:
+        out, m, flow = full_resolution(low, fused, visible, (hp, wp), thermal, cfg.output)
+
+    flows_full, masks, warped = [], [], []
+    for i in range(n):
+        fh, fw = flows[i].shape[-2:]
+        scale = torch.tensor([wp / fw, hp / fh], dtype=fpad.dtype, device=fpad.device).view(1, 2, 1, 1)
+        flows_full.append(flows[i] * scale)
+        masks.append(torch.sigmoid(logits[i]))
+    if aux or model.training:
         for i in range(n):
-            fh, fw = flows[i].shape[-2:]
-            scale = torch.tensor([wp / fw, hp / fh], dtype=fpad.dtype, device=fpad.device).view(1, 2, 1, 1)
-            flows_full.append(flows[i] * scale)
-            masks.append(torch.sigmoid(logits[i]))
-        if aux or self.training:
-            for i in range(n):
-                stride = hp // flows[i].shape[-2]
-                fl = F.avg_pool2d(fpad, stride) if stride > 1 else fpad
-                warped.append(bidirectional_warp(fl, flows[i], masks[i]))
-        return CorrectorOutput(out, m, flow, flows_full, masks, warped)
+            stride = hp // flows[i].shape[-2]
+            fl = F.avg_pool2d(fpad, stride) if stride > 1 else fpad
+            warped.append(bidirectional_warp(fl, flows[i], masks[i]))
+    return CorrectorOutput(out, m, flow, flows_full, masks, warped)
 
 
 def full_resolution(low: torch.Tensor, fused: torch.Tensor, visible: torch.Tensor,

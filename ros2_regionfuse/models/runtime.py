@@ -20,7 +20,7 @@ from torch import nn
 
 from ..core.checks import ConfigError
 from ..core.config import PipelineConfig
-from .corrector import Corrector
+from .corrector import Corrector, correct, prepare
 from .fusion_net import RegionFuseNet, fuse
 from .loading import load_model, set_skip_aligned, without_global_start
 from .register_refuse import NAME as REGISTER_REFUSE
@@ -414,14 +414,14 @@ class TorchCorrectorRunner:
                 ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, ...] | None]:
         """The frame's work that needs only the sources: ``(align_params, sources)``.
 
-        :meth:`Corrector.prepare`: the global registration and the learned stages' source part;
+        :func:`~.corrector.prepare`: the global registration and the learned stages' source part;
         pass both to :meth:`__call__` of the same frame. ``(None, None)`` for other models.
         """
         if not self._is_corrector:
             return None, None
         stages = self._stages
-        return self.model.prepare(visible_y, thermal, opencv=self._cpu, native=self.native and self._cpu,
-                                  sources=stages[0] if stages else None)
+        return prepare(self.model, visible_y, thermal, opencv=self._cpu, native=self.native and self._cpu,
+                       sources=stages[0] if stages else None)
 
     @torch.inference_mode()
     def __call__(self, fused: torch.Tensor, visible_y: torch.Tensor, thermal: torch.Tensor,
@@ -433,9 +433,9 @@ class TorchCorrectorRunner:
         ``native_threads``: threads of the full-resolution C step (default 1).
         """
         if self._is_corrector:
-            out = self.model(fused, visible_y, thermal, opencv=True, align_params=align_params,
-                             sources=sources, stages=self._stages, native=self.native,
-                             native_threads=native_threads)
+            out = correct(self.model, fused, visible_y, thermal, opencv=True, align_params=align_params,
+                          sources=sources, stages=self._stages, native=self.native,
+                          native_threads=native_threads)
         else:
             out = self.model(fused, visible_y, thermal)
         return out.image, out.misregistration, out.flow

@@ -11,7 +11,13 @@ from ros2_regionfuse.core import convert
 from ros2_regionfuse.core.checks import ConfigError, WeightsError
 from ros2_regionfuse.core.imageio import read_gray, read_rgb
 from ros2_regionfuse.core.weights import load_weights, save_weights, shipped_weights
-from ros2_regionfuse.models.corrector import Corrector, CorrectorArchitecture, CorrectorOutput, conv_part
+from ros2_regionfuse.models.corrector import (
+    Corrector,
+    CorrectorArchitecture,
+    CorrectorOutput,
+    conv_part,
+    correct,
+)
 from ros2_regionfuse.models.registry import build_corrector, corrector_variants
 from ros2_regionfuse.models.warp import warp_by_flow
 
@@ -453,7 +459,7 @@ def test_opencv_full_resolution_matches_torch(test_data, h, w, output):
     v, moved, fused = _shifted_pair(test_data, (h, w))
     model = _shipped_with(skip_aligned=False, output=output)
     with torch.inference_mode():
-        a, b = model(fused, v, moved), model(fused, v, moved, opencv=True)
+        a, b = model(fused, v, moved), correct(model, fused, v, moved, opencv=True)
     assert float(a.flow.abs().max()) > 1.0                     # a real correction ran
     assert b.image.shape == a.image.shape == (1, 1, h, w) and b.flow.shape == (1, 2, h, w)
     assert float((a.flow - b.flow).abs().max()) < 1e-4
@@ -462,7 +468,7 @@ def test_opencv_full_resolution_matches_torch(test_data, h, w, output):
     assert float((a.image - b.image).abs().mean()) < 1e-3
     # with gradients the torch step runs whatever is requested
     fr = fused.clone().requires_grad_(True)
-    c = model(fr, v, moved, opencv=True)
+    c = correct(model, fr, v, moved, opencv=True)
     c.image.sum().backward()
     assert fr.grad is not None and float(fr.grad.abs().sum()) > 0
 
@@ -475,7 +481,7 @@ def test_runner_uses_the_opencv_step_on_cpu(test_data):
     run, _ = build_runner('corrector', PipelineConfig(), torch.device('cpu'), module)
     image, _, flow = run(fused, v, moved)
     with torch.inference_mode():
-        ref_cv = module(fused, v, moved, opencv=True)
+        ref_cv = correct(module, fused, v, moved, opencv=True)
     # (the runner traces the learned stages: equal to float rounding)
     assert float((image - ref_cv.image).abs().max()) < 1e-5
     assert float((flow - ref_cv.flow).abs().max()) < 1e-4
@@ -533,7 +539,7 @@ def test_runner_traces_the_learned_stages(test_data, monkeypatch, caplog):
     model = _shipped_with()
     with torch.inference_mode():
         params = model.align(v, moved)
-        ref = model(fused, v, moved, opencv=True, align_params=params)
+        ref = correct(model, fused, v, moved, opencv=True, align_params=params)
     run = TorchCorrectorRunner(model)
     for i in range(3):   # eager (a size's first frame), trace (BUILD_AFTER), then the cached traces
         image, m, flow = run(fused, v, moved, align_params=params)

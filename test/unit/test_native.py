@@ -232,17 +232,17 @@ def test_similarity_arguments_are_checked():
 
 
 def test_corrector_align_uses_the_kernel(test_data, monkeypatch):
-    """Corrector.align(native=True) runs the C solver; its gated parameters equal the OpenCV path's."""
-    from ros2_regionfuse.models.corrector import Corrector, CorrectorArchitecture
+    """global_params(native=True) runs the C solver; its gated parameters equal the OpenCV path's."""
+    from ros2_regionfuse.models.corrector import Corrector, CorrectorArchitecture, global_params
     v, t = _similarity_pair(test_data, 'tno17', [6.0, -4.0, 0.02, 0.015])
     model = Corrector(CorrectorArchitecture(global_align=True)).eval()
     calls = []
     real = native.similarity
     monkeypatch.setattr(native, 'similarity', lambda *a, **k: calls.append(1) or real(*a, **k))
     with torch.inference_mode():
-        p_native = model.align(v, t, opencv=True, native=True)
+        p_native = global_params(model, v, t, opencv=True, native=True)
         assert len(calls) == 1
-        p_cv = model.align(v, t, opencv=True)
+        p_cv = global_params(model, v, t, opencv=True)
     assert len(calls) == 1
     np.testing.assert_allclose(p_native.numpy(), p_cv.numpy(), atol=5e-3)
     assert float(p_native[0, :2].abs().max()) > 3.0

@@ -269,14 +269,14 @@ def test_runner_checks_each_new_size_against_torch():
 
 def test_corrector_global_start_switch(corrector_model, small_fusion_model, real_pairs):
     """corrector.global_start: false runs the learned stages only, on both backends (key-0 graph)."""
-    from ros2_regionfuse.models.corrector import Corrector, CorrectorArchitecture
+    from ros2_regionfuse.models.corrector import Corrector, CorrectorArchitecture, correct
     _stem, t, y = real_pairs[0]
     with torch.inference_mode():
         f = small_fusion_model(t, y)
         expected = Corrector(CorrectorArchitecture(global_align=False))
         expected.load_state_dict(corrector_model.state_dict())
         ref = expected.eval()(f, y, t)
-        ref_cv = expected(f, y, t, opencv=True, native=True)   # the torch runner's CPU full-resolution step
+        ref_cv = correct(expected, f, y, t, opencv=True, native=True)   # the CPU runner's steps
         with_start = corrector_model(f, y, t)
     assert float((ref.flow - with_start.flow).abs().max()) > 0.1   # the switch matters on this pair
     off = PipelineConfig()

@@ -118,7 +118,7 @@ def test_opencv_pyramid_ops_match_torch():
 
 
 def test_fusion_opencv_path_matches_torch_on_real_pairs(test_data):
-    """RegionFuseNet(opencv=True) and (native=True: the fused C kernels) give the torch outputs on
+    """fuse(opencv=True) and fuse(native=True: the fused C kernels) give the torch outputs on
     real pairs (shipped weights), and the pipeline's fusion runner uses the native path at any
     thread count."""
     from ros2_regionfuse.core import convert
