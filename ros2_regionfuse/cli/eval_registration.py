@@ -92,8 +92,8 @@ from ..core.imageio import (
 )
 from ..core.metrics import mutual_information, ssim
 from ..core.paths import data_root
+from ..inference.runtime import TorchFusionRunner, build_runner, inline_builds
 from ..models.global_align import similarity_flow
-from ..models.runtime import TorchFusionRunner, build_runner, inline_builds
 from ..models.warp import warp_by_flow
 from ..training.corrector_data import load_frozen_fusion
 from ..training.perturb import PerturbConfig, apply_perturbation, sample_perturbation
@@ -590,7 +590,7 @@ def _reference_line(c: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the Markdown table and optionally write JSON.
 
-    Fast paths are built at a size's first pair (:func:`~ros2_regionfuse.models.runtime.inline_builds`),
+    Fast paths are built at a size's first pair (:func:`~ros2_regionfuse.inference.runtime.inline_builds`),
     so no build runs beside a timed frame.
     """
     with inline_builds():

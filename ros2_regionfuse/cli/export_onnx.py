@@ -9,7 +9,7 @@ error) and at a padded size of the same level; a graph that is not valid at
 other sizes is complemented by fixed-size graphs ``NAME.HxW.onnx`` for each
 ``--size``.
 With ``backend: onnxruntime`` the node and the CLI find these files by the
-weights' name and SHA-256 (see :mod:`ros2_regionfuse.models.onnx_runtime`).
+weights' name and SHA-256 (see :mod:`ros2_regionfuse.inference.onnx_runtime`).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import torch
 
 from ..core.checks import ConfigError, RegionFuseError
 from ..core.config import PipelineConfig, field_specs
-from ..models import onnx_runtime as ox
+from ..inference import onnx_runtime as ox
 from ..models.register_refuse import NAME as REGISTER_REFUSE
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def export_model(kind: str, variant: str, checkpoint: str, sizes: list[tuple[int
     Returns:
         One dict per file: ``path``, ``key``, ``sample``, ``bytes``, ``dynamic``,
         ``max_abs_diff`` (traced size) and ``max_abs_diff_dynamic`` (a padded size), both
-        :func:`~ros2_regionfuse.models.onnx_runtime.session_parity` differences.
+        :func:`~ros2_regionfuse.inference.onnx_runtime.session_parity` differences.
 
     Raises:
         WeightsError: missing or corrupt weights.

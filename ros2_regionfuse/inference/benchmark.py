@@ -48,7 +48,7 @@ from ..core.config import PipelineConfig
 from ..core.paths import BUNDLED_RECORDING, TEST_PAIRS, data_root
 from ..core.weights import shipped_weights
 from ..models.register_refuse import NAME as REGISTER_REFUSE
-from ..models.runtime import inline_builds
+from .runtime import inline_builds
 
 log = logging.getLogger(__name__)
 

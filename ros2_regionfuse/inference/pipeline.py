@@ -24,7 +24,7 @@ from ..core import convert
 from ..core.align import homography_from_values, load_homography_file, scale_homography, warp_thermal
 from ..core.checks import ConfigError, check_image
 from ..core.config import PipelineConfig
-from ..models.runtime import TorchFusionRunner, build_runner, inline_builds
+from .runtime import TorchFusionRunner, build_runner, inline_builds
 
 log = logging.getLogger(__name__)
 
@@ -338,7 +338,7 @@ class FusionPipeline:
         Builds what a size's fast path needs: the region network's ONNX Runtime session
         for that size, the TorchScript traces of a learned corrector (~0.05-1 s on 2 CPU
         cores). Without a warm-up they are built at a size's second pair, the first runs
-        on the fallbacks (:data:`~ros2_regionfuse.models.runtime.BUILD_AFTER`). The
+        on the fallbacks (:data:`~ros2_regionfuse.inference.runtime.BUILD_AFTER`). The
         corrector's learned stages are forced to run (a 4 px start shift), so their
         trace is built even where the synthetic pair looks aligned.
 

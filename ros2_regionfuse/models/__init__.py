@@ -1,4 +1,4 @@
-"""Torch modules: the RegionFuse fusion network, the post-registration correctors, their runners.
+"""Torch modules: the RegionFuse fusion network and the post-registration correctors.
 
 Importing the package imports the model files, which register their variants in
 :mod:`.registry` (the registry imports no model file).

@@ -159,3 +159,31 @@ def test_core_imports_no_models() -> None:
     bad = [f'{m} -> {d}' for m, deps in graph.items() if _subpackage(m) == 'core'
            for d in deps if _subpackage(d) not in ('core', 'native', '')]
     assert not bad, '\n'.join(bad)
+
+
+# Each sub-package and the sub-packages it may import (core <- models <- inference <- ros / cli;
+# viz: the Foxglove view on core; data, weights: package resources without code).
+LAYERS: dict[str, set[str]] = {
+    'native': set(),
+    'core': {'native'},
+    'viz': {'core', 'native'},
+    'models': {'core', 'native'},
+    'training': {'core', 'native', 'models'},
+    'inference': {'core', 'native', 'models'},
+    'ros': {'core', 'native', 'models', 'inference', 'viz'},
+    'cli': {'core', 'native', 'models', 'inference', 'training', 'viz', 'ros'},
+}
+
+
+def test_layers_point_one_way() -> None:
+    """models import no runner, pipeline, ROS or CLI code; the inference layer no ROS or CLI code."""
+    graph = import_graph()
+    bad = []
+    for mod, deps in graph.items():
+        a = _subpackage(mod)
+        if a not in LAYERS:
+            continue
+        bad += [f'{mod} -> {d}' for d in deps
+                if _subpackage(d) not in LAYERS[a] | {a, ''} and d.startswith('ros2_regionfuse.')]
+    assert not bad, '\n'.join(bad)
+    assert {_subpackage(m) for m in graph} - {''} <= set(LAYERS), 'a sub-package without a layer'

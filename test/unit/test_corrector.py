@@ -238,7 +238,7 @@ def test_thermal_weight_is_zero_on_a_flat_thermal_image():
 def test_weights_of_the_other_output_formula_are_refused(tmp_path):
     """Same tensors, another meaning: weights whose card says they were trained for the other output
     formula are a clear error naming both; weights without a model card still load."""
-    from ros2_regionfuse.models.runtime import load_model
+    from ros2_regionfuse.models.loading import load_model
     model = build_corrector('corrector_lite')
     own = model.cfg.output
     other = 'retain' if own == 'refuse' else 'refuse'
@@ -358,7 +358,7 @@ def test_identity_on_real_pair_with_shipped_weights(test_data, stem, variant):
 
 
 def test_load_model_can_switch_the_global_start_off():
-    from ros2_regionfuse.models.runtime import load_model
+    from ros2_regionfuse.models.loading import load_model
     on, card_on = load_model('corrector', 'corrector_multiscale', '', torch.device('cpu'))
     off, card_off = load_model('corrector', 'corrector_multiscale', '', torch.device('cpu'),
                                global_start=False)
@@ -422,7 +422,8 @@ def test_misaligned_frame_is_not_skipped(test_data, variant):
 
 def test_skip_aligned_switch_reaches_the_model(test_data):
     from ros2_regionfuse.core.config import PipelineConfig
-    from ros2_regionfuse.models.runtime import build_runner, load_model
+    from ros2_regionfuse.inference.runtime import build_runner
+    from ros2_regionfuse.models.loading import load_model
     off, card = load_model('corrector', 'corrector_multiscale', '', torch.device('cpu'), skip_aligned=False)
     assert not off.cfg.skip_aligned and card['skip_aligned'] is False
     th, vis = _real_pair(test_data, '00537D')
@@ -475,7 +476,7 @@ def test_opencv_full_resolution_matches_torch(test_data, h, w, output):
 
 def test_runner_uses_the_opencv_step_on_cpu(test_data):
     from ros2_regionfuse.core.config import PipelineConfig
-    from ros2_regionfuse.models.runtime import build_runner
+    from ros2_regionfuse.inference.runtime import build_runner
     v, moved, fused = _shifted_pair(test_data)
     module = _shipped_with()
     run, _ = build_runner('corrector', PipelineConfig(), torch.device('cpu'), module)
@@ -533,8 +534,8 @@ def test_pipeline_runs_the_global_registration_in_the_configured_stage(test_data
 def test_runner_traces_the_learned_stages(test_data, monkeypatch, caplog):
     """The corrector runner's traced learned stages give the eager values (to float rounding) on a
     real misregistered pair, one trace per size; a tracing failure falls back to eager, warned."""
-    from ros2_regionfuse.models import runtime
-    from ros2_regionfuse.models.runtime import TorchCorrectorRunner
+    from ros2_regionfuse.inference import runtime
+    from ros2_regionfuse.inference.runtime import TorchCorrectorRunner
     v, moved, fused = _shifted_pair(test_data)
     model = _shipped_with()
     with torch.inference_mode():
@@ -571,7 +572,7 @@ def test_runner_builds_run_one_at_a_time_across_threads():
     import threading
     import time
 
-    from ros2_regionfuse.models.runtime import _BuildCache
+    from ros2_regionfuse.inference.runtime import _BuildCache
     spans: list[tuple[str, float, float]] = []
 
     def build(name: str):

@@ -301,7 +301,7 @@ def test_disabled_kernels_fall_back_to_the_same_results(fresh_native, monkeypatc
     from ros2_regionfuse.core import convert
     from ros2_regionfuse.core.config import FusionConfig
     from ros2_regionfuse.core.imageio import read_gray, read_rgb
-    from ros2_regionfuse.models.runtime import load_model
+    from ros2_regionfuse.models.loading import load_model
     model, _ = load_model('fusion', FusionConfig().variant, '', torch.device('cpu'))
     th = read_gray(test_data / 'ir' / '00537D.png', as_uint8=True).astype('float32') / 255.0
     y = convert.luminance(convert.rgb_to_unit(read_rgb(test_data / 'vi' / '00537D.png')))

@@ -10,10 +10,10 @@ from ros2_regionfuse.core import convert
 from ros2_regionfuse.core.config import PipelineConfig
 from ros2_regionfuse.core.imageio import read_gray, read_rgb
 from ros2_regionfuse.core.weights import save_weights
+from ros2_regionfuse.inference import onnx_runtime as ox
 from ros2_regionfuse.inference.pipeline import FusionPipeline
-from ros2_regionfuse.models import onnx_runtime as ox
+from ros2_regionfuse.inference.runtime import build_runner
 from ros2_regionfuse.models.registry import build_corrector, build_fusion
-from ros2_regionfuse.models.runtime import build_runner
 
 pytest.importorskip('onnxruntime')
 

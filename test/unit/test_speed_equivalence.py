@@ -124,7 +124,8 @@ def test_fusion_opencv_path_matches_torch_on_real_pairs(test_data):
     from ros2_regionfuse.core import convert
     from ros2_regionfuse.core.config import PipelineConfig
     from ros2_regionfuse.core.imageio import read_gray, read_rgb
-    from ros2_regionfuse.models.runtime import build_runner, load_model
+    from ros2_regionfuse.inference.runtime import build_runner
+    from ros2_regionfuse.models.loading import load_model
     model, _ = load_model('fusion', FUSION, '', torch.device('cpu'))
     cfg = PipelineConfig()
     cfg.fusion.region_runtime = 'torch'   # the traced region network: exact (ONNX Runtime: next test)
@@ -177,7 +178,8 @@ def test_fusion_runner_traces_the_region_network_per_size(test_data, monkeypatch
     tracing failure falls back to the eager network with a warning (same values)."""
     from ros2_regionfuse.core import convert
     from ros2_regionfuse.core.imageio import read_gray, read_rgb
-    from ros2_regionfuse.models.runtime import TorchFusionRunner, load_model
+    from ros2_regionfuse.inference.runtime import TorchFusionRunner
+    from ros2_regionfuse.models.loading import load_model
     model, _ = load_model('fusion', FUSION, '', torch.device('cpu'))
     th = read_gray(test_data / 'ir' / '00537D.png', as_uint8=True).astype('float32') / 255.0
     y = convert.luminance(convert.rgb_to_unit(read_rgb(test_data / 'vi' / '00537D.png')))
@@ -216,8 +218,9 @@ def test_fusion_region_network_in_onnxruntime(test_data, monkeypatch, caplog):
     from ros2_regionfuse.core import convert
     from ros2_regionfuse.core.config import PipelineConfig
     from ros2_regionfuse.core.imageio import read_gray, read_rgb
-    from ros2_regionfuse.models import runtime
-    from ros2_regionfuse.models.runtime import OrtRegionNetwork, TorchFusionRunner, build_runner, load_model
+    from ros2_regionfuse.inference import runtime
+    from ros2_regionfuse.inference.runtime import OrtRegionNetwork, TorchFusionRunner, build_runner
+    from ros2_regionfuse.models.loading import load_model
     assert PipelineConfig().fusion.region_runtime == 'onnxruntime'
     run, _ = build_runner('fusion', PipelineConfig(), torch.device('cpu'))
     assert run.graph is not None and run.graph.max_error < 1e-4

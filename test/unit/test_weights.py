@@ -80,7 +80,7 @@ def test_deprecated_names_load_the_renamed_variant(old, new, caplog) -> None:
     """The former names (they said the opposite of what the models are) still load, with a warning."""
     import torch
 
-    from ros2_regionfuse.models.runtime import load_model
+    from ros2_regionfuse.models.loading import load_model
     kind = 'corrector' if old.startswith('corrector') else 'fusion'
     assert shipped_weights(old) == shipped_weights(new) and shipped_weights(new).name == f'{new}.safetensors'
     with caplog.at_level('WARNING'):

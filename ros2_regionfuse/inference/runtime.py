@@ -20,12 +20,12 @@ from torch import nn
 
 from ..core.checks import ConfigError
 from ..core.config import PipelineConfig
-from .corrector import Corrector, correct, prepare
-from .fusion_net import RegionFuseNet, fuse
-from .loading import load_model, set_skip_aligned, without_global_start
-from .register_refuse import NAME as REGISTER_REFUSE
-from .register_refuse import RegisterRefuseCorrector
-from .register_refuse import settings_from as refuse_settings
+from ..models.corrector import Corrector, correct, prepare
+from ..models.fusion_net import RegionFuseNet, fuse
+from ..models.loading import load_model, set_skip_aligned, without_global_start
+from ..models.register_refuse import NAME as REGISTER_REFUSE
+from ..models.register_refuse import RegisterRefuseCorrector
+from ..models.register_refuse import settings_from as refuse_settings
 
 log = logging.getLogger(__name__)
 

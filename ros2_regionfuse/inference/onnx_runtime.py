@@ -1,7 +1,7 @@
 """ONNX export of the fusion and corrector models and ONNX Runtime runners.
 
 Runners have the same call signatures as the torch runners of
-:mod:`ros2_regionfuse.models.runtime`: a fusion runner is
+:mod:`ros2_regionfuse.inference.runtime`: a fusion runner is
 ``f(thermal, visible_y) -> fused_y``, a corrector runner
 ``f(fused_y, visible_y, thermal) -> (corrected_y, misregistration, flow)``, on
 ``(1, C, H, W)`` float32 tensors of the pipeline's device.
@@ -47,6 +47,9 @@ from torch import nn
 
 from ..core.checks import ConfigError
 from ..core.weights import shipped_weights
+from ..models.corrector import Corrector
+from ..models.fusion_net import RegionFuseNet, network_level
+from ..models.loading import load_model
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +106,6 @@ def graph_key(model: nn.Module, h: int, w: int) -> int:
         >>> graph_key(Corrector(CorrectorArchitecture(global_align=True)), 480, 640)
         8
     """
-    from .corrector import Corrector
-    from .fusion_net import RegionFuseNet, network_level
     if isinstance(model, RegionFuseNet):
         return network_level(h, w, model.cfg.base_size)
     if isinstance(model, Corrector) and model.cfg.global_align:
@@ -120,7 +121,6 @@ def sample_size_for_key(model: nn.Module, key: int) -> tuple[int, int]:
         >>> sample_size_for_key(regionfuse_fine(), 4)
         (960, 1280)
     """
-    from .corrector import Corrector
     if key == 0:
         return EXPORT_SAMPLE_HW
     if isinstance(model, Corrector):
@@ -405,7 +405,6 @@ class OnnxModel:
 
     def __init__(self, kind: str, variant: str, checkpoint: str, device: torch.device,
                  threads: int = 0, module: nn.Module | None = None, global_start: bool = True) -> None:
-        from .loading import load_model
         if kind not in INPUT_NAMES:
             raise ConfigError(f'unknown model kind {kind!r}')
         self.kind, self.variant, self.device = kind, variant, device
@@ -542,7 +541,7 @@ def build_onnx_runner(kind: str, variant: str, checkpoint: str, device: torch.de
                       ) -> tuple[Callable, dict[str, Any]]:
     """Return ``(runner, card)`` running ``variant`` with ONNX Runtime.
 
-    Same interface as :func:`ros2_regionfuse.models.runtime.build_runner`'s torch
+    Same interface as :func:`ros2_regionfuse.inference.runtime.build_runner`'s torch
     runners; the card gains ``backend: onnxruntime`` and ``onnx`` (the files
     used so far, filled in as graphs are loaded). ``module`` exports that module
     instead of loading weights (see :class:`OnnxModel`).
