@@ -89,6 +89,16 @@ class FusionConfig:
     contrast_percentiles: list = _f([0.5, 99.5], 'Low/high percentiles (%) of the fused luminance '
                                     'mapped to 0 and 1 (fusion.contrast=percentile).',
                                     range=(0.0, 100.0), length=2)
+    contrast_strength: float = _f(0.5, 'Share of the output contrast stretch applied: 1 = the full '
+                                  'minmax/percentile mapping, 0 = none; in between, that mapping blended '
+                                  'with the unstretched luminance (one linear map: no extra cost). With '
+                                  'fusion.source_mix it sets the trade between contrast (SD, SF, VIF) and '
+                                  'structure (SSIM, SCD); docs/evaluation.md measures it.', range=(0.0, 1.0))
+    source_mix: float = _f(0.25, "Share of the sources' mean luminance ((thermal + visible) / 2, after "
+                           'pre-alignment and, when the corrector re-fuses, after registration) blended '
+                           'into the fused luminance before the output contrast; 0 = the network output '
+                           'alone. It keeps the structure of both sources (SCD, SSIM) that the network '
+                           'trades for contrast and detail.', range=(0.0, 1.0))
 
 
 @dataclass

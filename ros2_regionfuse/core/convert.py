@@ -373,8 +373,8 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     return a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
 
 
-def contrast_bounds(y: np.ndarray, mode: str, percentiles: Sequence[float] = (0.5, 99.5)
-                    ) -> tuple[float, float]:
+def contrast_bounds(y: np.ndarray, mode: str, percentiles: Sequence[float] = (0.5, 99.5),
+                    strength: float = 1.0) -> tuple[float, float]:
     """Luminance values to map to black and white for the output contrast ``mode``.
 
     Args:
@@ -382,6 +382,8 @@ def contrast_bounds(y: np.ndarray, mode: str, percentiles: Sequence[float] = (0.
         mode: ``none`` -> (0, 1); ``minmax`` -> (min, max); ``percentile`` -> the
             given low/high percentiles (of a 4x-strided sample for large frames).
         percentiles: low, high in [0, 100].
+        strength: share of that stretch in [0, 1]: the bounds of the linear map
+            ``(1 - strength) * y + strength * (y - lo) / (hi - lo)`` (1: ``(lo, hi)``, 0: (0, 1)).
 
     Returns:
         ``(lo, hi)`` with ``hi > lo`` (a flat frame keeps its level: (0, 1)).
@@ -389,6 +391,8 @@ def contrast_bounds(y: np.ndarray, mode: str, percentiles: Sequence[float] = (0.
     Example:
         >>> contrast_bounds(np.array([[0.25, 0.75]], np.float32), 'minmax')
         (0.25, 0.75)
+        >>> contrast_bounds(np.array([[0.25, 0.75]], np.float32), 'minmax', strength=0.5)
+        (0.16666666666666666, 0.8333333333333334)
     """
     if mode == 'none':
         return 0.0, 1.0
@@ -401,6 +405,12 @@ def contrast_bounds(y: np.ndarray, mode: str, percentiles: Sequence[float] = (0.
         raise EncodingError(f'contrast mode must be none, minmax or percentile, got {mode!r}')
     if hi - lo < 1e-3:
         return 0.0, 1.0
+    if not 0.0 <= strength <= 1.0:
+        raise EncodingError(f'contrast strength must be in [0, 1], got {strength!r}')
+    if strength < 1.0:   # y' = a * y + b = (y - lo') / (hi' - lo')
+        a = (1.0 - strength) + strength / (hi - lo)
+        b = -strength * lo / (hi - lo)
+        lo, hi = -b / a, (1.0 - b) / a
     return lo, hi
 
 

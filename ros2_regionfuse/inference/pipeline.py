@@ -24,7 +24,7 @@ from ..core import convert
 from ..core.align import homography_from_values, load_homography_file, scale_homography, warp_thermal
 from ..core.checks import ConfigError, check_image
 from ..core.config import PipelineConfig
-from .runtime import TorchFusionRunner, build_runner, inline_builds
+from .runtime import SourceMixRunner, TorchFusionRunner, build_runner, inline_builds
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +212,10 @@ class FusionPipeline:
         if self.cfg.threads > 0:
             torch.set_num_threads(self.cfg.threads)
         cv2.setNumThreads(OPENCV_THREADS)   # process-wide, like torch's count
-        self.fusion, self.fusion_card = build_runner('fusion', self.cfg, self.device, fusion)
-        self._fusion_takes_threads = isinstance(self.fusion, TorchFusionRunner)
+        network, self.fusion_card = build_runner('fusion', self.cfg, self.device, fusion)
+        self._fusion_takes_threads = isinstance(network, TorchFusionRunner)
+        #: the fusion runner with the output's source mix (fusion.source_mix, read at each call)
+        self.fusion = SourceMixRunner(network, lambda: self.cfg.fusion.source_mix)
         self._corrector = None
         self._corrector_module = corrector
         self.corrector_card: dict = {}
@@ -477,7 +479,8 @@ class FusionPipeline:
         colour = frame.rgb
         fy = convert.to_numpy(fused_y)
         out_y = convert.to_numpy(corr_y) if frame.correct else fy
-        bounds = convert.contrast_bounds(out_y, fcfg.contrast, fcfg.contrast_percentiles)
+        bounds = convert.contrast_bounds(out_y, fcfg.contrast, fcfg.contrast_percentiles,
+                                         fcfg.contrast_strength)
         # the colour source's luminance as computed in fuse() (a view on the CPU; recomputed elsewhere)
         y_in = convert.to_numpy(frame.visible_t) if frame.visible_t.device.type == 'cpu' else None
         fused = convert.output_colour(colour, out_y, bounds, y_in, native=self.cfg.native_kernels)

@@ -21,7 +21,7 @@ from torch import nn
 from ..core.checks import ConfigError
 from ..core.config import PipelineConfig
 from ..models.corrector import Corrector, correct, prepare
-from ..models.fusion_net import RegionFuseNet, fuse
+from ..models.fusion_net import RegionFuseNet, fuse, mix_sources
 from ..models.loading import load_model, set_skip_aligned, without_global_start
 from ..models.register_refuse import NAME as REGISTER_REFUSE
 from ..models.register_refuse import RegisterRefuseCorrector
@@ -236,6 +236,23 @@ class TorchFusionRunner:
             return self.model(thermal, visible_y)
         return fuse(self.model, thermal, visible_y, opencv=True, region_params=self._region_params,
                     native=self.native, native_threads=native_threads)
+
+
+class SourceMixRunner:
+    """A fusion runner whose output is blended with the sources' mean (:func:`~.fusion_net.mix_sources`).
+
+    ``share`` gives the blend's share in [0, 1] at each call (``fusion.source_mix``, which a
+    running node may change). The pipeline and the ``register_refuse`` corrector's re-fusion both
+    call this, so a registered frame gets the same output stage. Keyword arguments go to the
+    wrapped runner.
+    """
+
+    def __init__(self, runner: Callable[..., torch.Tensor], share: Callable[[], float]) -> None:
+        self.runner, self.share = runner, share
+
+    @torch.inference_mode()
+    def __call__(self, thermal: torch.Tensor, visible_y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return mix_sources(self.runner(thermal, visible_y, **kwargs), thermal, visible_y, float(self.share()))
 
 
 class _CorrectorSources(nn.Module):

@@ -91,6 +91,27 @@ class RegionFusionBlock(nn.Module):
         return x + self.mlp(self.n2(x))
 
 
+def mix_sources(fused: torch.Tensor, thermal: torch.Tensor, visible: torch.Tensor, share: float
+                ) -> torch.Tensor:
+    """``(1 - share) * fused + share * (thermal + visible) / 2``: the fusion blended with the sources' mean.
+
+    Args:
+        fused, thermal, visible: ``(B, 1, H, W)`` luminance in [0, 1].
+        share: in [0, 1]; 0 returns ``fused`` itself.
+
+    Returns:
+        ``(B, 1, H, W)`` in [0, 1].
+
+    Example:
+        >>> one = torch.ones(1, 1, 1, 1)
+        >>> float(mix_sources(0.2 * one, one, 0 * one, 0.25))
+        0.275
+    """
+    if share == 0.0:
+        return fused
+    return torch.lerp(fused, 0.5 * (thermal + visible), share)
+
+
 def network_level(h: int, w: int, base_size: int = 640) -> int:
     """Pyramid level the region network runs at: 3 up to ~base_size, +1 per doubling.
 

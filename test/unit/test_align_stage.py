@@ -125,7 +125,7 @@ def test_warm_up_builds_what_the_first_pair_of_that_size_needs(frame):
     try:
         ms = pipe.warm_up((160, 120), thermal_size=(80, 64))
         assert ms > 0.0
-        caches = {'fusion ort': pipe.fusion._ort, 'fusion traces': pipe.fusion._traces,
+        caches = {'fusion ort': pipe.fusion.runner._ort, 'fusion traces': pipe.fusion.runner._traces,
                   'corrector traces': pipe._corrector._traces}
         built = {k: {key for key, v in c.items() if v is not None} for k, c in caches.items()}
         assert built['fusion ort'] or built['fusion traces']       # the region network was built

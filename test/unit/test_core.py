@@ -170,7 +170,8 @@ def test_fuse_then_finish_equals_process(rng: np.random.Generator) -> None:
     assert off.flow is None and off.fused_raw is off.fused
     # fused_raw (built on first access): the uncorrected fusion with the output's contrast bounds
     corrected_y = convert.to_numpy(pipe._corrector(frame.fused_t, frame.visible_t, frame.thermal_t)[0])
-    bounds = convert.contrast_bounds(corrected_y, cfg.fusion.contrast, cfg.fusion.contrast_percentiles)
+    bounds = convert.contrast_bounds(corrected_y, cfg.fusion.contrast, cfg.fusion.contrast_percentiles,
+                                     cfg.fusion.contrast_strength)
     raw_y = convert.apply_contrast(convert.to_numpy(frame.fused_t), bounds)
     assert frame.rgb.dtype == np.uint8 and np.array_equal(frame.rgb, rgb)   # 8-bit colour source kept as is
     expected = convert.unit_to_uint8(convert.replace_luminance(convert.rgb_to_unit(rgb), raw_y))
@@ -270,6 +271,52 @@ def test_pipeline_contrast_none_vs_minmax(rng: np.random.Generator) -> None:
     rgb = np.repeat((rng.random((40, 40, 1)) * 100 + 60).astype(np.uint8), 3, axis=2)
     a = pipe.process(th, rgb).fused
     cfg.fusion.contrast = 'minmax'
+    cfg.fusion.contrast_strength = 1.0
     b = pipe.process(th, rgb).fused
     assert a.max() - a.min() < 200
     assert b.min() == 0 and b.max() == 255
+    cfg.fusion.contrast_strength = 0.5    # half the stretch: between the two
+    c = pipe.process(th, rgb).fused.astype(int)
+    assert np.abs(c - (a.astype(int) + b) / 2).max() <= 1
+
+
+def test_contrast_strength_is_a_partial_stretch(rng: np.random.Generator) -> None:
+    """The bounds of strength s map y to (1 - s) y + s (y - lo) / (hi - lo), clipped to [0, 1]."""
+    y = (0.1 + 0.8 * rng.random((50, 60))).astype(np.float32)
+    full = convert.contrast_bounds(y, 'percentile', (2.0, 98.0))
+    lo, hi = full
+    for s in (0.0, 0.3, 0.7, 1.0):
+        got = convert.apply_contrast(y.copy(), convert.contrast_bounds(y, 'percentile', (2.0, 98.0), s))
+        want = np.clip((1 - s) * y + s * (y - lo) / (hi - lo), 0, 1)
+        assert np.abs(got - want).max() < 1e-5, s
+    assert convert.contrast_bounds(y, 'percentile', (2.0, 98.0), 1.0) == full
+    with pytest.raises(RegionFuseError):
+        convert.contrast_bounds(y, 'minmax', strength=1.5)
+
+
+def test_source_mix_blends_the_sources_mean_into_every_fusion(rng: np.random.Generator) -> None:
+    """fusion.source_mix: the pipeline's fused luminance is (1 - m) net + m (thermal + visible) / 2,
+    read at each frame; the register_refuse corrector re-fuses through the same runner."""
+    import torch
+
+    from ros2_regionfuse.inference.runtime import SourceMixRunner
+    cfg = PipelineConfig(device='cpu')
+    cfg.corrector.enabled = False
+    cfg.fusion.contrast = 'none'
+    cfg.fusion.source_mix = 0.0
+    pipe = FusionPipeline(cfg, fusion=build_fusion('regionfuse_fine'))
+    th = (rng.random((48, 64)) * 150 + 40).astype(np.uint8)
+    rgb = np.repeat((rng.random((48, 64, 1)) * 150 + 40).astype(np.uint8), 3, axis=2)
+    frame = pipe.fuse(th, rgb)
+    net = convert.to_numpy(frame.fused_t)
+    t, v = convert.to_numpy(frame.thermal_t), convert.to_numpy(frame.visible_t)
+    cfg.fusion.source_mix = 0.4          # a running node's change reaches the next frame
+    mixed = convert.to_numpy(pipe.fuse(th, rgb).fused_t)
+    assert np.abs(mixed - (0.6 * net + 0.4 * (t + v) / 2)).max() < 1e-5
+    assert np.abs(mixed - net).max() > 0.01
+    assert isinstance(pipe.fusion, SourceMixRunner)
+    cfg.corrector.enabled = True
+    pipe.ensure_corrector()
+    assert pipe.corrector.refuse is pipe.fusion   # the re-fusion gets the same output stage
+    one = torch.ones(1, 1, 2, 2)
+    assert torch.equal(SourceMixRunner(lambda a, b: 0.2 * a, lambda: 0.0)(one, 0 * one), 0.2 * one)
