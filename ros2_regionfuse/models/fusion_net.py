@@ -104,7 +104,7 @@ def mix_sources(fused: torch.Tensor, thermal: torch.Tensor, visible: torch.Tenso
 
     Example:
         >>> one = torch.ones(1, 1, 1, 1)
-        >>> float(mix_sources(0.2 * one, one, 0 * one, 0.25))
+        >>> round(float(mix_sources(0.2 * one, one, 0 * one, 0.25)), 6)
         0.275
     """
     if share == 0.0:

@@ -285,7 +285,7 @@ def test_pipeline_outputs_with_and_without_kernels(test_data):
     outs = []
     for on in (True, False):
         p = FusionPipeline(PipelineConfig(native_kernels=on))
-        assert p.fusion.native is on
+        assert p.fusion.runner.native is on
         outs.append(p.process(th, rgb, correct=True))
     a, b = outs
     assert a.fused.shape == b.fused.shape and a.fused.dtype == np.uint8
