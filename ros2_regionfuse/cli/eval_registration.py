@@ -78,9 +78,7 @@ from tqdm import tqdm
 
 from ..core import convert, profiling
 from ..core.checks import ConfigError
-from ..core.config import CorrectorConfig as CorrectorSettings
-from ..core.config import FusionConfig as FusionSettings
-from ..core.config import PipelineConfig
+from ..core.config import CorrectorConfig, FusionConfig, PipelineConfig
 from ..core.imageio import (
     ImagePair,
     atomic_write_bytes,
@@ -150,10 +148,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help='mean displacement levels (px)')
     p.add_argument('--max-shift', type=float, default=0.0,
                    help='cap on the largest displacement (px; 0 = none); scales the field down')
-    p.add_argument('--fusion-variant', default=FusionSettings().variant)
+    p.add_argument('--fusion-variant', default=FusionConfig().variant)
     p.add_argument('--fusion-checkpoint', default='', help='empty = shipped weights')
     p.add_argument('--stand-in-fusion', action='store_true', help='development only')
-    p.add_argument('--corrector-variant', default=CorrectorSettings().variant)
+    p.add_argument('--corrector-variant', default=CorrectorConfig().variant)
     p.add_argument('--corrector-checkpoint', default='', help='empty = shipped weights')
     p.add_argument('--no-ecc', action='store_true', help='skip the ECC baseline')
     p.add_argument('--no-similarity', action='store_true',
