@@ -127,3 +127,52 @@ def test_online_calibration_estimates_from_a_stream_then_holds(test_data) -> Non
     assert online.state == 'collecting' and online.registered == 0
     with pytest.raises(CalibrationError):
         OnlineCalibration(frames=2, window=8)             # fewer than min_frames
+
+
+def _grid_error(h: np.ndarray, truth: np.ndarray, wh: tuple[int, int]) -> float:
+    g = np.stack(np.meshgrid(np.linspace(0, wh[0] - 1, 16), np.linspace(0, wh[1] - 1, 12)), -1).reshape(-1, 2)
+
+    def apply(m: np.ndarray) -> np.ndarray:
+        q = np.c_[g, np.ones(len(g))] @ m.T
+        return q[:, :2] / q[:, 2:]
+    return float(np.hypot(*(apply(h) - apply(truth)).T).mean())
+
+
+def test_aggregate_weights_frames_by_confidence_and_distance(monkeypatch) -> None:
+    """Inlier frames a few pixels off and less confident pull the fit less than clean ones."""
+    from ros2_regionfuse.core import calibration
+    wh = (640, 480)
+    truth = np.array([[1.01, 0.02, 12.0], [-0.015, 0.99, -7.0], [0.0, 0.0, 1.0]])
+    rng = np.random.default_rng(3)
+    est = []
+    for i in range(16):
+        off = np.eye(3)
+        off[:2, 2] = rng.normal(0, 1.0, 2) + ([3.5, -2.5] if i < 4 else 0)   # four frames 4 px off
+        est.append(calibration.FrameEstimate(off @ truth, 0.3, 0.3 if i < 4 else 0.6, 1.0))
+    cfg = CalibrationConfig(model='affine')
+    cal = calibration.aggregate(est, wh, wh, cfg)
+    monkeypatch.setattr(calibration, 'ROBUST_ITERS', 0)       # the unweighted fit to the same inliers
+    plain = calibration.aggregate(est, wh, wh, cfg)
+    assert cal.used == plain.used >= 14                      # the off frames stay in: weights decide
+    weighted, unweighted = _grid_error(cal.homography, truth, wh), _grid_error(plain.homography, truth, wh)
+    assert weighted < 0.7 * unweighted, (weighted, unweighted)
+
+
+def test_aggregate_of_a_few_repeated_scenes_stays_near_their_mean(test_data) -> None:
+    """A stream that repeats three scenes unevenly (the online mode's input) does not collapse onto
+    the most repeated scene's estimate: the robust scale is wide enough to keep all three."""
+    from ros2_regionfuse.core.calibration import aggregate, register_frame
+    wh = (160, 120)
+    truth = np.array([[1.02, 0.01, 6.0], [-0.01, 1.0, -4.0], [0.0, 0.0, 1.0]])
+    ests = []
+    for stem in ('FLIR_05005', '00537D', 'tno17'):
+        rgb = cv2.resize(read_rgb(test_data / 'vi' / f'{stem}.png'), wh, interpolation=cv2.INTER_AREA)
+        t = cv2.resize(read_gray(test_data / 'ir' / f'{stem}.png', as_uint8=True), wh,
+                       interpolation=cv2.INTER_AREA)
+        ests.append(register_frame(cv2.warpPerspective(t, truth, wh, flags=cv2.INTER_LINEAR
+                                                       | cv2.WARP_INVERSE_MAP), rgb))
+    errors = [_grid_error(e.homography, truth, wh) for e in ests]
+    worst = int(np.argmax(errors))
+    mix = [4 if i == worst else 2 for i in range(3)]        # the worst scene repeated most
+    cal = aggregate(sum(([e] * n for e, n in zip(ests, mix)), []), wh, wh)
+    assert _grid_error(cal.homography, truth, wh) < errors[worst] - 0.2
