@@ -10,14 +10,13 @@ Usage: ``.venv/bin/python tools/fast_path_costs.py``
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import cv2
 import numpy as np
 import torch
 
-from ros2_regionfuse.core import convert
+from ros2_regionfuse.core import convert, profiling
 from ros2_regionfuse.core.imageio import read_gray, read_rgb
 from ros2_regionfuse.core.paths import TEST_PAIRS
 from ros2_regionfuse.models.corrector import correct, global_params
@@ -30,14 +29,7 @@ PATHS = [('torch', {}), ('opencv', {'opencv': True}), ('native', {'opencv': True
 
 def median_ms(f: Callable[[], object], repeats: int = 25) -> float:
     """Median wall time of ``f()`` in ms after three warm-up calls."""
-    for _ in range(3):
-        f()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
+    return float(np.median(profiling.time_call(f, repeats, warmup=3)))
 
 
 def main() -> None:

@@ -484,14 +484,24 @@ def seeds_for(pairs: int, frames: int) -> int:
     return max(1, math.ceil(frames / max(pairs, 1)))
 
 
+def benchmark_config(config: str | None, threads: int) -> PipelineConfig:
+    """The pipeline the benchmark runs: defaults, then ``config``, then ``threads``.
+
+    ``config`` is a parameter file as ``regionfuse fuse --config`` reads it (None: none).
+
+    Raises:
+        ConfigError: unreadable file, unknown name or invalid value.
+    """
+    cfg = load_config_file(Path(config)).pipeline if config else PipelineConfig()
+    return replace(cfg, threads=threads)
+
+
 def run(args: argparse.Namespace) -> dict:
     """Run the benchmark per ``args`` (``data_root``, ``rig_frames``, ``max_pairs``, ``no_classical``)."""
     if args.rig_frames < 1:
         raise ConfigError('--rig-frames must be >= 1')
-    config = getattr(args, 'config', None)
-    cfg = load_config_file(Path(config)).pipeline if config else PipelineConfig()
-    cfg = replace(cfg, threads=args.threads)
-    bench = RigBenchmark(cfg, classical=not args.no_classical)
+    config = args.config
+    bench = RigBenchmark(benchmark_config(config, args.threads), classical=not args.no_classical)
     sets = dev_sets(Path(args.data_root))
     work = []
     seeds = {}

@@ -394,6 +394,8 @@ def contrast_bounds(y: np.ndarray, mode: str, percentiles: Sequence[float] = (0.
         >>> contrast_bounds(np.array([[0.25, 0.75]], np.float32), 'minmax', strength=0.5)
         (0.16666666666666666, 0.8333333333333334)
     """
+    if not 0.0 <= strength <= 1.0:
+        raise EncodingError(f'contrast strength must be in [0, 1], got {strength!r}')
     if mode == 'none':
         return 0.0, 1.0
     sample = y[::4, ::4] if y.size > 65536 else y
@@ -405,8 +407,6 @@ def contrast_bounds(y: np.ndarray, mode: str, percentiles: Sequence[float] = (0.
         raise EncodingError(f'contrast mode must be none, minmax or percentile, got {mode!r}')
     if hi - lo < 1e-3:
         return 0.0, 1.0
-    if not 0.0 <= strength <= 1.0:
-        raise EncodingError(f'contrast strength must be in [0, 1], got {strength!r}')
     if strength < 1.0:   # y' = a * y + b = (y - lo') / (hi' - lo')
         a = (1.0 - strength) + strength / (hi - lo)
         b = -strength * lo / (hi - lo)

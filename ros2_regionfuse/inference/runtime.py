@@ -239,12 +239,12 @@ class TorchFusionRunner:
 
 
 class SourceMixRunner:
-    """A fusion runner whose output is blended with the sources' mean (:func:`~.fusion_net.mix_sources`).
+    """A fusion runner whose output is blended with the sources' mean.
 
-    ``share`` gives the blend's share in [0, 1] at each call (``fusion.source_mix``, which a
-    running node may change). The pipeline and the ``register_refuse`` corrector's re-fusion both
-    call this, so a registered frame gets the same output stage. Keyword arguments go to the
-    wrapped runner.
+    The blend is :func:`~ros2_regionfuse.models.fusion_net.mix_sources`; ``share`` gives its
+    share in [0, 1] at each call (``fusion.source_mix``, which a running node may change). The
+    pipeline and the ``register_refuse`` corrector's re-fusion both call this, so a registered
+    frame gets the same output stage. Keyword arguments go to the wrapped runner.
     """
 
     def __init__(self, runner: Callable[..., torch.Tensor], share: Callable[[], float]) -> None:

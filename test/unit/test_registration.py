@@ -413,3 +413,19 @@ def test_native_ecc_terms_equal_numpy(test_data) -> None:
     rc = R.register(y, tdef, R.RegistrationConfig(native=True))
     rn = R.register(y, tdef, R.RegistrationConfig(native=False))
     assert np.abs(R.flow_field(rc) - R.flow_field(rn)).max() < 0.05
+
+
+def test_rig_benchmark_config_reads_a_parameter_file(tmp_path) -> None:
+    """eval-registration --mode rig --config: the file's values over the defaults, then the threads."""
+    from ros2_regionfuse.cli.eval_rig import benchmark_config
+    from ros2_regionfuse.core.checks import ConfigError
+    from ros2_regionfuse.core.config import PipelineConfig
+    f = tmp_path / 'holes.yaml'
+    f.write_text('corrector.holes: extend\nfusion.source_mix: 0.1\n')
+    cfg = benchmark_config(str(f), threads=3)
+    assert (cfg.corrector.holes, cfg.fusion.source_mix, cfg.threads) == ('extend', 0.1, 3)
+    base = benchmark_config(None, threads=2)
+    assert base.corrector.holes == PipelineConfig().corrector.holes and base.threads == 2
+    f.write_text('corrector.no_such_name: 1\n')
+    with pytest.raises(ConfigError):
+        benchmark_config(str(f), threads=2)
