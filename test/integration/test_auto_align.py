@@ -2,6 +2,7 @@
 on /diagnostics, and estimated again through ~/recalibrate."""
 from __future__ import annotations
 
+import re
 import signal
 import threading
 import time
@@ -28,6 +29,7 @@ FUSION = FusionConfig().variant
 WH = (160, 120)   # no committed pair is upsampled at this size (full-resolution detail)
 TRUTH = np.array([[1.02, 0.01, 6.0], [-0.01, 1.0, -4.0], [0.0, 0.0, 1.0]])   # thermal -> RGB
 TIMEOUT_S = 120.0
+REPUBLISH_S = 3.0   # s without a new registration before the same scene goes out again
 
 
 def _stream(test_data) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -76,16 +78,30 @@ def test_auto_mode_estimates_holds_and_recalibrates(tmp_path, test_data) -> None
         pr = client.publisher(Image, '/aa/rgb/image_raw')
         frames = _stream(test_data)
 
+        def registered() -> int:
+            """Pairs the node has registered so far (from the last alignment status; -1 before any)."""
+            for m in reversed(client.collector.msgs['diag']):
+                a = _alignment(m)
+                if a is not None:
+                    found = re.search(r'\((\d+) registered\)', a[1])
+                    return int(found.group(1)) if found else -1
+            return -1
+
         def play() -> None:
-            sec = 1
+            # One scene at a time: the next scene goes out once the node has registered the last
+            # one, so the estimate sees the three scenes whatever the calibration thread's speed
+            # (a free-running stream can line up with it and offer one scene every time).
+            sec, last_n, last_pub = 1, None, 0.0
             while not stop.is_set():
-                t, rgb = frames[sec % len(frames)]
-                h = Header(frame_id='rgb_optical')
-                h.stamp.sec = sec
-                pt.publish(mc.array_to_image(t, 'mono8', h))
-                pr.publish(mc.array_to_image(rgb, 'rgb8', h))
-                sec += 1
-                time.sleep(0.1)
+                n = registered()
+                if n != last_n or time.monotonic() - last_pub > REPUBLISH_S:
+                    t, rgb = frames[max(n, 0) % len(frames)]
+                    h = Header(frame_id='rgb_optical')
+                    h.stamp.sec = sec
+                    pt.publish(mc.array_to_image(t, 'mono8', h))
+                    pr.publish(mc.array_to_image(rgb, 'rgb8', h))
+                    sec, last_n, last_pub = sec + 1, n, time.monotonic()
+                time.sleep(0.05)
         player = threading.Thread(target=play, daemon=True)
         player.start()
 
