@@ -500,8 +500,7 @@ def run(args: argparse.Namespace) -> dict:
     """Run the benchmark per ``args`` (``data_root``, ``rig_frames``, ``max_pairs``, ``no_classical``)."""
     if args.rig_frames < 1:
         raise ConfigError('--rig-frames must be >= 1')
-    config = args.config
-    bench = RigBenchmark(benchmark_config(config, args.threads), classical=not args.no_classical)
+    bench = RigBenchmark(benchmark_config(args.config, args.threads), classical=not args.no_classical)
     sets = dev_sets(Path(args.data_root))
     work = []
     seeds = {}
@@ -513,7 +512,7 @@ def run(args: argparse.Namespace) -> dict:
         bench.run_pair(s, t, v, seeds[s.name])
     return {'command': ' '.join(['regionfuse', *sys.argv[1:]]), 'machine': profiling.machine_info(),
             'sets': bench.summary(), 'roles': {s.name: s.role for s in sets},
-            'corrector': bench.pipe.corrector_name, 'config': str(config or ''), 'seeds': seeds,
+            'corrector': bench.pipe.corrector_name, 'config': args.config or '', 'seeds': seeds,
             'threads': args.threads,
             'rig_range': RigRange().__dict__, 'frames': [f.__dict__ for f in bench.frames],
             'aligned_pairs': bench.aligned}

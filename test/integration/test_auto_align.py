@@ -80,7 +80,7 @@ def test_auto_mode_estimates_holds_and_recalibrates(tmp_path, test_data) -> None
 
         def registered() -> int:
             """Pairs the node has registered so far (from the last alignment status; -1 before any)."""
-            for m in reversed(client.collector.msgs['diag']):
+            for m in reversed(list(client.collector.msgs['diag'])):   # a copy: the spin thread appends
                 a = _alignment(m)
                 if a is not None:
                     found = re.search(r'\((\d+) registered\)', a[1])
